@@ -1,0 +1,259 @@
+"""The domain operations on orchestrations and tasks, shared by the SDK and the console.
+
+These are the only writers of orchestration records (creation) and task records (specs and
+the killed/paused flags). Runs are created by ``broker.dispatch``; from then on only the
+executor that owns a run writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import msgspec
+
+from broker import archive, cron, dispatch, store
+from broker.connection import Bus
+from broker.errors import (
+    InvalidSchedule,
+    OrchestrationNotFound,
+    OrchestrationNotReady,
+    OrchestrationUploadFailed,
+    TaskNotFound,
+)
+from broker.models import OrchestrationRecord, RunRecord, TaskRecord, utcnow
+from broker.status import MissedPolicy, OrchestrationStatus, Overlap, TaskKind, task_status
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def check_id(value: object, what: str = "task") -> str:
+    """A well-formed id, or ``ValueError`` saying what a good one looks like."""
+    try:
+        return str(uuid.UUID(str(value)))
+    except (ValueError, TypeError, AttributeError):
+        raise ValueError(
+            f"{value!r} is not a valid {what} id: ids are UUIDs such as "
+            f"'7b5f0e8a-3c1d-4f2e-9a6b-1c2d3e4f5a6b' (see list_tasks())."
+        ) from None
+
+
+def check_json_args(json_args: object) -> dict[str, Any]:
+    """A JSON object that round-trips, or ``TypeError`` naming the bad value."""
+    if not isinstance(json_args, dict):
+        raise TypeError(
+            f"json_args must be a dict (a JSON object), not {type(json_args).__name__}: "
+            f"{json_args!r}"
+        )
+    try:
+        json.dumps(json_args, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"json_args must hold only JSON values (str, number, bool, None, list, dict): {exc}"
+        ) from None
+    return json_args
+
+
+def check_timeout(timeout: object) -> int | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
+        raise ValueError(
+            f"timeout must be a positive whole number of seconds or None, not {timeout!r}"
+        )
+    return timeout
+
+
+# --- Orchestrations ---------------------------------------------------------------------------
+async def upload_orchestration(
+    bus: Bus, data: bytes, *, name: str | None, file_name: str, workspace: str = ""
+) -> OrchestrationRecord:
+    """Validate the zip, store it (one blob per sha), create the record, request packaging."""
+    info = archive.inspect(data)
+    try:
+        try:
+            await bus.artifacts.get_info(info.sha)
+        except Exception:  # not there yet: identical uploads share one blob
+            await bus.artifacts.put(info.sha, data)
+    except Exception as exc:
+        raise OrchestrationUploadFailed(
+            f"The zip could not be stored on the bus: {exc}. Check the server's disk space and "
+            f"retry."
+        ) from exc
+    now = utcnow()
+    record = OrchestrationRecord(
+        id=new_id(),
+        name=name or file_name.removesuffix(".zip"),
+        file_name=file_name,
+        sha=info.sha,
+        size=info.size,
+        entrypoint=info.entrypoint,
+        requirements=info.requirements,
+        workspace=workspace,
+        created_at=now,
+        updated_at=now,
+    )
+    await store.create(bus.orchestrations, record.id, record)
+    await dispatch.request_packaging(bus, record.id)
+    return record
+
+
+async def list_orchestrations(bus: Bus, workspace: str | None = None) -> list[OrchestrationRecord]:
+    records = (await store.scan(bus.orchestrations, OrchestrationRecord)).values()
+    return sorted(
+        (r for r in records if workspace is None or r.workspace == workspace),
+        key=lambda r: r.created_at,
+    )
+
+
+async def get_orchestration(bus: Bus, id_or_name: str) -> OrchestrationRecord:
+    try:
+        key = str(uuid.UUID(id_or_name))
+    except ValueError:
+        key = ""
+    if key:
+        found = await store.get(bus.orchestrations, key, OrchestrationRecord)
+        if found is not None:
+            return found[0]
+    matches = [r for r in await list_orchestrations(bus) if r.name == id_or_name]
+    if not matches:
+        raise OrchestrationNotFound(
+            f"No orchestration with id or name {id_or_name!r}; list_orchestrations() shows them."
+        )
+    return matches[-1]  # the newest upload of that name
+
+
+async def delete_orchestration(bus: Bus, orchestration_id: str) -> None:
+    """Delete the record; the blob goes too unless another orchestration shares its sha."""
+    found = await store.get(bus.orchestrations, orchestration_id, OrchestrationRecord)
+    if found is None:
+        raise OrchestrationNotFound(f"No orchestration with id {orchestration_id!r}.")
+    record = found[0]
+    await bus.orchestrations.delete(orchestration_id)
+    if not any(r.sha == record.sha for r in await list_orchestrations(bus)):
+        await bus.artifacts.delete(record.sha)
+
+
+# --- Tasks ------------------------------------------------------------------------------------
+async def create_task(
+    bus: Bus,
+    orchestration: OrchestrationRecord,
+    *,
+    name: str,
+    kind: TaskKind,
+    json_args: object = None,
+    timeout: object = None,
+    debug: bool = False,
+    schedule: str = "",
+    tz: str = "UTC",
+    overlap: str = "allow",
+    missed: str = "latest",
+    retries: int = 0,
+    workspace: str | None = None,
+) -> TaskRecord:
+    """Validate everything first (nothing is stored on bad input), then store the task; a
+    run-once task gets its run at once."""
+    args = check_json_args({} if json_args is None else json_args)
+    timeout_s = check_timeout(timeout)
+    if kind is TaskKind.SCHEDULED:
+        cron.validate(schedule, tz)
+    else:
+        cron.zone(tz)
+    try:
+        overlap_policy = Overlap(overlap)
+        missed_policy = MissedPolicy(missed)
+    except ValueError as exc:
+        raise InvalidSchedule(
+            f"{exc}: overlap is one of allow, forbid, replace; missed is one of latest, skip, all."
+        ) from None
+    current = await get_orchestration(bus, orchestration.id)
+    if current.status is OrchestrationStatus.ERROR:
+        raise OrchestrationNotReady(
+            f"Orchestration {current.name!r} failed packaging and cannot run: {current.error}. "
+            f"Fix it and upload again."
+        )
+    now = utcnow()
+    task = TaskRecord(
+        id=new_id(),
+        name=name,
+        orchestration_id=current.id,
+        kind=kind,
+        json_args=args,
+        timeout_s=timeout_s,
+        debug=debug,
+        schedule=schedule if kind is TaskKind.SCHEDULED else "",
+        tz=tz,
+        overlap=overlap_policy,
+        missed=missed_policy,
+        retries=retries,
+        workspace=current.workspace if workspace is None else workspace,
+        created_at=now,
+        updated_at=now,
+    )
+    await store.create(bus.tasks, task.id, task)
+    if kind is TaskKind.RUN_ONCE:
+        await dispatch.enqueue_run(bus, task)
+    return task
+
+
+async def get_task(bus: Bus, task_id: str) -> TaskRecord:
+    key = check_id(task_id)
+    found = await store.get(bus.tasks, key, TaskRecord)
+    if found is None:
+        raise TaskNotFound(f"No task with id {key}; list_tasks() shows the tasks there are.")
+    return found[0]
+
+
+async def list_tasks(bus: Bus) -> list[TaskRecord]:
+    return list((await store.scan(bus.tasks, TaskRecord)).values())
+
+
+async def runs_of(bus: Bus, task_id: str) -> list[RunRecord]:
+    """Every run of one task, newest first."""
+    runs = (await store.scan(bus.runs, RunRecord, f"{task_id}.*")).values()
+    return sorted(runs, key=lambda r: r.created_at, reverse=True)
+
+
+async def all_runs(bus: Bus) -> dict[str, list[RunRecord]]:
+    """Runs grouped by task id, newest first within each task."""
+    grouped: dict[str, list[RunRecord]] = {}
+    for run in (await store.scan(bus.runs, RunRecord)).values():
+        grouped.setdefault(run.task_id, []).append(run)
+    for runs in grouped.values():
+        runs.sort(key=lambda r: r.created_at, reverse=True)
+    return grouped
+
+
+async def set_task_flags(
+    bus: Bus, task_id: str, *, killed: bool | None = None, paused: bool | None = None
+) -> TaskRecord:
+    """Set the kill/pause flags with compare-and-set; killing is final."""
+
+    def mutate(task: TaskRecord) -> TaskRecord | None:
+        changes: dict[str, Any] = {}
+        if killed is not None and killed != task.killed and not task.killed:
+            changes["killed"] = killed
+        if paused is not None and paused != task.paused and not task.killed:
+            changes["paused"] = paused
+        if not changes:
+            return None
+        return msgspec.structs.replace(task, updated_at=utcnow(), **changes)
+
+    updated = await store.update(bus.tasks, check_id(task_id), TaskRecord, mutate)
+    if updated is None:
+        raise TaskNotFound(f"No task with id {task_id}.")
+    return updated
+
+
+async def run_now(bus: Bus, task_id: str) -> RunRecord:
+    """Start one run of any task now (the console's "run now")."""
+    task = await get_task(bus, task_id)
+    record, _ = await dispatch.enqueue_run(bus, task)
+    return record
+
+
+async def status_of(bus: Bus, task: TaskRecord) -> str:
+    return task_status(task, await runs_of(bus, task.id))

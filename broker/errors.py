@@ -1,0 +1,73 @@
+"""Taskbus errors: one root, every leaf says when it is raised and its message what to do.
+
+::
+
+    TaskbusError
+    ├── NotConnected                 no server answered at the URL(s) tried
+    ├── ServerError                  the embedded nats-server could not start or stopped
+    ├── OrchestrationMissingFile     upload got neither a path nor a bytes buffer (or a path
+    │                                that does not exist); also a ValueError
+    ├── InvalidOrchestration         the zip is not a valid orchestration (no main.py, …)
+    ├── OrchestrationUploadFailed    the zip could not be stored on the bus
+    ├── OrchestrationNotReady        packaging failed, or a wait for ready timed out
+    ├── OrchestrationNotFound        no orchestration with that id or name; also a LookupError
+    ├── InvalidSchedule              a cron string, time zone or policy is not valid; also a
+    │                                ValueError
+    ├── TaskNotFound                 no task with that id; also a LookupError
+    └── WaitTimeout                  a wait() ran out of time; also a TimeoutError
+"""
+
+from __future__ import annotations
+
+
+class TaskbusError(Exception):
+    """The root of every error Taskbus raises on purpose."""
+
+
+class NotConnected(TaskbusError):
+    """No NATS server answered at the URL(s) tried."""
+
+    def __init__(self, urls: list[str], reason: str) -> None:
+        self.urls = urls
+        joined = ", ".join(urls)
+        super().__init__(
+            f"Could not connect to NATS at {joined}: {reason}. Start a local stack with "
+            f"`taskbus up` (or only the server with `taskbus server`), or point --url / "
+            f"TASKBUS_URL at a running server."
+        )
+
+
+class ServerError(TaskbusError):
+    """The embedded nats-server could not be started, or exited."""
+
+
+class OrchestrationMissingFile(TaskbusError, ValueError):
+    """upload_orchestration() got no file to upload, or a path that does not exist."""
+
+
+class InvalidOrchestration(TaskbusError, ValueError):
+    """The zip is not a valid orchestration; the message names the problem."""
+
+
+class OrchestrationUploadFailed(TaskbusError):
+    """The zip was valid but could not be stored on the bus."""
+
+
+class OrchestrationNotReady(TaskbusError):
+    """Packaging ended in ``error`` (message has the packager's reason), or a wait timed out."""
+
+
+class OrchestrationNotFound(TaskbusError, LookupError):
+    """No orchestration has that id or name."""
+
+
+class InvalidSchedule(TaskbusError, ValueError):
+    """A cron string, time zone, overlap or missed-run policy is not valid."""
+
+
+class TaskNotFound(TaskbusError, LookupError):
+    """No task has that id."""
+
+
+class WaitTimeout(TaskbusError, TimeoutError):
+    """A wait() ran out of time before the awaited state was reached."""

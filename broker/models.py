@@ -1,0 +1,156 @@
+"""The wire contract: every record and message that crosses the bus, defined once.
+
+Records are msgspec Structs, frozen and keyword-only, encoded as JSON so that an operator can
+read them with the ``nats`` CLI. Only broker code turns bytes into objects and back (``encode``
+/ ``decode``). New fields get defaults; a field's type never changes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from broker.status import MissedPolicy, OrchestrationStatus, Overlap, RunStatus, TaskKind
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Record(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of every wire type."""
+
+
+class OrchestrationRecord(Record, frozen=True, kw_only=True):
+    id: str
+    name: str
+    file_name: str
+    sha: str  # sha256 of the zip: also its key in the artifacts object store
+    size: int  # bytes of the zip
+    status: OrchestrationStatus = OrchestrationStatus.PENDING_PACKAGING
+    error: str = ""
+    entrypoint: str = ""  # path of main.py inside the zip
+    requirements: str = ""  # requirements.txt as uploaded ("" when there is none)
+    lock: str = ""  # pinned requirements resolved at packaging ("" when there are none)
+    python: str = ""  # "3.11" the lock was resolved for
+    workspace: str = ""
+    created_at: datetime
+    updated_at: datetime
+
+
+class TaskRecord(Record, frozen=True, kw_only=True):
+    id: str
+    name: str
+    orchestration_id: str
+    kind: TaskKind
+    json_args: dict[str, Any] = {}
+    timeout_s: int | None = None
+    debug: bool = False
+    schedule: str = ""  # cron, for scheduled tasks
+    tz: str = "UTC"
+    overlap: Overlap = Overlap.ALLOW
+    missed: MissedPolicy = MissedPolicy.LATEST
+    missed_cap: int = 10  # with MissedPolicy.ALL: at most this many catch-up fires
+    starting_deadline_s: float = 300.0  # a missed fire older than this is not caught up
+    retries: int = 0  # extra attempts after an executor is lost
+    pool: str = "default"
+    workspace: str = ""
+    killed: bool = False
+    paused: bool = False
+    created_at: datetime
+    updated_at: datetime
+
+
+class RunRecord(Record, frozen=True, kw_only=True):
+    task_id: str
+    run_id: str
+    status: RunStatus = RunStatus.PENDING
+    attempt: int = 1
+    executor: str = ""
+    pid: int = 0
+    exit_code: int | None = None
+    reason: str = ""  # why it ended the way it did: "timeout 60s", "executor lost", "missed"…
+    instant: datetime | None = None  # the scheduled instant this run fires for
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class ExecutorRecord(Record, frozen=True, kw_only=True):
+    id: str
+    host: str
+    pid: int
+    pool: str
+    slots: int
+    running: list[str] = []  # run keys "<task_id>.<run_id>"
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+class SchedulerMark(Record, frozen=True, kw_only=True):
+    """The last instant the scheduler fired (or recorded as missed) for one task."""
+
+    task_id: str
+    last_instant: datetime
+
+
+class RunControl(Record, frozen=True, kw_only=True):
+    """A request to stop one run (overlap ``replace``), read by the executor that owns it."""
+
+    task_id: str
+    run_id: str
+    kill: bool = True
+    reason: str = ""
+    requested_at: datetime
+
+
+# --- Messages --------------------------------------------------------------------------------
+class RunRequest(Record, frozen=True, kw_only=True):
+    """Published on the run queue once the run record exists as ``pending``."""
+
+    task_id: str
+    run_id: str
+    orchestration_id: str
+    json_args: dict[str, Any] = {}
+    timeout_s: int | None = None
+    retries: int = 0
+    requested_at: datetime
+
+
+class PackageRequest(Record, frozen=True, kw_only=True):
+    orchestration_id: str
+
+
+class LogLine(Record, frozen=True, kw_only=True, array_like=True):
+    seq: int  # per run, from 1, strictly increasing
+    ts: datetime
+    stream: Literal["stdout", "stderr", "taskbus"]
+    text: str
+
+
+class LogBatch(Record, frozen=True, kw_only=True):
+    task_id: str
+    run_id: str
+    lines: list[LogLine]
+    eof: bool = False  # the last batch of the run: nothing follows
+
+
+# --- Encoding --------------------------------------------------------------------------------
+_encoder = msgspec.json.Encoder()
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+R = TypeVar("R", bound=Record)
+
+
+def encode(record: Record) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode(kind: type[R], data: bytes) -> R:
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    result: R = decoder.decode(data)
+    return result

@@ -1,0 +1,100 @@
+"""Every name on the bus, and the reason behind every number.
+
+Subjects, streams, buckets, headers and environment variables live here and nowhere else, so
+that a component that speaks to another one can only do so through a name both import.
+"""
+
+from __future__ import annotations
+
+# --- Key-value buckets and the object store -------------------------------------------------
+ARTIFACTS = "taskbus_artifacts"  # object store: orchestration zips, keyed by sha256
+ORCHESTRATIONS = "taskbus_orchestrations"  # KV: one record per orchestration id
+TASKS = "taskbus_tasks"  # KV: one record per task id (spec + killed/paused flags)
+RUNS = "taskbus_runs"  # KV: one record per run, key "<task_id>.<run_id>"
+EXECUTORS = "taskbus_executors"  # KV with a bucket-wide TTL: one heartbeat per live executor
+SCHEDULER = "taskbus_scheduler"  # KV: last fired instant per scheduled task
+CONTROL = "taskbus_control"  # KV: kill requests for single runs, key "<task_id>.<run_id>"
+
+# --- Streams ---------------------------------------------------------------------------------
+RUNQ_STREAM = "TASKBUS_RUNQ"  # work queue of RunRequests, one subject per pool
+RUNQ_SUBJECTS = "taskbus.runq.>"
+PKGQ_STREAM = "TASKBUS_PKGQ"  # work queue of PackageRequests (any executor packages)
+PKGQ_SUBJECT = "taskbus.pkgq"
+LOGS_STREAM = "TASKBUS_LOGS"  # log batches, one subject per run
+LOGS_SUBJECTS = "taskbus.logs.>"
+
+DEFAULT_POOL = "default"
+
+# --- Headers ---------------------------------------------------------------------------------
+MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication key (short-term guard; records are idempotent)
+
+
+def runq_subject(pool: str) -> str:
+    return f"taskbus.runq.{pool}"
+
+
+def runq_consumer(pool: str) -> str:
+    """One durable pull consumer per pool, shared by every executor of that pool."""
+    return f"runq_{pool}"
+
+
+PKGQ_CONSUMER = "pkgq"
+
+
+def logs_subject(task_id: str, run_id: str) -> str:
+    return f"taskbus.logs.{task_id}.{run_id}"
+
+
+def run_key(task_id: str, run_id: str) -> str:
+    return f"{task_id}.{run_id}"
+
+
+def kv_subject(bucket: str, key: str = ">") -> str:
+    """The raw subject a KV put lands on: a core subscription sees every change for free."""
+    return f"$KV.{bucket}.{key}"
+
+
+# --- Environment variables -------------------------------------------------------------------
+ENV_URL = "TASKBUS_URL"  # comma-separated server URLs
+ENV_USER = "TASKBUS_USER"
+ENV_PASSWORD = "TASKBUS_PASSWORD"
+ENV_TOKEN = "TASKBUS_TOKEN"
+ENV_CREDS = "TASKBUS_CREDS"  # path to a NATS .creds file
+ENV_WORKSPACE = "TASKBUS_WORKSPACE"
+ENV_DATA_DIR = "TASKBUS_DATA_DIR"
+ENV_REPLICAS = "TASKBUS_REPLICAS"  # 1 embedded, 3 in a cluster
+# Set by the executor for every task run (the in-task contract of DESIGN.md).
+ENV_TASK_ID = "TASKBUS_TASK_ID"
+ENV_RUN_ID = "TASKBUS_RUN_ID"
+ENV_ORCH_ID = "TASKBUS_ORCH_ID"
+ENV_ORCH_SHA = "TASKBUS_ORCH_SHA"
+ENV_ARGS_FILE = "TASKBUS_ARGS_FILE"
+
+DEFAULT_PORT = 4222
+DEFAULT_URL = f"nats://127.0.0.1:{DEFAULT_PORT}"
+
+# --- Numbers, with their reasons -------------------------------------------------------------
+# Ack wait on the run queue: long enough that a loaded executor's in_progress() (sent every
+# third of it) never misses, short enough that a dead executor's run is redelivered promptly.
+RUNQ_ACK_WAIT_S = 30.0
+# A message stays in a work queue after max_deliver; redeliveries of one run are bounded by
+# the run record's attempt counter instead, so the consumer itself never gives up.
+RUNQ_MAX_DELIVER = -1
+# Packaging resolves requirements and builds an environment: minutes, not seconds.
+PKGQ_ACK_WAIT_S = 60.0
+# Executors write a heartbeat every interval; the bucket TTL removes a silent one. Three
+# missed beats means lost.
+HEARTBEAT_INTERVAL_S = 2.0
+EXECUTOR_TTL_S = 3 * HEARTBEAT_INTERVAL_S
+# De-duplication window of the run queue: covers a scheduler restart and a catch-up burst.
+RUNQ_DUPLICATE_WINDOW_S = 120.0
+# Logs are kept a week or up to 1 GiB, whichever is hit first (limits retention).
+LOGS_MAX_AGE_S = 7 * 24 * 3600.0
+LOGS_MAX_BYTES = 1 << 30
+# Well under the server's 1 MiB max_payload, with headroom for msgpack framing.
+LOG_BATCH_MAX_BYTES = 256 * 1024
+# One log line longer than this is split in pieces (never dropped).
+LOG_LINE_MAX_CHARS = 16 * 1024
+# Zip limits: one upload is checked against these before it reaches the bus.
+MAX_ZIP_UNCOMPRESSED_BYTES = 2 << 30
+MAX_ZIP_ENTRIES = 100_000

@@ -1,0 +1,59 @@
+"""How to reach the bus: one typed object, built from the environment or the CLI."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from broker import names
+
+
+def split_urls(value: str) -> list[str]:
+    """ "a,b , c" -> ["a", "b", "c"]; a bare host:port gets the nats:// scheme."""
+    urls = []
+    for part in value.split(","):
+        url = part.strip()
+        if not url:
+            continue
+        if "://" not in url:
+            url = f"nats://{url}"
+        urls.append(url)
+    return urls
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectSettings:
+    urls: list[str] = field(default_factory=lambda: [names.DEFAULT_URL])
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds_file: str | None = None
+    name: str = "taskbus"  # the connection name the server shows
+    replicas: int = 1  # for resources this process provisions: 1 embedded, 3 in a cluster
+    connect_timeout_s: float = 2.0
+
+    @classmethod
+    def from_env(cls, url: str | None = None, **overrides: object) -> ConnectSettings:
+        """``url`` (comma-separated) wins over ``TASKBUS_URL``, which wins over the default."""
+        env = os.environ
+        raw_url = url or env.get(names.ENV_URL) or names.DEFAULT_URL
+        values: dict[str, object] = {
+            "urls": split_urls(raw_url) or [names.DEFAULT_URL],
+            "user": env.get(names.ENV_USER) or None,
+            "password": env.get(names.ENV_PASSWORD) or None,
+            "token": env.get(names.ENV_TOKEN) or None,
+            "creds_file": env.get(names.ENV_CREDS) or None,
+            "replicas": int(env.get(names.ENV_REPLICAS, "1")),
+        }
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def default_data_dir() -> Path:
+    """Per-user data directory: ``TASKBUS_DATA_DIR``, else ``$XDG_DATA_HOME/taskbus``."""
+    explicit = os.environ.get(names.ENV_DATA_DIR)
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "taskbus"

@@ -1,0 +1,81 @@
+"""Helpers shared by the test suites: zips made in memory, daemons as real subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from broker import store
+from broker.connection import Bus
+from broker.models import ExecutorRecord
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_zip(files: Mapping[str, str | bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def daemon_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+class Daemon:
+    """A Taskbus daemon (`python -m executor ...`) as a real subprocess."""
+
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=daemon_env(),
+            cwd=REPO,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the daemon and its whole process group (an executor host dying)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+async def wait_for_executors(bus: Bus, count: int, timeout_s: float = 30.0) -> list[str]:
+    """Wait until ``count`` executors have a live heartbeat; returns their ids."""
+    async with asyncio.timeout(timeout_s):
+        seen: set[str] = set()
+        async for key, record in store.watch(bus.executors, ExecutorRecord):
+            if record is not None and key:
+                seen.add(key)
+            if len(seen) >= count:
+                return sorted(seen)
+    raise AssertionError("unreachable")

@@ -1,0 +1,107 @@
+"""The bus contract itself: provisioning, the embedded server, records and zips."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from broker import archive, catalog, store
+from broker.connection import Bus, connect
+from broker.errors import InvalidOrchestration, NotConnected, ServerError
+from broker.models import TaskRecord, utcnow
+from broker.server import EmbeddedServer, ServerSettings
+from broker.settings import ConnectSettings, split_urls
+from broker.status import TaskKind
+from tests.helpers import make_zip
+
+
+async def test_provisioning_is_idempotent(nats_url: str) -> None:
+    first = await connect(ConnectSettings(urls=[nats_url]))
+    second = await connect(ConnectSettings(urls=[nats_url]))
+    await store.put(first.tasks, "k", _task())
+    found = await store.get(second.tasks, "k", TaskRecord)
+    assert found is not None and found[0].name == "t"
+    await first.close()
+    await second.close()
+
+
+async def test_missing_server_says_what_to_run() -> None:
+    with pytest.raises(NotConnected) as caught:
+        await connect(ConnectSettings(urls=["nats://127.0.0.1:1"]))
+    message = str(caught.value)
+    assert "nats://127.0.0.1:1" in message and "taskbus up" in message
+
+
+def test_busy_port_is_a_clear_error(nats_server: EmbeddedServer, tmp_path: Path) -> None:
+    clash = EmbeddedServer(ServerSettings(data_dir=tmp_path / "other", port=nats_server.port))
+    with pytest.raises(ServerError, match="already in use"):
+        clash.start()
+
+
+async def test_concurrent_flag_writes_both_land(bus: Bus) -> None:
+    """Compare-and-set: many writers racing on one task record lose nothing."""
+    task = _task(key=catalog.new_id())
+    await store.put(bus.tasks, task.id, task)
+    await asyncio.gather(
+        *(catalog.set_task_flags(bus, task.id, paused=True) for _ in range(10)),
+        catalog.set_task_flags(bus, task.id, killed=True),
+    )
+    found = await store.get(bus.tasks, task.id, TaskRecord)
+    assert found is not None
+    assert found[0].killed  # the kill was not overwritten by a stale pause write
+
+
+def test_split_urls() -> None:
+    assert split_urls("a:1, nats://b:2,,") == ["nats://a:1", "nats://b:2"]
+
+
+@pytest.mark.parametrize(
+    ("files", "problem"),
+    [
+        ({"run.py": "x"}, "no main.py"),
+        ({"main.py": "x", "requirements.txt": "a", "sub/requirements.txt": "b"}, "several"),
+        ({"main.py": "x", "../evil.py": "x"}, "'..'"),
+        ({"main.py": "x", "/etc/evil": "x"}, "absolute"),
+    ],
+)
+def test_invalid_zips_are_named(files: dict[str, str], problem: str) -> None:
+    with pytest.raises(InvalidOrchestration, match=problem):
+        archive.inspect(make_zip(files))
+
+
+def test_not_a_zip_and_empty_zip() -> None:
+    with pytest.raises(InvalidOrchestration, match="Not a zip"):
+        archive.inspect(b"hello")
+    with pytest.raises(InvalidOrchestration, match="empty"):
+        archive.inspect(make_zip({}))
+
+
+def test_entrypoint_is_root_else_shallowest() -> None:
+    assert archive.find_entrypoint(["b/main.py", "main.py"]) == "main.py"
+    assert archive.find_entrypoint(["b/c/main.py", "z/main.py", "a/main.py"]) == "a/main.py"
+
+
+def test_bad_task_inputs() -> None:
+    with pytest.raises(TypeError, match="dict"):
+        catalog.check_json_args([1, 2])
+    with pytest.raises(TypeError, match="JSON"):
+        catalog.check_json_args({"x": object()})
+    for bad in (0, -1, 1.5, "10", True):
+        with pytest.raises(ValueError, match="positive"):
+            catalog.check_timeout(bad)
+    with pytest.raises(ValueError, match="not a valid task id"):
+        catalog.check_id("nope")
+
+
+def _task(name: str = "t", key: str = "k") -> TaskRecord:
+    now = utcnow()
+    return TaskRecord(
+        id=key,
+        name=name,
+        orchestration_id="o",
+        kind=TaskKind.RUN_ONCE,
+        created_at=now,
+        updated_at=now,
+    )
