@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
@@ -116,13 +119,33 @@ async def connect(
     nc.options["reconnect_time_wait"] = 2
     js = nc.jetstream()
     try:
-        handles = await provision(js, replicas=settings.replicas)
+        handles = await _provision_when_ready(js, settings)
     except Exception:
         await nc.close()
         raise
     bus = Bus(settings=settings, nc=nc, js=js, **handles)
     bus_ref.append(bus)
     return bus
+
+
+async def _provision_when_ready(js: JetStreamContext, settings: ConnectSettings) -> dict[str, Any]:
+    """Provision, retrying while JetStream is not ready yet (a cluster still electing its
+    meta leader answers with timeouts or 503 for a few seconds after it starts)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.jetstream_wait_s
+    while True:
+        try:
+            return await provision(js, replicas=settings.replicas)
+        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+            if loop.time() > deadline:
+                raise NotConnected(
+                    settings.urls,
+                    f"JetStream did not answer within {settings.jetstream_wait_s:.0f} s ({exc}); "
+                    f"is the server started with JetStream (-js) and, in a cluster, are "
+                    f"all nodes up",
+                ) from exc
+            log.info("JetStream not ready yet (%s); retrying", exc)
+            await asyncio.sleep(0.5)
 
 
 def _explain(reason: str) -> str:

@@ -12,36 +12,57 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError
+from nats.js.errors import NotFoundError
 
 from broker import names
 
-# "stream name already in use with a different configuration"
-_STREAM_NAME_IN_USE = 10058
-
 
 async def _ensure_stream(js: JetStreamContext, config: js_api.StreamConfig) -> None:
+    """Create the stream, or bring an existing one's limits up to date.
+
+    Replicas never go down: a client provisioning with the default of 1 must not shrink a
+    cluster's R3 stream.
+    """
+    assert config.name is not None
     try:
+        info = await js.stream_info(config.name)
+    except NotFoundError:
         await js.add_stream(config)
-    except BadRequestError as exc:
-        if exc.err_code != _STREAM_NAME_IN_USE:
-            raise
-        await js.update_stream(config)
+        return
+    current = info.config
+    limits = {
+        "subjects": config.subjects,
+        "max_age": config.max_age,
+        "max_bytes": config.max_bytes,
+        "max_msgs_per_subject": config.max_msgs_per_subject,
+        "duplicate_window": config.duplicate_window or None,
+    }
+    wanted = current.evolve(
+        **{key: value for key, value in limits.items() if value is not None},
+        num_replicas=max(current.num_replicas or 1, config.num_replicas or 1),
+    )
+    if wanted != current:
+        await js.update_stream(wanted)
 
 
 async def _ensure_kv(js: JetStreamContext, config: js_api.KeyValueConfig) -> Any:
+    stream = f"KV_{config.bucket}"
     try:
+        await js.stream_info(stream)
+    except NotFoundError:
         return await js.create_key_value(config)
-    except BadRequestError as exc:
-        if exc.err_code != _STREAM_NAME_IN_USE:
-            raise
-        # Same bucket, other limits: bring the stream's limits up to date, then bind.
-        info = await js.stream_info(f"KV_{config.bucket}")
-        updated = info.config.evolve(
-            max_age=config.ttl, max_msgs_per_subject=config.history, num_replicas=config.replicas
-        )
-        await js.update_stream(updated)
-        return await js.key_value(config.bucket)
+    await _ensure_stream(
+        js,
+        js_api.StreamConfig(
+            name=stream,
+            subjects=[f"$KV.{config.bucket}.>"],
+            max_age=config.ttl,
+            max_bytes=config.max_bytes,
+            max_msgs_per_subject=config.history,
+            num_replicas=config.replicas,
+        ),
+    )
+    return await js.key_value(config.bucket)
 
 
 def _kv(bucket: str, replicas: int, **params: Any) -> js_api.KeyValueConfig:

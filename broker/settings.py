@@ -32,6 +32,9 @@ class ConnectSettings:
     name: str = "taskbus"  # the connection name the server shows
     replicas: int = 1  # for resources this process provisions: 1 embedded, 3 in a cluster
     connect_timeout_s: float = 2.0
+    # How long to wait for JetStream to answer after connecting: a cluster that is still
+    # electing its meta leader times out for a few seconds (~5 s seen on loopback).
+    jetstream_wait_s: float = 30.0
 
     @classmethod
     def from_env(cls, url: str | None = None, **overrides: object) -> ConnectSettings:

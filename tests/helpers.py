@@ -15,6 +15,7 @@ from pathlib import Path
 from broker import store
 from broker.connection import Bus
 from broker.models import ExecutorRecord
+from broker.server import EmbeddedServer, ServerSettings, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -79,3 +80,23 @@ async def wait_for_executors(bus: Bus, count: int, timeout_s: float = 30.0) -> l
             if len(seen) >= count:
                 return sorted(seen)
     raise AssertionError("unreachable")
+
+
+def start_cluster(data_dir: Path, size: int = 3) -> list[EmbeddedServer]:
+    """A real JetStream cluster of ``size`` nats-servers on loopback (routes between all)."""
+    client_ports = [free_port() for _ in range(size)]
+    route_ports = [free_port() for _ in range(size)]
+    routes = ",".join(f"nats://127.0.0.1:{port}" for port in route_ports)
+    servers = []
+    for index in range(size):
+        cluster_args = (
+            "--server_name", f"n{index}",
+            "--cluster_name", "taskbus",
+            "--cluster", f"nats://127.0.0.1:{route_ports[index]}",
+            "--routes", routes,
+        )  # fmt: skip
+        settings = ServerSettings(
+            data_dir=data_dir / f"n{index}", port=client_ports[index], extra_args=cluster_args
+        )
+        servers.append(EmbeddedServer(settings).start())
+    return servers

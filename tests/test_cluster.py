@@ -1,0 +1,58 @@
+"""A 3-node JetStream cluster on loopback, as compose.yaml deploys it: resources replicated
+three times, executors on different nodes, and work that goes on when a node dies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import sdk
+from broker.connection import connect
+from broker.server import EmbeddedServer
+from broker.settings import ConnectSettings
+from tests.helpers import Daemon, make_zip, start_cluster, wait_for_executors
+
+HELLO = make_zip({"main.py": "import sdk\nprint('args', sdk.task_args())\n"})
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[EmbeddedServer]]:
+    servers = start_cluster(tmp_path / "cluster")
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.mark.timeout(240)
+async def test_runs_survive_a_node_dying(
+    cluster: list[EmbeddedServer], tmp_path: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    urls = ",".join(server.url for server in cluster)
+    settings = ConnectSettings.from_env(urls, replicas=3)
+    bus = await connect(settings)
+    stream = await bus.js.stream_info("KV_taskbus_runs")
+    assert stream.config.num_replicas == 3
+    # Two executors, each first pointed at a different node (they fail over to the others).
+    for index in (1, 2):
+        node_first = ",".join(
+            [cluster[index].url, *(s.url for s in cluster if s is not cluster[index])]
+        )
+        start_daemon("executor", "--url", node_first, "--slots", "2",
+                     "--work-dir", str(tmp_path / f"executor{index}"))  # fmt: skip
+    await wait_for_executors(bus, 2)
+
+    async with sdk.AsyncClient(url=urls) as wl:
+        orch = await wl.upload_orchestration(bytes_buffer=HELLO, name="hello")
+        await orch.wait_until_ready(timeout=60)
+
+        async def run_batch(count: int) -> list[str]:
+            tasks = [await orch.run_once(name=f"t{i}", json_args={"i": i}) for i in range(count)]
+            return list(await asyncio.gather(*(task.wait(timeout=120) for task in tasks)))
+
+        assert await run_batch(4) == ["success"] * 4
+        cluster[0].stop()  # one node of three dies: quorum remains
+        assert await run_batch(4) == ["success"] * 4
+    await bus.close()
