@@ -39,8 +39,9 @@ async def _batches(bus: Bus, task_id: str, run_id: str, *, follow: bool) -> Asyn
     )
     try:
         info = await sub.consumer_info()
-        if not follow and not info.num_pending and not sub.pending_msgs:
-            return  # nothing stored, and nothing to wait for
+        delivered = info.delivered.consumer_seq if info.delivered else 0
+        if not follow and not info.num_pending and not sub.pending_msgs and not delivered:
+            return  # nothing stored, and nothing to wait for (none sent and still in flight)
         ended_at: float | None = None
         loop = asyncio.get_running_loop()
         while True:

@@ -1,0 +1,435 @@
+"""The executor daemon: takes runs and packaging jobs from the bus and reports on itself.
+
+``run(settings)`` connects (reconnecting for ever), then, in one task group:
+- a heartbeat ``ExecutorRecord`` in the executors bucket (bucket-wide TTL) every interval;
+- the run-queue intake: one ``fetch(1)`` long-poll at a time while a slot is free (a
+  ``fetch(n>1)`` holds its first message until the batch fills or the poll expires; a
+  ``fetch(1)`` returns the moment one arrives), each run in its own task;
+- the packaging intake, one job at a time;
+- kill watching: core subscriptions on the tasks and control buckets' subjects (every KV put is
+  a message there), re-checked after a reconnect;
+- fencing: cut off from NATS longer than the ack wait, the executor kills its own runs, since
+  the queue has redelivered them elsewhere by then.
+
+SIGINT/SIGTERM: stop taking work, let running runs finish for ``shutdown_grace_s``, then kill
+them (recorded as ``killed``, reason "executor shut down"); a second signal kills at once.
+One summary line is logged at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+
+from broker import names, store
+from broker.connection import Bus, connect
+from broker.models import (
+    ExecutorRecord,
+    PackageRequest,
+    RunControl,
+    RunRequest,
+    TaskRecord,
+    decode,
+    utcnow,
+)
+from executor.artifacts import Artifacts
+from executor.environments import Environment, Environments
+from executor.packaging import package
+from executor.process import Launcher, Spawner
+from executor.runner import Context, RunJob
+from executor.settings import ExecutorSettings
+from executor.zygotes import ZygotePool, base_environment
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+
+async def pull_subscription(
+    js: JetStreamContext,
+    *,
+    stream: str,
+    consumer: str,
+    subject: str,
+    ack_wait_s: float,
+    max_ack_pending: int,
+    max_deliver: int,
+) -> JetStreamContext.PullSubscription:
+    """Create or update the shared durable pull consumer, then bind to it."""
+    config = js_api.ConsumerConfig(
+        durable_name=consumer,
+        filter_subject=subject,
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        deliver_policy=js_api.DeliverPolicy.ALL,
+        ack_wait=ack_wait_s,
+        max_ack_pending=max_ack_pending,
+        max_deliver=max_deliver,
+    )
+    await js.add_consumer(stream, config)
+    return await js.pull_subscribe_bind(consumer=consumer, stream=stream)
+
+
+def scratch_dir(settings: ExecutorSettings) -> Path:
+    """Where per-run argument files go: tmpfs when the host has one (a file there costs
+    microseconds), else the work dir."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm / f"taskbus-{settings.id}"
+    return settings.work_dir / "scratch"
+
+
+class Executor:
+    def __init__(self, settings: ExecutorSettings, bus: Bus) -> None:
+        self.settings = settings
+        self.bus = bus
+        base_env = base_environment()
+        self.environments = Environments(settings.env_cache_dir, settings.env_cache_max_bytes)
+        self.ctx = Context(
+            settings=settings,
+            bus=bus,
+            artifacts=Artifacts(bus, settings.work_dir, scratch_dir(settings)),
+            environments=self.environments,
+            launcher_for=self.launcher_for,
+            base_env=base_env,
+        )
+        self.jobs: dict[str, RunJob] = {}
+        self.packaged = 0
+        self._stop = anyio.Event()
+        self._stop_reason = ""
+        self._slots = anyio.Semaphore(settings.slots)
+        self._package_slots = anyio.Semaphore(1)
+        self._waiting_scopes: set[anyio.CancelScope] = set()
+        self._active = 0
+        self._idle = anyio.Event()  # set when the last piece of work ends
+        self._lost_since: float | None = None
+        self._zygotes = ZygotePool(base_env)
+        self._spawner = Spawner()
+        self._started_at = utcnow()
+        self._work: anyio.abc.TaskGroup | None = None
+        self._packaging = anyio.CancelScope()
+
+    # --- launching ---------------------------------------------------------------------------
+    def launcher_for(self, environment: Environment | None) -> Launcher:
+        if not self.settings.zygote:
+            return self._spawner
+        if environment is None:
+            return self._zygotes.get(sys.executable)
+        if self._zygotes.has(environment.python):
+            return self._zygotes.get(environment.python)
+        # The zygote keeps the environment in use (not evictable) for as long as it lives.
+        fd = self.environments.share(environment)
+        return self._zygotes.get(environment.python, on_close=lambda: os.close(fd))
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self, reason: str, *, now: bool = False) -> None:
+        if now:
+            for job in list(self.jobs.values()):
+                job.request_kill(f"the executor shut down ({reason})")
+        if self._stop.is_set():
+            return
+        self._stop_reason = reason
+        log.info("executor %s stopping (%s): no new work", self.settings.id, reason)
+        self._stop.set()
+        for scope in list(self._waiting_scopes):
+            scope.cancel()
+
+    async def run(self) -> None:
+        settings, bus = self.settings, self.bus
+        started = time.monotonic()
+        runq = await pull_subscription(
+            bus.js, stream=names.RUNQ_STREAM, consumer=names.runq_consumer(settings.pool),
+            subject=names.runq_subject(settings.pool), ack_wait_s=settings.ack_wait_s,
+            max_ack_pending=settings.max_ack_pending, max_deliver=names.RUNQ_MAX_DELIVER,
+        )  # fmt: skip
+        pkgq = None
+        if settings.package:
+            pkgq = await pull_subscription(
+                bus.js, stream=names.PKGQ_STREAM, consumer=names.PKGQ_CONSUMER,
+                subject=names.PKGQ_SUBJECT, ack_wait_s=names.PKGQ_ACK_WAIT_S,
+                max_ack_pending=settings.max_ack_pending, max_deliver=-1,
+            )  # fmt: skip
+        subscriptions = [
+            await bus.nc.subscribe(names.kv_subject(names.TASKS), cb=self._on_task),
+            await bus.nc.subscribe(names.kv_subject(names.CONTROL), cb=self._on_control),
+        ]
+        bus.on_disconnect.append(self._disconnected)
+        bus.on_reconnect.append(self._reconnected)
+        if settings.zygote:
+            await self._zygotes.warm(sys.executable)
+        await self._beat()
+        log.info(
+            "executor %s ready: pool %r, %d slots, work dir %s, %s",
+            settings.id, settings.pool, settings.slots, settings.work_dir,
+            "zygote launcher" if settings.zygote else "spawn launcher",
+        )  # fmt: skip
+        try:
+            async with anyio.create_task_group() as services:
+                services.start_soon(self._heartbeat_loop)
+                services.start_soon(self._fence_loop)
+                async with anyio.create_task_group() as work:
+                    self._work = work
+                    work.start_soon(self._intake, runq, self._slots, self._take_run)
+                    if pkgq is not None:
+                        work.start_soon(self._intake, pkgq, self._package_slots, self._package)
+                    await self._stop.wait()
+                    await self._drain()
+                services.cancel_scope.cancel()
+        finally:
+            # Pull subscriptions are unsubscribed here: a late status message left in their
+            # queue would hold the connection's drain for its whole timeout.
+            for pull in (runq, pkgq):
+                if pull is not None:
+                    await _quietly(pull.unsubscribe())
+            for sub in subscriptions:
+                await _quietly(sub.unsubscribe())
+            await _quietly(bus.executors.delete(settings.id))
+            self._zygotes.close()
+            self.ctx.artifacts.close()
+            stats = self.ctx.stats
+            runs = sum(stats.values())
+            detail = ", ".join(f"{count} {status}" for status, count in sorted(stats.items()))
+            log.info(
+                "executor %s stopped after %.1f s (%s): %d runs%s, %d packaged",
+                settings.id, time.monotonic() - started, self._stop_reason or "error", runs,
+                f" ({detail})" if detail else "", self.packaged,
+            )  # fmt: skip
+
+    async def _drain(self) -> None:
+        """Let running work finish for the grace period, then kill what is left."""
+        grace = self.settings.shutdown_grace_s
+        if self._active:
+            self._idle = anyio.Event()
+            with anyio.move_on_after(grace):
+                await self._idle.wait()
+        if self.jobs:
+            log.info("grace of %.0f s over: killing %d runs", grace, len(self.jobs))
+            for job in list(self.jobs.values()):
+                job.request_kill(f"the executor shut down ({self._stop_reason})")
+        self._packaging.cancel()
+
+    # --- intake ------------------------------------------------------------------------------
+    async def _intake(
+        self, sub: JetStreamContext.PullSubscription, slots: anyio.Semaphore, handle: Handler
+    ) -> None:
+        assert self._work is not None
+        while not self._stop.is_set():
+            with anyio.CancelScope() as waiting:
+                self._waiting_scopes.add(waiting)
+                try:
+                    await slots.acquire()
+                finally:
+                    self._waiting_scopes.discard(waiting)
+            if waiting.cancelled_caught:
+                return
+            if self._stop.is_set():
+                slots.release()
+                return
+            try:
+                msgs = await sub.fetch(1, timeout=self.settings.fetch_timeout_s)
+            except (TimeoutError, nats.errors.TimeoutError):
+                slots.release()
+                continue
+            except Exception as exc:  # disconnected, or the consumer is being recreated
+                slots.release()
+                log.debug("fetch failed: %r", exc)
+                await anyio.sleep(0.25)
+                continue
+            if self._stop.is_set():
+                for msg in msgs:
+                    await _quietly(msg.nak())
+                slots.release()
+                return
+            self._active += 1
+            self._work.start_soon(self._guarded, handle, msgs[0], slots)
+
+    async def _guarded(self, handle: Handler, msg: Msg, slots: anyio.Semaphore) -> None:
+        try:
+            await handle(msg)
+        except Exception:
+            log.exception("error handling %s", msg.subject)
+        finally:
+            self._active -= 1
+            slots.release()
+            if not self._active:
+                self._idle.set()
+
+    async def _take_run(self, msg: Msg) -> None:
+        try:
+            request = decode(RunRequest, msg.data)
+        except msgspec.DecodeError as exc:
+            log.error("dropping a malformed run request: %s", exc)
+            await _quietly(msg.term())
+            return
+        key = names.run_key(request.task_id, request.run_id)
+        existing = self.jobs.get(key)
+        if existing is not None:
+            existing.msg = msg  # redelivered while it runs here: answer the newest delivery
+            return
+        job = self.jobs[key] = RunJob(self.ctx, msg, request)
+        try:
+            await job.execute()
+        finally:
+            if self.jobs.get(key) is job:
+                del self.jobs[key]
+
+    async def _package(self, msg: Msg) -> None:
+        try:
+            request = decode(PackageRequest, msg.data)
+        except msgspec.DecodeError as exc:
+            log.error("dropping a malformed package request: %s", exc)
+            await _quietly(msg.term())
+            return
+        with self._packaging:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_keep_alive, msg, names.PKGQ_ACK_WAIT_S / 3)
+                try:
+                    await package(
+                        self.bus, self.ctx.artifacts, self.environments, request.orchestration_id
+                    )
+                except Exception:
+                    log.exception("packaging %s failed", request.orchestration_id)
+                    await _quietly(msg.nak(delay=5.0))
+                    tg.cancel_scope.cancel()
+                    return
+                self.packaged += 1
+                await _quietly(msg.ack())
+                tg.cancel_scope.cancel()
+                return
+        await _quietly(msg.nak())  # shut down mid-way: another executor takes it over
+
+    # --- heartbeat, kills, fencing -----------------------------------------------------------
+    async def _beat(self) -> None:
+        settings = self.settings
+        record = ExecutorRecord(
+            id=settings.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            pool=settings.pool,
+            slots=settings.slots,
+            running=sorted(self.jobs),
+            started_at=self._started_at,
+            heartbeat_at=utcnow(),
+        )
+        await store.put(self.bus.executors, settings.id, record)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.heartbeat_interval_s)
+            try:
+                await self._beat()
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _on_task(self, msg: Msg) -> None:
+        task_id = msg.subject.rsplit(".", 1)[-1]
+        jobs = [job for job in self.jobs.values() if job.task_id == task_id]
+        if not jobs or not msg.data:
+            return
+        try:
+            task = decode(TaskRecord, msg.data)
+        except msgspec.DecodeError:
+            return
+        if task.killed:
+            for job in jobs:
+                job.request_kill("task killed")
+
+    async def _on_control(self, msg: Msg) -> None:
+        key = msg.subject.removeprefix(names.kv_subject(names.CONTROL, ""))
+        job = self.jobs.get(key)
+        if job is None or not msg.data:
+            return
+        try:
+            control = decode(RunControl, msg.data)
+        except msgspec.DecodeError:
+            return
+        if control.kill:
+            job.request_kill(control.reason or "kill requested")
+
+    async def _disconnected(self) -> None:
+        if self._lost_since is None:
+            self._lost_since = time.monotonic()
+            log.warning("lost contact with NATS")
+
+    async def _reconnected(self) -> None:
+        self._lost_since = None
+        for job in list(self.jobs.values()):  # kills sent while we were away
+            task = await store.get(self.bus.tasks, job.task_id, TaskRecord)
+            if task is not None and task[0].killed:
+                job.request_kill("task killed")
+            control = await store.get(self.bus.control, job.key, RunControl)
+            if control is not None and control[0].kill:
+                job.request_kill(control[0].reason or "kill requested")
+
+    async def _fence_loop(self) -> None:
+        ack_wait = self.settings.ack_wait_s
+        while True:
+            await anyio.sleep(min(0.25, ack_wait / 4))
+            if self.bus.connected:
+                self._lost_since = None
+                continue
+            now = time.monotonic()
+            if self._lost_since is None:
+                self._lost_since = now
+            if now - self._lost_since > ack_wait and self.jobs:
+                log.warning("no contact with NATS for %.0f s: killing %d runs (fencing)",
+                            now - self._lost_since, len(self.jobs))  # fmt: skip
+                for job in list(self.jobs.values()):
+                    job.request_kill(
+                        f"fenced: no contact with NATS for over {ack_wait:g} s, so the run may "
+                        f"be retried elsewhere"
+                    )
+
+
+async def _keep_alive(msg: Msg, interval_s: float) -> None:
+    while True:
+        await anyio.sleep(interval_s)
+        await _quietly(msg.in_progress())
+
+
+async def _quietly(awaitable: Awaitable[object]) -> None:
+    try:
+        await awaitable
+    except Exception as exc:
+        log.debug("ignored: %r", exc)
+
+
+async def serve(settings: ExecutorSettings) -> None:
+    bus = await connect(settings.connect, reconnect_forever=True)
+    executor = Executor(settings, bus)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch_signals, executor)
+            await executor.run()
+            tg.cancel_scope.cancel()
+    finally:
+        await bus.close()
+
+
+async def _watch_signals(executor: Executor) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            executor.stop(name, now=executor.stopping)
+
+
+def run(settings: ExecutorSettings) -> None:
+    """Run the executor until SIGINT/SIGTERM."""
+    anyio.run(serve, settings)

@@ -1,0 +1,247 @@
+"""Virtualenvs for orchestrations with requirements: built by uv from the pinned lock, cached.
+
+An environment is keyed by sha256(lock, Python version, platform): every run of every
+orchestration with the same lock shares it, and a cache hit installs nothing. Layout under
+``env_dir``::
+
+    <key>/                the virtualenv; ``<key>/.taskbus-ready`` (written last) marks it
+                          complete and holds its size and build time
+    <key>.lock            flock: exclusive while building or evicting, shared while in use
+    <key>.used            its mtime is the last use (for LRU eviction)
+
+Two runs or two executor processes asking for the same key at once: one builds under the
+exclusive lock, the other waits for it and then finds the marker. Runs (and the warm zygote of
+an environment) hold the shared lock, so eviction, which needs the exclusive one, never
+removes an environment in use. Past ``max_bytes`` the least recently used ones go.
+
+``import sdk`` works in every environment: a ``.pth`` file, processed after the venv's own
+site-packages, appends the folders where ``sdk``/``broker`` and their dependencies live, so the
+user's pinned versions come first and the executor's are only a fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import platform
+import shutil
+import site
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import uv
+
+log = logging.getLogger(__name__)
+
+READY = ".taskbus-ready"
+PTH_NAME = "taskbus_sdk.pth"
+LOCK_POLL_S = 0.02
+ERROR_MAX_CHARS = 1500
+
+
+class EnvironmentBuildError(RuntimeError):
+    """uv could not build the environment; the message carries uv's own reason."""
+
+
+def python_tag() -> str:
+    """What a lock is resolved for and an environment is built with: this interpreter."""
+    return f"{sys.implementation.name}-{platform.python_version()}-{sysconfig.get_platform()}"
+
+
+def env_key(lock: str) -> str:
+    return hashlib.sha256(f"{lock}\n{python_tag()}".encode()).hexdigest()[:32]
+
+
+def uv_binary() -> str:
+    return str(uv.find_uv_bin())
+
+
+def trim_tool_output(text: str, limit: int = ERROR_MAX_CHARS) -> str:
+    """uv's message without progress noise, short enough to show on an orchestration."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    keep = [line for line in lines if line.strip() and not line.lstrip().startswith("Using ")]
+    message = "\n".join(keep).strip()
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def sdk_paths() -> list[str]:
+    """Folders to append to a task venv's path so ``import sdk`` works: where the ``sdk`` and
+    ``broker`` packages live, then this interpreter's site-packages (msgspec, nats, anyio)."""
+    paths: list[str] = []
+    for module in ("sdk", "broker", "msgspec", "nats", "anyio"):
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.submodule_search_locations:
+            paths.append(str(Path(next(iter(spec.submodule_search_locations))).parent))
+    paths.extend(site.getsitepackages())
+    seen: set[str] = set()
+    return [p for p in paths if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+
+
+@dataclass(eq=False)
+class Environment:
+    """A ready environment, held (shared lock) until ``release()``."""
+
+    key: str
+    path: Path
+    python: str
+    hit: bool
+    build_s: float
+    _fd: int
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # drops the flock
+            self._fd = -1
+
+
+async def run_tool(*args: str) -> tuple[int, str, str]:
+    """Run uv; returns (exit code, stdout, stderr)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX")}
+    env["NO_COLOR"] = "1"
+    result = await anyio.run_process(list(args), check=False, env=env, cwd="/")
+    stdout = result.stdout.decode(errors="replace")
+    return result.returncode, stdout, result.stderr.decode(errors="replace")
+
+
+class Environments:
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._uv = uv_binary()
+
+    async def acquire(self, lock: str) -> Environment:
+        """The environment for ``lock``, built if missing; hold it until ``release()``."""
+        key = env_key(lock)
+        path = self.root / key
+        fd = os.open(self.root / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            await _flock(fd, fcntl.LOCK_SH)
+            hit = (path / READY).is_file()
+            build_s = 0.0
+            if not hit:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                await _flock(fd, fcntl.LOCK_EX)
+                hit = (path / READY).is_file()  # built meanwhile by someone else
+                if not hit:
+                    build_s = await self._build(path, lock)
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            (self.root / f"{key}.used").touch()
+        except BaseException:
+            os.close(fd)
+            raise
+        environment = Environment(
+            key=key, path=path, python=str(path / "bin" / "python"), hit=hit, build_s=build_s,
+            _fd=fd,
+        )  # fmt: skip
+        if not hit:
+            await anyio.to_thread.run_sync(self.evict)
+        return environment
+
+    def share(self, environment: Environment) -> int:
+        """Another shared hold on an environment already held (for its zygote's lifetime);
+        close the returned fd to let go."""
+        fd = os.open(
+            self.root / f"{environment.key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # never waits: a run holds it shared
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+    async def _build(self, path: Path, lock: str) -> float:
+        started = time.monotonic()
+        # A build that died half-way leaves a folder without the marker.
+        await anyio.to_thread.run_sync(shutil.rmtree, path, True)
+        code, _, output = await run_tool(
+            self._uv, "venv", "--quiet", "--no-progress", "--python", sys.executable, str(path)
+        )
+        if code != 0:
+            raise EnvironmentBuildError(
+                f"uv could not create a virtualenv: {trim_tool_output(output)}"
+            )
+        lock_file = path / "requirements.lock"
+        lock_file.write_text(lock)
+        python = str(path / "bin" / "python")
+        code, _, output = await run_tool(
+            self._uv, "pip", "sync", "--quiet", "--no-progress", "--python", python, str(lock_file)
+        )
+        if code != 0:
+            shutil.rmtree(path, ignore_errors=True)
+            raise EnvironmentBuildError(
+                f"installing the pinned requirements failed: {trim_tool_output(output)}"
+            )
+        site_packages = Path(sysconfig.get_path("purelib", vars={"base": str(path)}))
+        (site_packages / PTH_NAME).write_text("\n".join(sdk_paths()) + "\n")
+        build_s = time.monotonic() - started
+        size = await anyio.to_thread.run_sync(_tree_size, path)
+        (path / READY).write_text(json.dumps({"size": size, "build_s": round(build_s, 3)}))
+        log.info("built environment %s in %.2f s (%d MiB)", path.name, build_s, size >> 20)
+        return build_s
+
+    def evict(self) -> list[str]:
+        """Remove least recently used environments not in use until under ``max_bytes``."""
+        entries: list[tuple[float, str, int]] = []
+        for marker in self.root.glob(f"*/{READY}"):
+            key = marker.parent.name
+            try:
+                size = int(json.loads(marker.read_text())["size"])
+                used_at = (self.root / f"{key}.used").stat().st_mtime
+            except (OSError, ValueError, KeyError):
+                continue
+            entries.append((used_at, key, size))
+        total = sum(size for _, _, size in entries)
+        evicted: list[str] = []
+        for _, key, size in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            fd = os.open(self.root / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # in use
+            try:
+                (self.root / key / READY).unlink(missing_ok=True)
+                shutil.rmtree(self.root / key, ignore_errors=True)
+            finally:
+                os.close(fd)
+            total -= size
+            evicted.append(key)
+            log.info("evicted environment %s (%d MiB)", key, size >> 20)
+        return evicted
+
+
+async def _flock(fd: int, mode: int) -> None:
+    """Take a flock without blocking the event loop (polling; cancellable)."""
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+        await asyncio.sleep(LOCK_POLL_S)
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total

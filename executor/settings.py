@@ -1,0 +1,117 @@
+"""The executor's settings: one typed object, built from the command line or the environment."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from broker import names
+from broker.settings import ConnectSettings, default_data_dir
+
+
+def _default_id() -> str:
+    """``<host>-<pid>-<4 hex>``: unique per process, readable in the console, a valid KV key."""
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())
+    return f"{host or 'host'}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecutorSettings:
+    connect: ConnectSettings = field(default_factory=ConnectSettings)
+    id: str = field(default_factory=_default_id)
+    slots: int = 4  # runs at once
+    pool: str = names.DEFAULT_POOL
+    work_dir: Path = field(default_factory=lambda: default_data_dir() / "executor")
+    # Virtualenvs built from pinned locks; least recently used ones go past this size.
+    env_dir: Path | None = None  # default: <work_dir>/envs
+    env_cache_max_bytes: int = 5 << 30
+    # The run queue's ack wait; the consumer is shared by the pool, so every executor of a
+    # pool should use the same value (the last one to start sets it).
+    ack_wait_s: float = names.RUNQ_ACK_WAIT_S
+    # How many runs of the whole pool may be unacked at once (JetStream stops delivering
+    # silently past it): far above any pool's total slots.
+    max_ack_pending: int = 10_000
+    kill_grace_s: float = 5.0  # SIGTERM → SIGKILL on timeout or kill
+    shutdown_grace_s: float = 10.0  # SIGTERM/SIGINT: how long running runs may finish
+    max_log_bytes: int = 64 << 20  # per run; output past it is dropped (the log says so)
+    log_linger_s: float = 0.002  # a log batch waits this long for more lines
+    log_batch_lines: int = 500  # ... or is published once it has this many
+    heartbeat_interval_s: float = names.HEARTBEAT_INTERVAL_S
+    fetch_timeout_s: float = 0.5  # one long-poll pull request; also bounds shutdown
+    # Fork runs from a warm interpreter per environment (~2 ms) instead of spawning a fresh
+    # one (~30 ms with this machine's site-packages); both give the same process contract.
+    zygote: bool = True
+    keep_run_dirs: bool = False  # keep each run's working copy after it ends (debugging)
+    # Packaging resolves requirements for this executor's interpreter.
+    package: bool = True  # take PackageRequests (an executor may leave that to others)
+
+    @property
+    def env_cache_dir(self) -> Path:
+        return self.env_dir or self.work_dir / "envs"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> ExecutorSettings:
+        url = overrides.pop("url", None)
+        connect = ConnectSettings.from_env(url=str(url) if url else None, name="taskbus-executor")
+        values: dict[str, object] = {"connect": connect}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_cli(cls, argv: Sequence[str] | None = None) -> ExecutorSettings:
+        args = parser().parse_args(argv)
+        return cls.from_env(
+            url=args.url,
+            slots=args.slots,
+            pool=args.pool,
+            work_dir=Path(args.work_dir).expanduser() if args.work_dir else None,
+            env_dir=Path(args.env_dir).expanduser() if args.env_dir else None,
+            env_cache_max_bytes=args.env_cache_max_bytes,
+            ack_wait_s=args.ack_wait,
+            kill_grace_s=args.kill_grace,
+            shutdown_grace_s=args.shutdown_grace,
+            max_log_bytes=args.max_log_bytes,
+            zygote=False if args.no_zygote else None,
+            package=False if args.no_packaging else None,
+            keep_run_dirs=True if args.keep_run_dirs else None,
+        )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="taskbus executor",
+        description="Run task runs from the Taskbus run queue on this host.",
+    )
+    p.add_argument("--url", help=f"NATS URL(s), comma separated (default ${names.ENV_URL})")
+    p.add_argument("--slots", type=_positive_int, help="runs at once (default 4)")
+    p.add_argument("--pool", help=f"the pool whose queue to take runs from ({names.DEFAULT_POOL})")
+    p.add_argument("--work-dir", help="where zips, environments and run folders are kept")
+    p.add_argument("--env-dir", help="virtualenv cache (default <work-dir>/envs)")
+    p.add_argument("--env-cache-max-bytes", type=_positive_int, help="virtualenv cache cap")
+    p.add_argument("--ack-wait", type=_positive_float, help="run queue ack wait, seconds")
+    p.add_argument("--kill-grace", type=_positive_float, help="SIGTERM to SIGKILL, seconds")
+    p.add_argument("--shutdown-grace", type=_positive_float, help="runs may finish, seconds")
+    p.add_argument("--max-log-bytes", type=_positive_int, help="log cap per run, bytes")
+    p.add_argument("--no-zygote", action="store_true", help="spawn every run afresh")
+    p.add_argument("--no-packaging", action="store_true", help="leave packaging to others")
+    p.add_argument("--keep-run-dirs", action="store_true", help="keep run folders")
+    return p
