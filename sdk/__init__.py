@@ -1,0 +1,108 @@
+"""Taskbus Python SDK: ``import sdk; wl = sdk.Client()`` (see API.md).
+
+``import sdk`` is cheap: only ``in_task`` and ``task_args`` are loaded eagerly (they need no
+connection, and a task's child process calls them at start). Everything else — the clients,
+objects, errors and status enums — is imported on first use (PEP 562), so a child that never
+touches the bus never pays for nats, msgspec or anyio.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from sdk.intask import in_task, task_args
+
+if TYPE_CHECKING:
+    from broker.errors import (
+        InvalidOrchestration,
+        InvalidSchedule,
+        NotConnected,
+        OrchestrationMissingFile,
+        OrchestrationNotFound,
+        OrchestrationNotReady,
+        OrchestrationUploadFailed,
+        ServerError,
+        TaskbusError,
+        TaskNotFound,
+        WaitTimeout,
+    )
+    from broker.status import OrchestrationStatus, RunStatus, TaskStatus
+    from sdk.client import AsyncClient, Client
+    from sdk.lists import OrchestrationList, TaskList, TaskRunList
+    from sdk.orchestration import AsyncOrchestration, Orchestration
+    from sdk.run import AsyncTaskRun, TaskRun, TaskRunLogs
+    from sdk.task import AsyncTask, Task
+
+_LAZY = {
+    "Client": "sdk.client",
+    "AsyncClient": "sdk.client",
+    "Orchestration": "sdk.orchestration",
+    "AsyncOrchestration": "sdk.orchestration",
+    "Task": "sdk.task",
+    "AsyncTask": "sdk.task",
+    "TaskRun": "sdk.run",
+    "AsyncTaskRun": "sdk.run",
+    "TaskRunLogs": "sdk.run",
+    "OrchestrationList": "sdk.lists",
+    "TaskList": "sdk.lists",
+    "TaskRunList": "sdk.lists",
+    "OrchestrationStatus": "broker.status",
+    "RunStatus": "broker.status",
+    "TaskStatus": "broker.status",
+    "TaskbusError": "broker.errors",
+    "NotConnected": "broker.errors",
+    "ServerError": "broker.errors",
+    "OrchestrationMissingFile": "broker.errors",
+    "InvalidOrchestration": "broker.errors",
+    "OrchestrationUploadFailed": "broker.errors",
+    "OrchestrationNotReady": "broker.errors",
+    "OrchestrationNotFound": "broker.errors",
+    "InvalidSchedule": "broker.errors",
+    "TaskNotFound": "broker.errors",
+    "WaitTimeout": "broker.errors",
+}
+
+__all__ = [
+    "AsyncClient",
+    "AsyncOrchestration",
+    "AsyncTask",
+    "AsyncTaskRun",
+    "Client",
+    "InvalidOrchestration",
+    "InvalidSchedule",
+    "NotConnected",
+    "Orchestration",
+    "OrchestrationList",
+    "OrchestrationMissingFile",
+    "OrchestrationNotFound",
+    "OrchestrationNotReady",
+    "OrchestrationStatus",
+    "OrchestrationUploadFailed",
+    "RunStatus",
+    "ServerError",
+    "Task",
+    "TaskList",
+    "TaskNotFound",
+    "TaskRun",
+    "TaskRunList",
+    "TaskRunLogs",
+    "TaskStatus",
+    "TaskbusError",
+    "WaitTimeout",
+    "in_task",
+    "task_args",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sdk' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,54 @@
+"""The ``taskbus`` command: parse, build settings, call the library.
+
+Exit codes scripts can trust: 0 ok; 1 the work failed (a task run that did not succeed, a
+packaging error, a daemon that could not start); 2 usage or bad input; 3 no server to talk to.
+Every Taskbus error is one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+OK = 0
+FAILED = 1
+USAGE = 2
+NOT_CONNECTED = 3
+INTERRUPTED = 130
+
+
+def error(message: object) -> None:
+    print(f"taskbus: error: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from broker.errors import NotConnected, TaskbusError
+    from sdk.cli.parser import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help(sys.stderr)
+        return USAGE
+    try:
+        code: int = args.handler(args)
+        return code
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    except BrokenPipeError:  # `taskbus logs ... | head`
+        sys.stderr.close()
+        return OK
+    except NotConnected as exc:
+        error(exc)
+        return NOT_CONNECTED
+    except TaskbusError as exc:
+        error(exc)
+        return USAGE if isinstance(exc, ValueError | LookupError) else FAILED
+    except (ValueError, TypeError) as exc:  # the library's checks of arguments
+        error(exc)
+        return USAGE
+    except Exception as exc:
+        if type(exc).__module__.startswith("nats"):
+            error(f"lost the connection to the server ({type(exc).__name__}: {exc})")
+            return NOT_CONNECTED
+        raise

@@ -1,0 +1,174 @@
+"""The user commands: thin calls into ``sdk.Client``, printed as tables or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sdk.cli import FAILED, OK, USAGE, error
+from sdk.cli.parser import connect_settings
+
+if TYPE_CHECKING:
+    from sdk.client import Client
+    from sdk.run import TaskRun
+
+
+def _client(args: argparse.Namespace) -> Client:
+    from sdk.client import Client
+
+    return Client(settings=connect_settings(args))
+
+
+def _emit(args: argparse.Namespace, shown: Any, data: Any) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(shown)
+
+
+def _json_args(raw: str | None) -> dict[str, Any] | None:
+    """``--args``: a JSON object, or ``@file`` holding one (the library checks it is one)."""
+    if raw is None:
+        return None
+    text = raw
+    if raw.startswith("@"):
+        try:
+            text = Path(raw[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"--args {raw}: cannot read the file ({exc.strerror})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"--args is not valid JSON ({exc}); give an object such as '{{\"n\": 3}}'"
+        ) from None
+    return value  # type: ignore[no-any-return]
+
+
+def upload(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        orch = client.upload_orchestration(path=args.path, name=args.name)
+        if args.wait:
+            orch.wait_until_ready(args.timeout)
+        _emit(args, orch, orch.to_dict())
+    return OK
+
+
+def orchestrations(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        found = client.list_orchestrations(args.workspace)
+        _emit(args, found, [o.to_dict() for o in found])
+    return OK
+
+
+def run(args: argparse.Namespace) -> int:
+    json_args = _json_args(args.args)
+    with _client(args) as client:
+        orch = client.get_orchestration(args.orchestration)
+        task = orch.run_once(args.name, json_args, args.timeout, args.debug)
+        if not (args.wait or args.follow):
+            _emit(args, task, task.to_dict())
+            return OK
+        if args.follow:
+            if not args.json:
+                print(f"task {task.id()} ({task.name()}): following its run", file=sys.stderr)
+            _print_lines(args, task.last_runs()[0].logs(follow=True))
+        status = task.wait()
+        task.refresh()
+        if args.json:
+            print(json.dumps(task.to_dict(), indent=2))
+        elif args.follow:
+            print(f"task {task.id()} ({task.name()}): {status}", file=sys.stderr)
+        else:
+            print(task)
+    return OK if status == "success" else FAILED
+
+
+def schedule(args: argparse.Namespace) -> int:
+    json_args = _json_args(args.args)
+    with _client(args) as client:
+        orch = client.get_orchestration(args.orchestration)
+        task = orch.run_scheduled(
+            args.name,
+            args.cron,
+            json_args,
+            args.timeout,
+            tz=args.tz,
+            overlap=args.overlap,
+            missed=args.missed,
+        )
+        _emit(args, task, task.to_dict())
+    return OK
+
+
+def tasks(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        found = client.list_tasks(killed=args.killed, workspace=args.workspace)
+        _emit(args, found, [t.to_dict() for t in found])
+    return OK
+
+
+def runs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        found = client.get_task_by_id(args.task_id).last_runs(args.limit, args.status)
+        _emit(args, found, [r.to_dict() for r in found])
+    return OK
+
+
+def logs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        task = client.get_task_by_id(args.task_id)
+        chosen = _pick_run(task.last_runs(), args.run_id)
+        if chosen is None:
+            what = f"no run {args.run_id}" if args.run_id else "no runs yet"
+            error(f"task {task.id()} ({task.name()}) has {what}; `taskbus runs {task.id()}`")
+            return USAGE if args.run_id else FAILED
+        if args.follow:
+            _print_lines(args, chosen.logs(args.limit, follow=True))
+        elif args.json:
+            print(json.dumps(list(chosen.logs(args.limit)), indent=2))
+        else:
+            for line in chosen.logs(args.limit):
+                print(line)
+    return OK
+
+
+def _pick_run(found: list[TaskRun], run_id: str | None) -> TaskRun | None:
+    if run_id is None:
+        return found[0] if found else None
+    return next((r for r in found if r.id() == run_id), None)
+
+
+def _print_lines(args: argparse.Namespace, lines: Any) -> None:
+    for line in lines:
+        print(json.dumps(line) if args.json else line, flush=True)
+
+
+def kill(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        task = client.get_task_by_id(args.task_id)
+        status = task.kill()
+        if args.json:
+            print(json.dumps({"id": task.id(), "name": task.name(), "status": str(status)}))
+        else:
+            print(f"task {task.id()} ({task.name()}): {status}")
+    return OK
+
+
+def pause(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        task = client.get_task_by_id(args.task_id).pause()
+        task.refresh()
+        _emit(args, task, task.to_dict())
+    return OK
+
+
+def resume(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        task = client.get_task_by_id(args.task_id).resume()
+        task.refresh()
+        _emit(args, task, task.to_dict())
+    return OK

@@ -1,0 +1,91 @@
+"""``taskbus executor|scheduler|console``: become another package's daemon.
+
+Nothing imports those packages but this module, and only when asked: the daemons are exec'd as
+``python -m <module> --url URL ...`` (credentials in the environment); the console is called
+in this process through ``console.run_console`` when its package provides it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+
+from broker import names
+from broker.settings import ConnectSettings
+from sdk.cli import FAILED, OK, error
+from sdk.cli.parser import connect_settings
+
+
+def available(module: str) -> bool:
+    """True when ``python -m module`` would run (the package and its ``__main__`` exist)."""
+    try:
+        return importlib.util.find_spec(f"{module}.__main__") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def child_env(settings: ConnectSettings) -> dict[str, str]:
+    """The environment for a daemon: the URL and credentials the way it reads them."""
+    env = dict(os.environ)
+    env[names.ENV_URL] = ",".join(settings.urls)
+    for key, value in (
+        (names.ENV_USER, settings.user),
+        (names.ENV_PASSWORD, settings.password),
+        (names.ENV_TOKEN, settings.token),
+        (names.ENV_CREDS, settings.creds_file),
+    ):
+        if value:
+            env[key] = value
+    return env
+
+
+def _run_module(module: str, what: str, settings: ConnectSettings, argv: list[str]) -> int:
+    """Become ``python -m module --url URL argv...`` (exec: its signals, its exit code)."""
+    if not available(module):
+        error(f"the {what} is not available in this installation (no module {module!r})")
+        return FAILED
+    command = [sys.executable, "-m", module, "--url", ",".join(settings.urls), *argv]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, command, child_env(settings))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def executor(args: argparse.Namespace) -> int:
+    argv: list[str] = []
+    if args.slots is not None:
+        argv += ["--slots", str(args.slots)]
+    if args.pool:
+        argv += ["--pool", args.pool]
+    if args.work_dir:
+        argv += ["--work-dir", args.work_dir]
+    return _run_module("executor", "executor", connect_settings(args, "taskbus-executor"), argv)
+
+
+def scheduler(args: argparse.Namespace) -> int:
+    return _run_module(
+        "broker.scheduler", "scheduler", connect_settings(args, "taskbus-scheduler"), []
+    )
+
+
+def console(args: argparse.Namespace) -> int:
+    settings = connect_settings(args, "taskbus-console")
+    run_console = console_entry()
+    if run_console is not None:
+        run_console(settings, web=args.web)
+        return OK
+    return _run_module("console", "console", settings, ["--web"] if args.web else [])
+
+
+def console_entry() -> Callable[..., None] | None:
+    """``console.run_console`` when the console package provides it."""
+    try:
+        module = importlib.import_module("console")
+    except ImportError:
+        return None
+    entry: Callable[..., None] | None = getattr(module, "run_console", None)
+    return entry

@@ -1,0 +1,146 @@
+"""``taskbus up`` (the embedded stack) and ``taskbus server`` (its nats-server alone).
+
+``up`` starts, in order: the nats-server on the data directory, one executor and the
+scheduler as child processes (their output goes to ``<data-dir>/logs/``), then the console
+in the foreground — or, without a console, a live line per run event. Ctrl+C or SIGTERM
+stops everything in reverse order; the data stays, so the next ``up`` finds it all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from broker.connection import connect
+from broker.server import EmbeddedServer, ServerSettings
+from broker.settings import ConnectSettings, default_data_dir
+from sdk.cli import FAILED, OK, error
+from sdk.cli.daemons import available, child_env, console_entry
+
+STOP_GRACE_S = 15.0
+
+
+class Child:
+    """A daemon child process in its own session (a terminal's Ctrl+C reaches only us)."""
+
+    def __init__(self, what: str, argv: list[str], log_path: Path, env: dict[str, str]) -> None:
+        self.what = what
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+
+    def stop(self) -> None:
+        process = self.process
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _start_server(args: argparse.Namespace) -> tuple[EmbeddedServer, Path]:
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    server = EmbeddedServer(ServerSettings(data_dir=data_dir, port=args.port)).start()
+    try:
+        asyncio.run(_provision(server.url))
+    except BaseException:
+        server.stop()
+        raise
+    return server, data_dir
+
+
+async def _provision(url: str) -> None:
+    bus = await connect(ConnectSettings(urls=[url], name="taskbus-up"))
+    await bus.close()
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _on_stop_signals() -> None:
+    """SIGINT and SIGTERM both stop us cleanly (SIGINT even when the shell that started us in
+    the background set it to be ignored)."""
+    signal.signal(signal.SIGINT, _terminate)
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def _quiet() -> None:
+    """While stopping, further Ctrl+C / SIGTERM must not cut the clean-up short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def server(args: argparse.Namespace) -> int:
+    _on_stop_signals()
+    srv, data_dir = _start_server(args)
+    print(f"taskbus: nats-server listening on {srv.url} (data in {data_dir})", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _quiet()
+        srv.stop()
+        print("taskbus: server stopped", flush=True)
+    return OK
+
+
+def up(args: argparse.Namespace) -> int:
+    from sdk.cli import events
+
+    _on_stop_signals()
+    srv, data_dir = _start_server(args)
+    url = srv.url
+    settings = ConnectSettings(urls=[url], name="taskbus-up")
+    env = child_env(settings)
+    logs = data_dir / "logs"
+    print(f"taskbus: nats-server listening on {url} (data in {data_dir})", flush=True)
+    children: list[Child] = []
+    try:
+        if available("executor"):
+            executor_argv = ["-m", "executor", "--url", url, "--slots", str(args.slots)]
+            executor_argv += ["--work-dir", str(data_dir / "executor")]
+            children.append(Child("executor", executor_argv, logs / "executor.log", env))
+        else:
+            error("no executor in this installation: runs will stay pending")
+        if available("broker.scheduler"):
+            scheduler_argv = ["-m", "broker.scheduler", "--url", url]
+            children.append(Child("scheduler", scheduler_argv, logs / "scheduler.log", env))
+        started = ", ".join(child.what for child in children) or "nothing else"
+        print(f"taskbus: started {started} (logs in {logs}); Ctrl+C stops", flush=True)
+        run_console = None if args.no_console else console_entry()
+        if run_console is not None:
+            run_console(settings)
+        else:
+            events.run(settings)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _quiet()
+        for child in reversed(children):
+            child.stop()
+        srv.stop()
+        print("taskbus: stopped", flush=True)
+    failed = [c.what for c in children if c.process.returncode not in (0, -signal.SIGTERM)]
+    if failed:
+        error(f"{', '.join(failed)} exited with an error; see {logs}")
+        return FAILED
+    return OK

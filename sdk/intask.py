@@ -1,0 +1,31 @@
+"""Helpers for code running inside a task run: cheap on purpose.
+
+A task's child process imports these at start, so this module imports only the standard
+library's ``json`` and ``os`` (and the names module): no nats, msgspec, anyio or asyncio, which
+would cost a child ~100 ms.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from broker import names
+
+
+def in_task() -> bool:
+    """True inside a task run (the executor sets the run's ids in the environment)."""
+    return bool(os.environ.get(names.ENV_TASK_ID))
+
+
+def task_args() -> dict[str, Any]:
+    """The task's ``json_args``; ``{}`` outside a task."""
+    path = os.environ.get(names.ENV_ARGS_FILE)
+    if not path:
+        return {}
+    with open(path, encoding="utf-8") as file:
+        args = json.load(file)
+    if not isinstance(args, dict):
+        raise TypeError(f"{names.ENV_ARGS_FILE} ({path}) does not hold a JSON object")
+    return args

@@ -1,0 +1,277 @@
+"""Orchestrations (uploaded zips of code): getters, readiness, and creating tasks from them."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from broker import catalog, store
+from broker.errors import OrchestrationNotFound, OrchestrationNotReady
+from broker.models import OrchestrationRecord
+from broker.status import OrchestrationStatus, TaskKind
+from sdk import display
+from sdk.lists import TaskList
+from sdk.portal import Portal, closing
+from sdk.task import AsyncTask, Task
+
+if TYPE_CHECKING:
+    from sdk.client import AsyncClient
+
+
+def check_name(name: object, what: str = "task") -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"The {what} name must be a non-empty string, not {name!r}")
+    return name
+
+
+class AsyncOrchestration(display.Shown):
+    """An uploaded orchestration. Getters read the record as last fetched; ``status()`` and
+    ``wait_until_ready()`` fetch it again."""
+
+    def __init__(self, client: AsyncClient, record: OrchestrationRecord) -> None:
+        self._client = client
+        self._record = record
+
+    def id(self) -> str:
+        return self._record.id
+
+    def name(self) -> str:
+        return self._record.name
+
+    def file_name(self) -> str:
+        return self._record.file_name
+
+    def sha(self) -> str:
+        """The full sha256 of the zip."""
+        return self._record.sha
+
+    def error(self) -> str:
+        """The packaging error ("" unless the status is ``error``)."""
+        return self._record.error
+
+    def created_at(self) -> datetime:
+        return self._record.created_at
+
+    def updated_at(self) -> datetime:
+        return self._record.updated_at
+
+    def workspace(self) -> str:
+        return self._record.workspace
+
+    async def refresh(self) -> AsyncOrchestration:
+        bus = await self._client._connected()
+        self._record = await catalog.get_orchestration(bus, self._record.id)
+        return self
+
+    async def status(self) -> OrchestrationStatus:
+        """Always fresh: ``pending_packaging``, ``packaging``, ``ready`` or ``error``."""
+        await self.refresh()
+        return self._record.status
+
+    async def list_tasks(self) -> TaskList[AsyncTask]:
+        """The tasks created from this orchestration, newest change first."""
+        tasks = await self._client.list_tasks()
+        return TaskList(t for t in tasks if t.orchestration() == self._record.id)
+
+    async def delete(self) -> None:
+        """Delete the orchestration (its zip too, unless another upload shares it)."""
+        bus = await self._client._connected()
+        await catalog.delete_orchestration(bus, self._record.id)
+
+    async def wait_until_ready(self, timeout: float | None = None) -> AsyncOrchestration:
+        """Return once packaging is done; ``OrchestrationNotReady`` with the packaging error
+        if it failed, or if ``timeout`` seconds pass first."""
+        bus = await self._client._connected()
+        try:
+            with anyio.fail_after(timeout):
+                updates = store.watch(bus.orchestrations, OrchestrationRecord, self._record.id)
+                async with closing(updates):
+                    async for key, record in updates:
+                        if key and record is None:
+                            raise OrchestrationNotFound(
+                                f"Orchestration {self.name()!r} was deleted while waiting for it."
+                            )
+                        if record is None:
+                            continue
+                        self._record = record
+                        if record.status is OrchestrationStatus.READY:
+                            return self
+                        if record.status is OrchestrationStatus.ERROR:
+                            raise OrchestrationNotReady(
+                                f"Orchestration {record.name!r} failed packaging: {record.error}"
+                            )
+        except TimeoutError:
+            raise OrchestrationNotReady(
+                f"Orchestration {self.name()!r} is still {self._record.status} after {timeout} s; "
+                f"is an executor running (`taskbus executor`, or `taskbus up`)?"
+            ) from None
+        raise AssertionError("a KV watch does not end")
+
+    async def _create(self, name: str, kind: TaskKind, **spec: Any) -> AsyncTask:
+        check_name(name)
+        bus = await self._client._connected()
+        record = await catalog.create_task(bus, self._record, name=name, kind=kind, **spec)
+        runs = await catalog.runs_of(bus, record.id) if kind is TaskKind.RUN_ONCE else []
+        return AsyncTask(self._client, record, runs)
+
+    async def run_once(
+        self,
+        name: str,
+        json_args: dict[str, Any] | None = None,
+        timeout: int | None = None,
+        debug: bool = False,
+    ) -> AsyncTask:
+        """Run once now (as soon as the orchestration is ready). ``json_args`` must be a
+        JSON object (``{}`` when None); ``timeout`` in whole seconds."""
+        return await self._create(
+            name, TaskKind.RUN_ONCE, json_args=json_args, timeout=timeout, debug=debug
+        )
+
+    async def run_scheduled(
+        self,
+        name: str,
+        schedule: str,
+        json_args: dict[str, Any] | None = None,
+        timeout: int | None = None,
+        debug: bool = False,
+        *,
+        tz: str = "UTC",
+        overlap: str = "allow",
+        missed: str = "latest",
+    ) -> AsyncTask:
+        """Run on a cron ``schedule`` in zone ``tz``; ``timeout`` applies to each run;
+        ``overlap`` is ``allow``, ``forbid`` or ``replace``; ``missed`` is ``latest``,
+        ``skip`` or ``all``."""
+        return await self._create(
+            name,
+            TaskKind.SCHEDULED,
+            json_args=json_args,
+            timeout=timeout,
+            debug=debug,
+            schedule=schedule,
+            tz=tz,
+            overlap=overlap,
+            missed=missed,
+        )
+
+    async def run_continuously(
+        self, name: str, json_args: dict[str, Any] | None = None, debug: bool = False
+    ) -> AsyncTask:
+        """Start a new run after each one ends (with back-off on failures) until killed."""
+        return await self._create(name, TaskKind.CONTINUOUS, json_args=json_args, debug=debug)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The orchestration as JSON-ready values, as last fetched."""
+        return display.jsonable(self._record)
+
+    def _display(self) -> dict[str, str]:
+        r = self._record
+        return {
+            "id": r.id,
+            "name": r.name,
+            "status": r.status,
+            "filename": r.file_name,
+            "sha": display.short_sha(r.sha),
+            "created at": display.iso(r.created_at),
+            "updated at": display.iso(r.updated_at),
+            "workspace": r.workspace or display.NONE,
+            "error": r.error or display.NONE,
+        }
+
+
+class Orchestration(display.Shown):
+    """An uploaded orchestration (sync facade over ``AsyncOrchestration``)."""
+
+    def __init__(self, inner: AsyncOrchestration, portal: Portal) -> None:
+        self._a = inner
+        self._portal = portal
+
+    def id(self) -> str:
+        return self._a.id()
+
+    def name(self) -> str:
+        return self._a.name()
+
+    def file_name(self) -> str:
+        return self._a.file_name()
+
+    def sha(self) -> str:
+        return self._a.sha()
+
+    def error(self) -> str:
+        return self._a.error()
+
+    def created_at(self) -> datetime:
+        return self._a.created_at()
+
+    def updated_at(self) -> datetime:
+        return self._a.updated_at()
+
+    def workspace(self) -> str:
+        return self._a.workspace()
+
+    def refresh(self) -> Orchestration:
+        self._portal.call(self._a.refresh)
+        return self
+
+    def status(self) -> OrchestrationStatus:
+        return self._portal.call(self._a.status)
+
+    def list_tasks(self) -> TaskList[Task]:
+        return TaskList(Task(t, self._portal) for t in self._portal.call(self._a.list_tasks))
+
+    def delete(self) -> None:
+        self._portal.call(self._a.delete)
+
+    def wait_until_ready(self, timeout: float | None = None) -> Orchestration:
+        self._portal.call(self._a.wait_until_ready, timeout)
+        return self
+
+    def run_once(
+        self,
+        name: str,
+        json_args: dict[str, Any] | None = None,
+        timeout: int | None = None,
+        debug: bool = False,
+    ) -> Task:
+        return self._task(partial(self._a.run_once, name, json_args, timeout, debug))
+
+    def run_scheduled(
+        self,
+        name: str,
+        schedule: str,
+        json_args: dict[str, Any] | None = None,
+        timeout: int | None = None,
+        debug: bool = False,
+        *,
+        tz: str = "UTC",
+        overlap: str = "allow",
+        missed: str = "latest",
+    ) -> Task:
+        return self._task(
+            partial(
+                self._a.run_scheduled,
+                *(name, schedule, json_args, timeout, debug),
+                tz=tz,
+                overlap=overlap,
+                missed=missed,
+            )
+        )
+
+    def run_continuously(
+        self, name: str, json_args: dict[str, Any] | None = None, debug: bool = False
+    ) -> Task:
+        return self._task(partial(self._a.run_continuously, name, json_args, debug))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._a.to_dict()
+
+    def _task(self, create: Callable[[], Awaitable[AsyncTask]]) -> Task:
+        return Task(self._portal.call(create), self._portal)
+
+    def _display(self) -> dict[str, str]:
+        return self._a._display()

@@ -1,0 +1,154 @@
+"""The ``taskbus`` CLI as a user runs it: real subprocesses against a real server (and a real
+executor where runs must finish); --json output parsed, exit codes and error lines checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker.server import free_port
+from sdk.cli import main
+from tests.helpers import REPO, Daemon, daemon_env, make_zip
+
+COMMANDS = [
+    "up", "server", "executor", "scheduler", "console", "upload", "orchestrations", "run",
+    "schedule", "tasks", "runs", "logs", "kill", "pause", "resume",
+]  # fmt: skip
+
+
+def taskbus(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "sdk.cli", *args]
+    if url is not None:
+        argv += ["--url", url]
+    return subprocess.run(
+        argv, env=daemon_env(), cwd=REPO, capture_output=True, text=True, timeout=90
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("taskbus: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_help_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in ([], *([name] for name in COMMANDS)):
+        with pytest.raises(SystemExit) as done:
+            main([*argv, "--help"])
+        assert done.value.code == 0
+        assert "usage: taskbus" in capsys.readouterr().out
+    assert main([]) == 2  # no command: help on stderr, usage exit code
+    assert "COMMAND" in capsys.readouterr().err
+
+
+def test_not_connected_exit_code_and_one_clear_line() -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    result = taskbus("tasks", url=url)
+    assert result.returncode == 3
+    line = one_error_line(result)
+    assert url in line and "taskbus up" in line
+
+
+def test_bad_input_exit_2_and_nothing_stored(
+    nats_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_zip = tmp_path / "x.zip"
+    not_zip.write_text("hello")
+    good = tmp_path / "hello.zip"
+    good.write_bytes(make_zip({"main.py": "print(1)"}))
+    args_file = tmp_path / "args.json"
+    args_file.write_text("[1, 2]")
+    url = ["--url", nats_url]
+    assert main(["upload", str(good), "--name", "hello", *url]) == 0
+    capsys.readouterr()
+    cases = [
+        (["upload", str(not_zip)], "Not a zip"),
+        (["upload", str(tmp_path / "missing.zip")], "missing.zip"),
+        (["run", "hello", "--name", "t", "--args", "{bad"], "not valid JSON"),
+        (["run", "hello", "--name", "t", "--args", "[1]"], "must be a dict"),
+        (["run", "hello", "--name", "t", "--args", f"@{args_file}"], "must be a dict"),
+        (["run", "hello", "--name", "t", "--args", "@/nonexistent"], "cannot read"),
+        (["run", "hello", "--name", "t", "--timeout", "0"], "positive whole number"),
+        (["run", "nope", "--name", "t"], "No orchestration"),
+        (["schedule", "hello", "--name", "s", "--cron", "* *"], "fields"),
+        (["schedule", "hello", "--name", "s", "--cron", "* * * * *", "--tz", "X/Y"], "zone"),
+        (["runs", "not-an-id"], "not a valid task id"),
+        (["kill", "7b5f0e8a-3c1d-4f2e-9a6b-1c2d3e4f5a6b"], "No task"),
+    ]
+    for argv, message in cases:
+        assert main([*argv, *url]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("taskbus: error: ") and message in err, (argv, err)
+        assert "\n" not in err
+    assert main(["tasks", "--json", *url]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["orchestrations", "--json", *url]) == 0
+    assert [o["name"] for o in json.loads(capsys.readouterr().out)] == ["hello"]
+
+
+def test_user_commands_end_to_end(nats_url: str, executor: Daemon, tmp_path: Path) -> None:
+    hello = tmp_path / "hello.zip"
+    hello.write_bytes(make_zip({"main.py": "import sdk\nprint('n is', sdk.task_args()['n'])\n"}))
+    failing = tmp_path / "failing.zip"
+    failing.write_bytes(make_zip({"main.py": "raise SystemExit(4)\n"}))
+
+    done = taskbus("upload", str(hello), "--name", "hello", "--wait", "--json", url=nats_url)
+    assert done.returncode == 0, done.stderr
+    orch = json.loads(done.stdout)
+    assert (
+        orch["name"] == "hello" and orch["status"] == "ready" and orch["file_name"] == "hello.zip"
+    )
+
+    listed = taskbus("orchestrations", url=nats_url)
+    assert listed.returncode == 0 and "hello.zip" in listed.stdout
+    assert listed.stdout.split()[:3] == ["id", "name", "status"]
+
+    done = taskbus("run", "hello", "--name", "t1", "--args", '{"n": 5}', "--wait", "--json",
+                   url=nats_url)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    task = json.loads(done.stdout)
+    assert task["status"] == "success" and task["active"] is False
+    assert task["json_args"] == {"n": 5} and task["type"] == "Temporary Run"
+
+    done = taskbus("run", "hello", "--name", "t2", "--args", '{"n": 6}', "--follow", url=nats_url)
+    assert done.returncode == 0, done.stderr
+    assert any(line.endswith(" n is 6") for line in done.stdout.splitlines()), done.stdout
+    assert "success" in done.stderr
+
+    failed_orch = taskbus("upload", str(failing), "--wait", url=nats_url)
+    assert failed_orch.returncode == 0, failed_orch.stderr
+    done = taskbus("run", "failing", "--name", "t3", "--wait", "--json", url=nats_url)
+    assert done.returncode == 1 and json.loads(done.stdout)["status"] == "failed"
+
+    tasks = json.loads(taskbus("tasks", "--json", url=nats_url).stdout)
+    assert [t["name"] for t in tasks] == ["t3", "t2", "t1"]
+    runs = taskbus("runs", task["id"], "--json", url=nats_url)
+    assert runs.returncode == 0
+    (run,) = json.loads(runs.stdout)
+    assert run["status"] == "success" and run["exit_code"] == 0
+
+    logs = taskbus("logs", task["id"], url=nats_url)
+    assert logs.returncode == 0 and logs.stdout.strip().splitlines()[-1].count(" ") >= 1
+    assert " n is 5" in logs.stdout
+    logs_json = json.loads(taskbus("logs", task["id"], run["run_id"], "--json", "--limit", "1",
+                                   url=nats_url).stdout)  # fmt: skip
+    assert len(logs_json) == 1
+
+    sched = taskbus("schedule", "hello", "--name", "cron", "--cron", "0 3 * * *", "--tz",
+                    "Europe/Berlin", "--json", url=nats_url)  # fmt: skip
+    assert sched.returncode == 0, sched.stderr
+    cron = json.loads(sched.stdout)
+    assert cron["schedule"] == "0 3 * * *" and cron["next_run_at"] and cron["status"] == "started"
+    paused = json.loads(taskbus("pause", cron["id"], "--json", url=nats_url).stdout)
+    assert paused["status"] == "paused"
+    resumed = json.loads(taskbus("resume", cron["id"], "--json", url=nats_url).stdout)
+    assert resumed["status"] == "started"
+    killed = taskbus("kill", cron["id"], url=nats_url)
+    assert killed.returncode == 0 and "pending_kill" in killed.stdout
+    only_killed = json.loads(taskbus("tasks", "--killed", "--json", url=nats_url).stdout)
+    assert [t["id"] for t in only_killed] == [cron["id"]]

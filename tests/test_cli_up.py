@@ -1,0 +1,115 @@
+"""``taskbus up --no-console`` as a user runs it: it says where it listens, runs work uploaded
+through the SDK, prints a line per run event, stops cleanly on SIGTERM, and a restart on the
+same data directory finds every orchestration, task, run and log line."""
+
+from __future__ import annotations
+
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import sdk
+from broker.server import free_port
+from tests.helpers import REPO, daemon_env, make_zip
+
+EXPECT_TIMEOUT_S = 60.0
+
+
+class Up:
+    """A running ``taskbus up``, its stdout read line by line on a thread."""
+
+    def __init__(self, port: int, data_dir: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sdk.cli", "up", "--no-console", "--port", str(port),
+             "--data-dir", str(data_dir), "--slots", "2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=daemon_env(),
+            cwd=REPO,
+        )  # fmt: skip
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def expect(self, pattern: str) -> re.Match[str]:
+        """Wait for an output line matching ``pattern`` (bounded)."""
+        while True:
+            try:
+                line = self.lines.get(timeout=EXPECT_TIMEOUT_S)
+            except queue.Empty:
+                seen = "\n".join(self.seen)
+                raise AssertionError(f"no line matching {pattern!r} in:\n{seen}") from None
+            if line is None:
+                raise AssertionError(f"exited before {pattern!r}:\n" + "\n".join(self.seen))
+            self.seen.append(line)
+            found = re.search(pattern, line)
+            if found:
+                return found
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+        finally:
+            self._pump_thread.join(10)
+            assert self.process.stdout is not None
+            self.process.stdout.close()
+
+
+def test_up_runs_work_and_a_restart_loses_nothing(tmp_path: Path) -> None:
+    port = free_port()
+    data_dir = tmp_path / "data"
+    up = Up(port, data_dir)
+    try:
+        url = up.expect(r"listening on (nats://\S+)").group(1)
+        assert url == f"nats://127.0.0.1:{port}"
+        up.expect(r"executor \S+ ready")
+        with sdk.Client(url) as wl:
+            orch = wl.upload_orchestration(
+                bytes_buffer=make_zip({"main.py": "import sdk\nprint('hi', sdk.task_args())\n"}),
+                name="hello",
+            ).wait_until_ready(timeout=60)
+            task = orch.run_once("greet", {"who": "world"})
+            assert task.wait(timeout=60) == "success"
+            run = task.last_runs()[0]
+            logs = list(run.logs())
+            assert any(line.endswith("hi {'who': 'world'}") for line in logs), logs
+        up.expect(rf"greet {run.id()} success")
+    finally:
+        code = up.stop()
+    assert code == 0, "\n".join(up.seen)
+    up.expect("taskbus: stopped")
+
+    again = Up(port, data_dir)
+    try:
+        url = again.expect(r"listening on (nats://\S+)").group(1)
+        again.expect(r"runs on record: 1 ")
+        with sdk.Client(url) as wl:
+            (orch_after,) = wl.list_orchestrations()
+            assert (orch_after.id(), orch_after.status()) == (orch.id(), "ready")
+            (task_after,) = wl.list_tasks()
+            assert task_after.id() == task.id() and task_after.status() == "success"
+            (run_after,) = task_after.last_runs()
+            assert run_after.id() == run.id() and run_after.status() == "success"
+            assert run_after.exit_code() == 0
+            assert list(run_after.logs()) == logs
+    finally:
+        code = again.stop()
+    assert code == 0, "\n".join(again.seen)
