@@ -12,7 +12,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from broker import names
 
@@ -124,8 +124,11 @@ async def provision(js: JetStreamContext, *, replicas: int = 1) -> dict[str, Any
             strict=True,
         )
     )
-    handles["artifacts"] = await js.create_object_store(
-        names.ARTIFACTS,
-        config=js_api.ObjectStoreConfig(storage=file, replicas=replicas),
-    )
+    try:
+        handles["artifacts"] = await js.object_store(names.ARTIFACTS)
+    except BucketNotFoundError:
+        handles["artifacts"] = await js.create_object_store(
+            names.ARTIFACTS,
+            config=js_api.ObjectStoreConfig(storage=file, replicas=replicas),
+        )
     return handles
