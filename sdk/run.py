@@ -42,8 +42,8 @@ class TaskRunLogs(list[str]):
 
 
 class AsyncTaskRun(display.Shown):
-    """One run of a task. Getters read the record as last fetched; ``refresh()`` and
-    ``wait()`` fetch it again."""
+    """One run of a task. ``status()`` is always fresh; the other getters read the record as
+    last fetched, which ``refresh()``, ``status()`` and ``wait()`` fetch again."""
 
     def __init__(self, client: AsyncClient, record: RunRecord) -> None:
         self._client = client
@@ -55,7 +55,9 @@ class AsyncTaskRun(display.Shown):
     def task_id(self) -> str:
         return self._record.task_id
 
-    def status(self) -> RunStatus:
+    async def status(self) -> RunStatus:
+        """Always fresh (the record is fetched again)."""
+        await self.refresh()
         return self._record.status
 
     def attempt(self) -> int:
@@ -145,8 +147,8 @@ class AsyncTaskRun(display.Shown):
                             return record.status
         except TimeoutError:
             raise WaitTimeout(
-                f"Run {self.id()} is still {self.status()} after {timeout} s; wait longer, or "
-                f"kill its task with Task.kill()."
+                f"Run {self.id()} is still {self._record.status} after {timeout} s; wait "
+                f"longer, or kill its task with Task.kill()."
             ) from None
         raise AssertionError("a KV watch does not end")
 
@@ -185,7 +187,7 @@ class TaskRun(display.Shown):
         return self._a.task_id()
 
     def status(self) -> RunStatus:
-        return self._a.status()
+        return self._portal.call(self._a.status)
 
     def attempt(self) -> int:
         return self._a.attempt()
