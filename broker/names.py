@@ -13,6 +13,8 @@ TASKS = "taskbus_tasks"  # KV: one record per task id (spec + killed/paused flag
 RUNS = "taskbus_runs"  # KV: one record per run, key "<task_id>.<run_id>"
 EXECUTORS = "taskbus_executors"  # KV with a bucket-wide TTL: one heartbeat per live executor
 SCHEDULER = "taskbus_scheduler"  # KV: last fired instant per scheduled task
+# Key in SCHEDULER: every cron instant up to this one has been handled (fired or recorded).
+SCHEDULER_WATERMARK = "watermark"
 CONTROL = "taskbus_control"  # KV: kill requests for single runs, key "<task_id>.<run_id>"
 
 # --- Streams ---------------------------------------------------------------------------------
