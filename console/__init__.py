@@ -1,0 +1,25 @@
+"""The Taskbus console: a full-screen Textual app with live tasks, runs, executors and logs.
+
+``run_console(settings)`` runs it in this terminal; ``web=True`` serves it in a browser
+through textual-serve (localhost only by default: it has no authentication of its own).
+"""
+
+from __future__ import annotations
+
+from broker.settings import ConnectSettings
+
+
+def run_console(
+    settings: ConnectSettings, *, web: bool = False, host: str = "127.0.0.1", port: int = 8000
+) -> None:
+    if web:
+        from console.web import serve
+
+        serve(settings, host=host, port=port)
+        return
+    from console.app import TaskbusApp
+
+    TaskbusApp(settings).run()
+
+
+__all__ = ["run_console"]

@@ -1,0 +1,252 @@
+"""Live state of the bus as the console sees it: plain dicts and counters, no Textual, no NATS.
+
+The feed calls ``apply_*`` from NATS callbacks (O(1) each: store the record, update the task's
+summary, bump a version). Screens poll ``version_of(...)`` from their timers and redraw only
+when something they show changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from broker import names
+from broker.models import ExecutorRecord, OrchestrationRecord, RunRecord, TaskRecord
+from broker.status import RUN_ACTIVE, TASK_TERMINAL, TaskStatus, task_status
+
+
+class Link(StrEnum):
+    CONNECTING = "connecting"  # first attempt under way
+    DOWN = "down"  # never connected yet: the console shows what to run, and retries
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"  # was connected; nats-py is reconnecting
+
+
+class ExecutorHealth(StrEnum):
+    ALIVE = "alive"
+    STALE = "stale"  # a heartbeat or more missed
+    LOST = "lost"  # silent for longer than the heartbeat TTL, or its key is gone
+
+
+# An executor is stale after one and a half missed beats, lost after the bucket TTL.
+STALE_AFTER_S = 1.5 * names.HEARTBEAT_INTERVAL_S
+LOST_AFTER_S = names.EXECUTOR_TTL_S
+# A lost executor stays listed this long, so an operator sees what vanished.
+FORGET_LOST_AFTER_S = 3600.0
+
+COLLECTIONS = ("tasks", "runs", "orchestrations", "executors")
+
+
+@dataclass
+class TaskSummary:
+    """What the task tables need from a task's runs, kept up to date incrementally."""
+
+    newest: RunRecord | None = None
+    active: dict[str, RunRecord] = field(default_factory=dict)
+    status: TaskStatus = TaskStatus.PENDING
+
+
+@dataclass
+class ExecutorEntry:
+    record: ExecutorRecord
+    gone: bool = False  # its key was deleted or expired
+
+    def health(self, now: datetime) -> ExecutorHealth:
+        silent = (now - self.record.heartbeat_at).total_seconds()
+        if self.gone or silent > LOST_AFTER_S:
+            return ExecutorHealth.LOST
+        if silent > STALE_AFTER_S:
+            return ExecutorHealth.STALE
+        return ExecutorHealth.ALIVE
+
+
+class ConsoleState:
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = list(urls)
+        self.link = Link.CONNECTING
+        self.link_detail = ""  # why the last connection attempt failed
+        self.attempts = 0
+        self.ever_connected = False
+        self.tasks: dict[str, TaskRecord] = {}
+        self.runs: dict[str, dict[str, RunRecord]] = {}  # task id -> run id -> record
+        self.summaries: dict[str, TaskSummary] = {}
+        self.orchestrations: dict[str, OrchestrationRecord] = {}
+        self.executors: dict[str, ExecutorEntry] = {}
+        self.loaded: set[str] = set()
+        self.run_count = 0
+        # (created, key) of every run in the order the console first saw it; views keep a
+        # cursor into it to insert new runs without re-sorting them all. Cleared (generation
+        # bump) on reset.
+        self.run_arrivals: list[tuple[float, str]] = []
+        self.run_generation = 0
+        self.run_removals = 0  # runs deleted so far (views drop their keys then)
+        self.dropped = 0  # messages the console knows it missed (log sequence gaps)
+        self.version = 0
+        self._versions: dict[str, int] = dict.fromkeys((*COLLECTIONS, "link"), 0)
+        self._task_versions: dict[str, int] = {}
+        # Called (O(1)) after every change, so the visible screen can schedule a redraw.
+        self.on_change: Callable[[], None] | None = None
+
+    # --- versions -----------------------------------------------------------------------
+    def version_of(self, *collections: str) -> int:
+        return sum(self._versions[name] for name in collections)
+
+    def task_version(self, task_id: str) -> int:
+        return self._task_versions.get(task_id, 0)
+
+    def _touch(self, collection: str) -> None:
+        self._versions[collection] += 1
+        self.version += 1
+        if self.on_change is not None:
+            self.on_change()
+
+    def _touch_task(self, task_id: str) -> None:
+        self._task_versions[task_id] = self._task_versions.get(task_id, 0) + 1
+
+    # --- connection ---------------------------------------------------------------------
+    def set_link(self, link: Link, detail: str = "") -> None:
+        if link is Link.CONNECTED:
+            self.ever_connected = True
+        self.link = link
+        self.link_detail = detail
+        self._touch("link")
+
+    def mark_loaded(self, collection: str) -> None:
+        self.loaded.add(collection)
+        self._touch(collection)
+
+    def reset(self, collection: str) -> None:
+        """Forget a collection before a full reload (the server lost its store)."""
+        self.loaded.discard(collection)
+        if collection == "tasks":
+            self.tasks.clear()
+        elif collection == "runs":
+            self.runs.clear()
+            self.summaries.clear()
+            self.run_count = 0
+            self.run_arrivals.clear()
+            self.run_generation += 1
+        elif collection == "orchestrations":
+            self.orchestrations.clear()
+        elif collection == "executors":
+            self.executors.clear()
+        self._touch(collection)
+
+    # --- records ------------------------------------------------------------------------
+    def apply_task(self, key: str, record: TaskRecord | None) -> None:
+        if record is None:
+            if self.tasks.pop(key, None) is None:
+                return
+        else:
+            self.tasks[key] = record
+            self._resummarize(key)
+        self._touch("tasks")
+        self._touch_task(key)
+
+    def apply_orchestration(self, key: str, record: OrchestrationRecord | None) -> None:
+        if record is None:
+            if self.orchestrations.pop(key, None) is None:
+                return
+        else:
+            self.orchestrations[key] = record
+        self._touch("orchestrations")
+
+    def apply_executor(self, key: str, record: ExecutorRecord | None) -> None:
+        if record is None:
+            entry = self.executors.get(key)
+            if entry is None:
+                return
+            entry.gone = True
+        else:
+            self.executors[key] = ExecutorEntry(record)
+        self._touch("executors")
+
+    def apply_run(self, key: str, record: RunRecord | None) -> None:
+        task_id, _, run_id = key.partition(".")
+        runs = self.runs.get(task_id)
+        if record is None:
+            if runs is None or runs.pop(run_id, None) is None:
+                return
+            self.run_count -= 1
+            self.run_removals += 1
+            self._resummarize(task_id, rescan=True)
+        else:
+            if runs is None:
+                runs = self.runs[task_id] = {}
+            if run_id not in runs:
+                self.run_count += 1
+                self.run_arrivals.append((record.created_at.timestamp(), key))
+            runs[run_id] = record
+            summary = self.summaries.get(task_id)
+            if summary is None:
+                summary = self.summaries[task_id] = TaskSummary()
+            if record.status in RUN_ACTIVE:
+                summary.active[run_id] = record
+            else:
+                summary.active.pop(run_id, None)
+            newest = summary.newest
+            if newest is None or newest.run_id == run_id or record.created_at > newest.created_at:
+                summary.newest = record
+            self._resummarize(task_id)
+        self._touch("runs")
+        self._touch_task(task_id)
+
+    def _resummarize(self, task_id: str, *, rescan: bool = False) -> None:
+        summary = self.summaries.get(task_id)
+        if summary is None:
+            summary = self.summaries[task_id] = TaskSummary()
+        if rescan:
+            runs = self.runs.get(task_id, {})
+            summary.active = {k: r for k, r in runs.items() if r.status in RUN_ACTIVE}
+            summary.newest = max(runs.values(), key=lambda r: r.created_at, default=None)
+        task = self.tasks.get(task_id)
+        if task is None:
+            return
+        # task_status needs only the newest run and the active ones: same answer, O(1).
+        sample = list(summary.active.values())
+        if summary.newest is not None and summary.newest.run_id not in summary.active:
+            sample.append(summary.newest)
+        summary.status = task_status(task, sample)
+
+    # --- queries ------------------------------------------------------------------------
+    def summary(self, task_id: str) -> TaskSummary:
+        return self.summaries.get(task_id) or TaskSummary()
+
+    def status_of(self, task_id: str) -> TaskStatus:
+        return self.summary(task_id).status
+
+    def is_active(self, task_id: str) -> bool:
+        """The SDK's ``active()``: false once killed or finished."""
+        task = self.tasks.get(task_id)
+        if task is None or task.killed:
+            return False
+        return self.status_of(task_id) not in TASK_TERMINAL
+
+    def runs_of(self, task_id: str) -> list[RunRecord]:
+        """Runs of one task, newest first."""
+        runs = self.runs.get(task_id, {})
+        return sorted(runs.values(), key=lambda r: r.created_at, reverse=True)
+
+    def run(self, task_id: str, run_id: str) -> RunRecord | None:
+        return self.runs.get(task_id, {}).get(run_id)
+
+    def orchestration_name(self, orchestration_id: str) -> str:
+        record = self.orchestrations.get(orchestration_id)
+        return record.name if record is not None else orchestration_id[:8]
+
+    def task_name(self, task_id: str) -> str:
+        task = self.tasks.get(task_id)
+        return task.name if task is not None else task_id[:8]
+
+    def forget_lost_executors(self, now: datetime) -> None:
+        stale = [
+            key
+            for key, entry in self.executors.items()
+            if (now - entry.record.heartbeat_at).total_seconds() > FORGET_LOST_AFTER_S
+        ]
+        for key in stale:
+            del self.executors[key]
+        if stale:
+            self._touch("executors")

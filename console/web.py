@@ -1,0 +1,51 @@
+"""``taskbus console --web``: the same app in a browser through textual-serve.
+
+textual-serve starts one console process per browser tab and has no authentication of its
+own, so it binds to 127.0.0.1 unless told otherwise; put it behind an authenticating proxy
+to share it. Credentials travel to the child processes in the environment, never on a
+command line that ``ps`` would show.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+
+from broker import names
+from broker.settings import ConnectSettings
+
+log = logging.getLogger(__name__)
+
+
+def child_command(settings: ConnectSettings) -> str:
+    return shlex.join([sys.executable, "-m", "console", "--url", ",".join(settings.urls)])
+
+
+def child_environment(settings: ConnectSettings) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for name, value in (
+        (names.ENV_USER, settings.user),
+        (names.ENV_PASSWORD, settings.password),
+        (names.ENV_TOKEN, settings.token),
+        (names.ENV_CREDS, settings.creds_file),
+    ):
+        if value:
+            env[name] = value
+    return env
+
+
+def serve(settings: ConnectSettings, *, host: str = "127.0.0.1", port: int = 8000) -> None:
+    from textual_serve.server import Server
+
+    os.environ.update(child_environment(settings))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "serving the console on %s:%s without authentication: anyone who can reach it "
+            "can kill tasks; put it behind an authenticating proxy",
+            host,
+            port,
+        )
+    server = Server(child_command(settings), host=host, port=port, title="Taskbus console")
+    server.serve()
