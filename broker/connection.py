@@ -52,11 +52,18 @@ class Bus:
         return bool(self.nc.is_connected)
 
     async def close(self) -> None:
-        if not self.nc.is_closed:
+        """Drain (flush what we published), else just close; never raises: the server may be
+        gone already, and a component shutting down must still exit cleanly."""
+        if self.nc.is_closed:
+            return
+        try:
+            await self.nc.drain()
+        except Exception as exc:
+            log.debug("drain on close failed (%s); closing", exc)
             try:
-                await self.nc.drain()
-            except Exception:  # already gone: closing is best effort
                 await self.nc.close()
+            except Exception as close_exc:
+                log.debug("close failed too (%s)", close_exc)
 
 
 async def connect(

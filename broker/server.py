@@ -6,6 +6,7 @@ ready" line, and stops it with SIGTERM (JetStream flushes its store on the way o
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -48,6 +49,18 @@ def server_binary() -> str:
     )
 
 
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def die_with_parent() -> None:
+    """A ``preexec_fn``: the child gets SIGTERM when the thread that started it dies (Linux),
+    so a killed ``taskbus up`` or a closed terminal never leaves its daemons behind. Start
+    such children from the main thread only."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -62,6 +75,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     config_file: Path | None = None  # a full nats-server config (cluster, auth) instead
     extra_args: tuple[str, ...] = ()
+    die_with_parent: bool = False  # see die_with_parent(); for `taskbus up` and `server`
 
 
 class EmbeddedServer:
@@ -97,6 +111,7 @@ class EmbeddedServer:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,  # Ctrl+C in a terminal reaches us, not the server
+            preexec_fn=die_with_parent if self.settings.die_with_parent else None,
         )
         ready = threading.Event()
         self._pump_thread = threading.Thread(target=self._pump, args=(ready,), daemon=True)

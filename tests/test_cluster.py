@@ -7,15 +7,30 @@ import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import nats.errors
 import pytest
 
 import sdk
-from broker.connection import connect
+from broker import store
+from broker.connection import Bus, connect
+from broker.models import RunRecord
 from broker.server import EmbeddedServer
 from broker.settings import ConnectSettings
 from tests.helpers import Daemon, make_zip, start_cluster, wait_for_executors
 
 HELLO = make_zip({"main.py": "import sdk\nprint('args', sdk.task_args())\n"})
+
+
+async def wait_until_answering(bus: Bus, timeout_s: float = 60.0) -> None:
+    """After a node dies, clients reconnect and streams whose leader it was elect another
+    (~1 s unloaded, several on a busy machine); in between, requests time out."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            try:
+                await store.get(bus.runs, "probe", RunRecord)  # answered: None
+                return
+            except (nats.errors.TimeoutError, nats.errors.ConnectionReconnectingError):
+                await asyncio.sleep(0.2)  # polling a recovering cluster: nothing to watch yet
 
 
 @pytest.fixture
@@ -33,27 +48,33 @@ async def test_runs_survive_a_node_dying(
     urls = ",".join(server.url for server in cluster)
     settings = ConnectSettings.from_env(urls, replicas=3)
     bus = await connect(settings)
-    # Two executors, each first pointed at a different node (they fail over to the others).
-    for index in (1, 2):
-        node_first = ",".join(
-            [cluster[index].url, *(s.url for s in cluster if s is not cluster[index])]
-        )
-        start_daemon("executor", "--url", node_first, "--slots", "2",
-                     "--work-dir", str(tmp_path / f"executor{index}"))  # fmt: skip
-    await wait_for_executors(bus, 2)
-    # The executors provisioned with the default of one replica: nothing shrank.
-    for stream in ("KV_taskbus_runs", "TASKBUS_RUNQ", "OBJ_taskbus_artifacts"):
-        assert (await bus.js.stream_info(stream)).config.num_replicas == 3
+    try:
+        # Two executors, each first pointed at a different node (they fail over to the others).
+        for index in (1, 2):
+            node_first = ",".join(
+                [cluster[index].url, *(s.url for s in cluster if s is not cluster[index])]
+            )
+            start_daemon("executor", "--url", node_first, "--slots", "2",
+                         "--work-dir", str(tmp_path / f"executor{index}"))  # fmt: skip
+        await wait_for_executors(bus, 2)
+        # The executors provisioned with the default of one replica: nothing shrank.
+        for stream in ("KV_taskbus_runs", "TASKBUS_RUNQ", "OBJ_taskbus_artifacts"):
+            assert (await bus.js.stream_info(stream)).config.num_replicas == 3
 
-    async with sdk.AsyncClient(url=urls) as wl:
-        orch = await wl.upload_orchestration(bytes_buffer=HELLO, name="hello")
-        await orch.wait_until_ready(timeout=60)
+        async with sdk.AsyncClient(url=urls) as wl:
+            orch = await wl.upload_orchestration(bytes_buffer=HELLO, name="hello")
+            await orch.wait_until_ready(timeout=60)
 
-        async def run_batch(count: int) -> list[str]:
-            tasks = [await orch.run_once(name=f"t{i}", json_args={"i": i}) for i in range(count)]
-            return list(await asyncio.gather(*(task.wait(timeout=120) for task in tasks)))
+            async def run_batch(count: int) -> list[str]:
+                tasks = [
+                    await orch.run_once(name=f"t{i}", json_args={"i": i}) for i in range(count)
+                ]
+                return list(await asyncio.gather(*(task.wait(timeout=120) for task in tasks)))
 
-        assert await run_batch(4) == ["success"] * 4
-        cluster[0].stop()  # one node of three dies: quorum remains
-        assert await run_batch(4) == ["success"] * 4
-    await bus.close()
+            assert await run_batch(4) == ["success"] * 4
+            cluster[0].stop()  # one node of three dies: quorum remains
+            await wait_until_answering(bus)
+            await wait_until_answering(await wl._connected())  # the SDK's own connection too
+            assert await run_batch(4) == ["success"] * 4
+    finally:
+        await bus.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from broker.connection import connect
-from broker.server import EmbeddedServer, ServerSettings
+from broker.server import EmbeddedServer, ServerSettings, die_with_parent
 from broker.settings import ConnectSettings, default_data_dir
 from sdk.cli import FAILED, OK, error
 from sdk.cli.daemons import available, child_env, console_entry
@@ -42,6 +42,7 @@ class Child:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                preexec_fn=die_with_parent,  # a killed `up` leaves no daemon behind
             )
 
     def stop(self) -> None:
@@ -57,7 +58,8 @@ class Child:
 
 def _start_server(args: argparse.Namespace) -> tuple[EmbeddedServer, Path]:
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
-    server = EmbeddedServer(ServerSettings(data_dir=data_dir, port=args.port)).start()
+    settings = ServerSettings(data_dir=data_dir, port=args.port, die_with_parent=True)
+    server = EmbeddedServer(settings).start()
     try:
         asyncio.run(_provision(server.url))
     except BaseException:
@@ -75,17 +77,20 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _on_stop_signals() -> None:
-    """SIGINT and SIGTERM both stop us cleanly (SIGINT even when the shell that started us in
-    the background set it to be ignored)."""
-    signal.signal(signal.SIGINT, _terminate)
-    signal.signal(signal.SIGTERM, _terminate)
+    """SIGINT, SIGTERM and SIGHUP (the terminal closed) all stop us cleanly (SIGINT even when
+    the shell that started us in the background set it to be ignored)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _terminate)
 
 
 def _quiet() -> None:
-    """While stopping, further Ctrl+C / SIGTERM must not cut the clean-up short."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """While stopping, further signals must not cut the clean-up short."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def server(args: argparse.Namespace) -> int:
