@@ -76,9 +76,10 @@ def console(args: argparse.Namespace) -> int:
     settings = connect_settings(args, "taskbus-console")
     run_console = console_entry()
     if run_console is not None:
-        run_console(settings, web=args.web)
+        run_console(settings, web=args.web, host=args.host, port=args.port)
         return OK
-    return _run_module("console", "console", settings, ["--web"] if args.web else [])
+    web_argv = ["--web", "--host", args.host, "--port", str(args.port)] if args.web else []
+    return _run_module("console", "console", settings, web_argv)
 
 
 def console_entry() -> Callable[..., None] | None:

@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("console", daemons.console, "open the live console")
     p.add_argument("--web", action="store_true", help="serve it in a browser instead")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="with --web: address to bind (default 127.0.0.1; the web console has no "
+        "authentication of its own: keep it on localhost or behind an authenticating proxy)",
+    )
+    p.add_argument("--port", type=int, default=8000, help="with --web: port (default 8000)")
 
     # --- user commands ---
     p = command("upload", commands.upload, "upload an orchestration zip")
