@@ -6,20 +6,26 @@ conflict), so two writers never lose each other's change.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import nats.errors
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from broker.models import Record, decode, encode
+
+if TYPE_CHECKING:
+    from broker.connection import Bus
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=Record)
 
 CAS_ATTEMPTS = 50  # conflicts resolve in one or two retries; 50 means something is wrong
+RENEW_RETRY_S = 0.25  # a watch recreated after a reconnect retries this often until answered
 
 
 async def get(kv: KeyValue, key: str, kind: type[R]) -> tuple[R, int] | None:
@@ -88,21 +94,63 @@ async def scan(kv: KeyValue, kind: type[R], keys: str = ">") -> dict[str, R]:
 
 
 async def watch(
-    kv: KeyValue, kind: type[R], keys: str = ">"
+    kv: KeyValue, kind: type[R], keys: str = ">", *, bus: Bus | None = None
 ) -> AsyncIterator[tuple[str, R | None]]:
     """Current records, then ``("", None)`` once caught up, then live changes for ever.
 
-    A deleted or expired key yields ``(key, None)``. The caller recreates the watch after a
-    reconnect (NATS-NOTES: an old watcher stays blind for ~19 s after a server restart).
+    A deleted or expired key yields ``(key, None)``. With ``bus``, the watch is recreated after
+    every reconnect (NATS-NOTES: an old watcher stays blind for ~19 s after a server restart)
+    and replays the current records and the caught-up marker again, and creating it is retried
+    while the server does not answer; without it, the caller recreates the watch itself.
     """
-    watcher = await kv.watch(keys)
+    while True:
+        reconnected = asyncio.Event()
+        on_reconnect = _setter(reconnected)
+        try:
+            watcher = await kv.watch(keys)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            if bus is None:
+                raise
+            # Disconnected, or just after a server restart JetStream does not answer for a
+            # moment: the caller bounds the whole watch with its own timeout.
+            log.debug("watch on %s/%s not ready again yet (%s)", kv._name, keys, exc)
+            await asyncio.sleep(RENEW_RETRY_S)
+            continue
+        if bus is not None:
+            bus.on_reconnect.append(on_reconnect)
+        try:
+            while True:
+                entry = await _next_unless(watcher, reconnected) if bus else await anext(watcher)
+                if reconnected.is_set():
+                    break
+                if entry is None:
+                    yield "", None
+                elif entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                    yield entry.key, None
+                else:
+                    yield entry.key, decode(kind, entry.value)
+        finally:
+            if bus is not None:
+                bus.on_reconnect.remove(on_reconnect)
+            await watcher.stop()
+        log.debug("recreating the watch on %s/%s after a reconnect", kv._name, keys)
+
+
+def _setter(event: asyncio.Event) -> Callable[[], Awaitable[None]]:
+    async def set_event() -> None:
+        event.set()
+
+    return set_event
+
+
+async def _next_unless(watcher: KeyValue.KeyWatcher, event: asyncio.Event) -> Any:
+    """The watcher's next entry, or None as soon as ``event`` is set."""
+    entry = asyncio.ensure_future(anext(watcher))
+    stop = asyncio.ensure_future(event.wait())
     try:
-        async for entry in watcher:
-            if entry is None:
-                yield "", None
-            elif entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                yield entry.key, None
-            else:
-                yield entry.key, decode(kind, entry.value)
+        await asyncio.wait({entry, stop}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        await watcher.stop()
+        stop.cancel()
+        if not entry.done():
+            entry.cancel()  # takes effect later: the entry must not be read below
+    return entry.result() if entry.done() and not entry.cancelled() else None

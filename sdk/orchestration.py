@@ -88,7 +88,8 @@ class AsyncOrchestration(display.Shown):
         bus = await self._client._connected()
         try:
             with anyio.fail_after(timeout):
-                updates = store.watch(bus.orchestrations, OrchestrationRecord, self._record.id)
+                orch_id = self._record.id
+                updates = store.watch(bus.orchestrations, OrchestrationRecord, orch_id, bus=bus)
                 async with closing(updates):
                     async for key, record in updates:
                         if key and record is None:

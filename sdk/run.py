@@ -138,7 +138,7 @@ class AsyncTaskRun(display.Shown):
         bus = await self._client._connected()
         try:
             with anyio.fail_after(timeout):
-                async with closing(store.watch(bus.runs, RunRecord, self._key)) as updates:
+                async with closing(store.watch(bus.runs, RunRecord, self._key, bus=bus)) as updates:
                     async for _key, record in updates:
                         if record is None:
                             continue

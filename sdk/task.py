@@ -149,7 +149,7 @@ class AsyncTask(display.Shown):
         outcome: list[TaskStatus | TaskNotFound] = []
 
         async def follow_task(scope: anyio.CancelScope) -> None:
-            async with closing(store.watch(bus.tasks, TaskRecord, task_id)) as updates:
+            async with closing(store.watch(bus.tasks, TaskRecord, task_id, bus=bus)) as updates:
                 async for key, record in updates:
                     if key and record is None:
                         outcome.append(TaskNotFound(f"Task {task_id} was deleted while waited on."))
@@ -163,7 +163,7 @@ class AsyncTask(display.Shown):
 
         async def follow_runs(scope: anyio.CancelScope) -> None:
             pattern = f"{task_id}.*"
-            async with closing(store.watch(bus.runs, RunRecord, pattern)) as updates:
+            async with closing(store.watch(bus.runs, RunRecord, pattern, bus=bus)) as updates:
                 async for key, record in updates:
                     if record is not None:
                         runs[key] = record
