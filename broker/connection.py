@@ -92,14 +92,13 @@ async def connect(
 
     async def reconnected_cb() -> None:
         if bus_ref:
-            log.info("reconnected to %s", bus_ref[0].nc.connected_url)
-            for callback in list(bus_ref[0].on_reconnect):
-                await callback()
+            url = bus_ref[0].nc.connected_url
+            log.info("reconnected to %s", url.netloc if url else "?")
+            await _run_callbacks(bus_ref[0].on_reconnect)
 
     async def disconnected_cb() -> None:
         if bus_ref:
-            for callback in list(bus_ref[0].on_disconnect):
-                await callback()
+            await _run_callbacks(bus_ref[0].on_disconnect)
 
     nc = NATS()
     try:
@@ -115,6 +114,7 @@ async def connect(
             reconnect_time_wait=0.05,  # type: ignore[arg-type]
             error_cb=error_cb,
             reconnected_cb=reconnected_cb,
+            **_ping_options(settings),
             disconnected_cb=disconnected_cb,
         )
     except Exception as exc:
@@ -135,6 +135,16 @@ async def connect(
     return bus
 
 
+async def _run_callbacks(callbacks: list[Callback]) -> None:
+    """Run the component's callbacks inside nats-py's reconnect loop. One that raises must not
+    reach nats-py: it would count the reconnect as failed and leave two read loops behind."""
+    for callback in list(callbacks):
+        try:
+            await callback()
+        except Exception:
+            log.exception("a reconnect/disconnect callback failed")
+
+
 async def _provision_when_ready(js: JetStreamContext, settings: ConnectSettings) -> dict[str, Any]:
     """Provision, retrying while JetStream is not ready yet (a cluster still electing its
     meta leader answers with timeouts or 503 for a few seconds after it starts)."""
@@ -153,6 +163,12 @@ async def _provision_when_ready(js: JetStreamContext, settings: ConnectSettings)
                 ) from exc
             log.info("JetStream not ready yet (%s); retrying", exc)
             await asyncio.sleep(0.5)
+
+
+def _ping_options(settings: ConnectSettings) -> dict[str, Any]:
+    if settings.ping_interval_s is None:
+        return {}
+    return {"ping_interval": settings.ping_interval_s, "max_outstanding_pings": 2}
 
 
 def _explain(reason: str) -> str:

@@ -8,8 +8,10 @@ start of the subject (replaying 3,000 lines takes ~20 ms).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
+import msgspec
 import nats.errors
 from nats.js import api as js_api
 
@@ -17,6 +19,8 @@ from broker import names, store
 from broker.connection import Bus
 from broker.models import LogBatch, LogLine, RunRecord, decode
 from broker.status import RUN_TERMINAL
+
+log = logging.getLogger(__name__)
 
 # How long a follower waits for the final batch once the run record says it ended: an
 # executor that died mid-run never sends one.
@@ -57,10 +61,15 @@ async def _batches(bus: Bus, task_id: str, run_id: str, *, follow: bool) -> Asyn
                 elif loop.time() - ended_at > EOF_GRACE_S:
                     return
                 continue
-            batch = decode(LogBatch, msg.data)
-            yield batch
-            if batch.eof:
-                return
+            try:
+                batch: LogBatch | None = decode(LogBatch, msg.data)
+            except msgspec.DecodeError as exc:  # not ours (published by hand?): skip it
+                log.warning("skipping an undecodable log batch on %s: %s", subject, exc)
+                batch = None
+            if batch is not None:
+                yield batch
+                if batch.eof:
+                    return
             if not follow and msg.metadata.num_pending == 0:
                 return
     finally:

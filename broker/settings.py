@@ -35,6 +35,9 @@ class ConnectSettings:
     # How long to wait for JetStream to answer after connecting: a cluster that is still
     # electing its meta leader times out for a few seconds (~5 s seen on loopback).
     jetstream_wait_s: float = 30.0
+    # Client pings find a silently dropped connection: nats-py's default (120 s, 2 missed)
+    # takes minutes; daemons that fence on connectivity use a few seconds.
+    ping_interval_s: float | None = None
 
     @classmethod
     def from_env(cls, url: str | None = None, **overrides: object) -> ConnectSettings:

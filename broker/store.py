@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
 import nats.errors
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
@@ -78,6 +79,16 @@ async def update(
     raise RuntimeError(f"gave up updating {key} after {CAS_ATTEMPTS} conflicting writes")
 
 
+def _decoded(kind: type[R], key: str, value: bytes) -> R | None:
+    """A record, or None (logged) for one that does not decode: a record written by a newer
+    release or by hand must not stop a component that lists or watches the bucket."""
+    try:
+        return decode(kind, value)
+    except msgspec.DecodeError as exc:
+        log.warning("skipping %s record %r that does not decode: %s", kind.__name__, key, exc)
+        return None
+
+
 async def scan(kv: KeyValue, kind: type[R], keys: str = ">") -> dict[str, R]:
     """Every live record whose key matches the subject pattern ``keys``, in one consumer."""
     records: dict[str, R] = {}
@@ -87,7 +98,9 @@ async def scan(kv: KeyValue, kind: type[R], keys: str = ">") -> dict[str, R]:
             if entry is None:
                 break
             if entry.value:
-                records[entry.key] = decode(kind, entry.value)
+                record = _decoded(kind, entry.key, entry.value)
+                if record is not None:
+                    records[entry.key] = record
     finally:
         await watcher.stop()
     return records
@@ -128,7 +141,9 @@ async def watch(
                 elif entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
                     yield entry.key, None
                 else:
-                    yield entry.key, decode(kind, entry.value)
+                    record = _decoded(kind, entry.key, entry.value)
+                    if record is not None:
+                        yield entry.key, record
         finally:
             if bus is not None:
                 bus.on_reconnect.remove(on_reconnect)

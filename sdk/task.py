@@ -101,7 +101,11 @@ class AsyncTask(display.Shown):
     async def status(self) -> TaskStatus:
         """Always fresh: ``pending``, ``started``, ``success``, ``failed``, ``timed_out``,
         ``paused``, ``pending_kill`` or ``killed``."""
-        await self.refresh()
+        bus = await self._client._connected()
+        self._record = await catalog.get_task(bus, self._record.id)
+        if self._record.kind is TaskKind.RUN_ONCE or self._record.killed:
+            # Only these depend on runs (task_status); a busy schedule has thousands of them.
+            self._runs = await catalog.runs_of(bus, self._record.id)
         return self._status()
 
     async def kill(self) -> TaskStatus:

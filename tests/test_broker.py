@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,11 @@ import pytest
 from broker import archive, catalog, store
 from broker.connection import Bus, connect
 from broker.errors import InvalidOrchestration, NotConnected, ServerError
-from broker.models import TaskRecord, utcnow
+from broker.models import RunRecord, TaskRecord, utcnow
 from broker.server import EmbeddedServer, ServerSettings
 from broker.settings import ConnectSettings, split_urls
 from broker.status import TaskKind
-from tests.helpers import make_zip
+from tests.helpers import Daemon, make_zip
 
 
 async def test_provisioning_is_idempotent(nats_url: str) -> None:
@@ -105,3 +106,50 @@ def _task(name: str = "t", key: str = "k") -> TaskRecord:
         created_at=now,
         updated_at=now,
     )
+
+
+async def test_a_record_that_does_not_decode_is_skipped(
+    bus: Bus, nats_url: str, start_daemon: Callable[..., Daemon]
+) -> None:
+    """A record written by hand or by a newer release must not stop listing, watching, or the
+    scheduler from starting and firing the tasks it can read."""
+    await bus.tasks.put("garbage", b'{"overlap": "queue"}')
+    orch = await catalog.upload_orchestration(bus, make_zip({"main.py": ""}), name="o",
+                                              file_name="o.zip")  # fmt: skip
+    task = await catalog.create_task(
+        bus, orch, name="every second", kind=TaskKind.SCHEDULED, schedule="* * * * * *"
+    )
+    assert [t.id for t in await catalog.list_tasks(bus)] == [task.id]
+    start_daemon("broker.scheduler", "--url", nats_url)
+    async with asyncio.timeout(30):
+        async for _key, run in store.watch(bus.runs, RunRecord, f"{task.id}.*"):
+            if run is not None:
+                break
+
+
+async def test_a_failing_reconnect_callback_does_not_break_the_connection(
+    tmp_path: Path,
+) -> None:
+    server = EmbeddedServer(ServerSettings(data_dir=tmp_path / "nats", port=0)).start()
+    bus = await connect(ConnectSettings(urls=[server.url]))
+    reconnected = asyncio.Event()
+
+    async def broken() -> None:
+        raise RuntimeError("a component's callback failed")
+
+    async def working() -> None:
+        reconnected.set()
+
+    bus.on_reconnect += [broken, working]
+    try:
+        server.stop()
+        server = EmbeddedServer(
+            ServerSettings(data_dir=server.settings.data_dir, port=server.port)
+        ).start()
+        async with asyncio.timeout(30):
+            await reconnected.wait()
+        await store.put(bus.tasks, "k", _task())  # the connection works after it
+        assert await store.get(bus.tasks, "k", TaskRecord) is not None
+    finally:
+        await bus.close()
+        server.stop()

@@ -24,7 +24,9 @@ from broker.settings import ConnectSettings, default_data_dir
 from sdk.cli import FAILED, OK, error
 from sdk.cli.daemons import available, child_env, console_entry
 
-STOP_GRACE_S = 15.0
+# A child's own clean stop must fit: the executor lets runs finish for 10 s, then gives them
+# 5 s from SIGTERM to SIGKILL, then records their outcome on the bus.
+STOP_GRACE_S = 25.0
 
 
 class Child:
