@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from broker import archive, cron, dispatch, store
+from broker import archive, cron, dispatch, names, store
 from broker.connection import Bus
 from broker.errors import (
     InvalidSchedule,
@@ -102,7 +102,7 @@ async def upload_orchestration(
 
 
 async def list_orchestrations(bus: Bus, workspace: str | None = None) -> list[OrchestrationRecord]:
-    records = (await store.scan(bus.orchestrations, OrchestrationRecord)).values()
+    records = (await store.scan(bus, names.ORCHESTRATIONS, OrchestrationRecord)).values()
     return sorted(
         (r for r in records if workspace is None or r.workspace == workspace),
         key=lambda r: r.created_at,
@@ -208,19 +208,19 @@ async def get_task(bus: Bus, task_id: str) -> TaskRecord:
 
 
 async def list_tasks(bus: Bus) -> list[TaskRecord]:
-    return list((await store.scan(bus.tasks, TaskRecord)).values())
+    return list((await store.scan(bus, names.TASKS, TaskRecord)).values())
 
 
 async def runs_of(bus: Bus, task_id: str) -> list[RunRecord]:
     """Every run of one task, newest first."""
-    runs = (await store.scan(bus.runs, RunRecord, f"{task_id}.*")).values()
+    runs = (await store.scan(bus, names.RUNS, RunRecord, f"{task_id}.*")).values()
     return sorted(runs, key=lambda r: r.created_at, reverse=True)
 
 
 async def all_runs(bus: Bus) -> dict[str, list[RunRecord]]:
     """Runs grouped by task id, newest first within each task."""
     grouped: dict[str, list[RunRecord]] = {}
-    for run in (await store.scan(bus.runs, RunRecord)).values():
+    for run in (await store.scan(bus, names.RUNS, RunRecord)).values():
         grouped.setdefault(run.task_id, []).append(run)
     for runs in grouped.values():
         runs.sort(key=lambda r: r.created_at, reverse=True)

@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import nats.errors
+from nats.js import api as js_api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
+from broker import names
 from broker.models import Record, decode, encode
 
 if TYPE_CHECKING:
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Record)
 
 CAS_ATTEMPTS = 50  # conflicts resolve in one or two retries; 50 means something is wrong
+SCAN_TIMEOUT_S = 10.0  # one record of a listing taking longer means the server is in trouble
 RENEW_RETRY_S = 0.25  # a watch recreated after a reconnect retries this often until answered
 
 
@@ -89,21 +92,38 @@ def _decoded(kind: type[R], key: str, value: bytes) -> R | None:
         return None
 
 
-async def scan(kv: KeyValue, kind: type[R], keys: str = ">") -> dict[str, R]:
-    """Every live record whose key matches the subject pattern ``keys``, in one consumer."""
+async def scan(bus: Bus, bucket: str, kind: type[R], keys: str = ">") -> dict[str, R]:
+    """Every live record whose key matches the subject pattern ``keys``, in one consumer.
+
+    Not ``kv.watch()``'s "caught up" marker: it can come before a record the server had
+    already pushed (a record then goes missing from a listing). The consumer's own counts say
+    how many records to read.
+    """
+    sub = await bus.js.subscribe(
+        names.kv_subject(bucket, keys),
+        stream=f"KV_{bucket}",
+        ordered_consumer=True,
+        deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
+    )
     records: dict[str, R] = {}
-    watcher = await kv.watch(keys, ignore_deletes=True)
+    prefix = len(names.kv_subject(bucket, ""))
     try:
-        async for entry in watcher:
-            if entry is None:
-                break
-            if entry.value:
-                record = _decoded(kind, entry.key, entry.value)
+        info = await sub.consumer_info()
+        delivered = info.delivered.consumer_seq if info.delivered else 0
+        if not info.num_pending and not delivered:
+            return records
+        while True:
+            msg = await sub.next_msg(timeout=SCAN_TIMEOUT_S)
+            key = msg.subject[prefix:]
+            operation = msg.headers.get(KV_OP) if msg.headers else None
+            if msg.data and operation not in (KV_DEL, KV_PURGE):
+                record = _decoded(kind, key, msg.data)
                 if record is not None:
-                    records[entry.key] = record
+                    records[key] = record
+            if msg.metadata.num_pending == 0:
+                return records
     finally:
-        await watcher.stop()
-    return records
+        await sub.unsubscribe()
 
 
 async def watch(

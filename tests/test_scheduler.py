@@ -145,7 +145,7 @@ async def test_bad_schedule_input_is_a_clear_error_and_stores_nothing(
         await catalog.create_task(bus, orch, name="bad", kind=TaskKind.SCHEDULED, **arguments)
     assert expected in str(caught.value)
     assert await catalog.list_tasks(bus) == []
-    assert await store.scan(bus.runs, RunRecord) == {}
+    assert await store.scan(bus, names.RUNS, RunRecord) == {}
 
 
 async def test_scheduling_an_orchestration_in_error_is_refused(bus: Bus) -> None:
