@@ -6,7 +6,11 @@ Layout under ``<work_dir>``::
     zips/<sha>.zip        downloaded with ``writeinto=`` (NATS-NOTES: a plain get is O(n²))
     trees/<sha>/          extracted and pre-compiled; appears atomically (extract into a temp
                           folder, then rename), so a tree that exists is complete
-    runs/<uuid>/          a run's working copy (its cwd)
+    runs/<executor id>/<uuid>/   a run's working copy (its cwd); each executor process has
+                          its own root, held with a flock on ``runs/<executor id>.lock``
+                          for its lifetime, so executors sharing a work dir never delete each
+                          other's folders: at start one removes only roots whose lock nobody
+                          holds (their executor is gone)
 
 A run's working copy: files under 1 MiB are copied, so a task that writes a shipped file in
 place cannot change the cached tree; bigger files (models, data) are hardlinked to save the
@@ -26,11 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import compileall
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import re
 import shutil
+import time
 import uuid
 import zipfile
 from dataclasses import dataclass, field
@@ -45,6 +52,11 @@ log = logging.getLogger(__name__)
 
 HARDLINK_MIN_BYTES = 1 << 20
 SPARES_PER_SHA = 8
+# A tree with at most this many entries is copied and checked on the event loop (a thread hop
+# costs more than the work); bigger ones in a worker thread.
+INLINE_MAX_ENTRIES = 64
+# A run-folder root without a lock file (an older layout) is removed once this old.
+UNLOCKED_ROOT_MAX_AGE_S = 24 * 3600.0
 Snapshot = dict[str, tuple[int, int]]
 
 
@@ -62,18 +74,22 @@ class RunFolder:
 
 
 class Artifacts:
-    def __init__(self, bus: Bus, work_dir: Path, scratch: Path) -> None:
+    def __init__(self, bus: Bus, work_dir: Path, scratch: Path, owner: str) -> None:
         self._bus = bus
         self.zips = work_dir / "zips"
         self.trees = work_dir / "trees"
-        self.runs = work_dir / "runs"
+        self.runs = work_dir / "runs" / owner
         self.scratch = scratch
-        if self.runs.exists():  # copies left by an earlier process
-            shutil.rmtree(self.runs, ignore_errors=True)
-        for folder in (self.zips, self.trees, self.runs, self.scratch):
+        for folder in (self.zips, self.trees, self.runs.parent, self.scratch):
             folder.mkdir(parents=True, exist_ok=True)
+        self._owner_fd = _hold_root_lock(self.runs.parent / f"{owner}.lock")
+        remove_stale_roots(self.runs.parent, keep=owner)
+        if self.runs.exists():  # only if this id was used before by a process now gone
+            shutil.rmtree(self.runs, ignore_errors=True)
+        self.runs.mkdir()
         self._locks: dict[str, asyncio.Lock] = {}
         self._spares: dict[str, list[RunFolder]] = {}
+        self._entries: dict[str, int] = {}  # entries per tree, once copied
 
     async def tree(self, sha: str) -> Path:
         """The extracted, compiled files of one zip (fetched on first use)."""
@@ -133,11 +149,16 @@ class Artifacts:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
-    def drop_tree(self, sha: str) -> None:
+    async def drop_tree(self, sha: str) -> None:
         """Forget a tree whose files a run changed in place (and its spare copies, which share
         those files); the next run extracts anew."""
-        for spare in self._spares.pop(sha, []):
-            shutil.rmtree(spare.path, ignore_errors=True)
+        spares = self._spares.pop(sha, [])
+        self._entries.pop(sha, None)
+        await anyio.to_thread.run_sync(self._drop_tree, sha, [spare.path for spare in spares])
+
+    def _drop_tree(self, sha: str, spares: list[Path]) -> None:
+        for spare in spares:
+            shutil.rmtree(spare, ignore_errors=True)
         tree = self.trees / sha
         trash = self.trees / f".{sha}.{uuid.uuid4().hex[:8]}.trash"
         try:
@@ -147,13 +168,16 @@ class Artifacts:
         shutil.rmtree(trash, ignore_errors=True)
 
     # --- per-run folders ---------------------------------------------------------------------
-    def make_run_folder(self, tree: Path, sha: str) -> RunFolder:
+    async def make_run_folder(self, tree: Path, sha: str) -> RunFolder:
         spares = self._spares.get(sha)
         if spares:
             return spares.pop()
         folder = RunFolder(path=self.runs / uuid.uuid4().hex, sha=sha)
-        _copy_tree(tree, folder.path, folder.linked)
-        folder.snapshot = _snapshot(folder.path)
+        if self._entries.get(sha, INLINE_MAX_ENTRIES + 1) <= INLINE_MAX_ENTRIES:
+            _fill_run_folder(tree, folder)
+        else:
+            await anyio.to_thread.run_sync(_fill_run_folder, tree, folder)
+        self._entries[sha] = len(folder.snapshot)
         return folder
 
     def changed_links(self, folder: RunFolder) -> list[Path]:
@@ -168,12 +192,16 @@ class Artifacts:
                 changed.append(path)
         return changed
 
-    def release_run_folder(self, folder: RunFolder) -> Path | None:
+    async def release_run_folder(self, folder: RunFolder) -> Path | None:
         """Keep an untouched working copy as a spare; else return it for deletion."""
         spares = self._spares.setdefault(folder.sha, [])
         if len(spares) < SPARES_PER_SHA and (self.trees / folder.sha).is_dir():
             try:
-                untouched = _snapshot(folder.path) == folder.snapshot
+                if len(folder.snapshot) <= INLINE_MAX_ENTRIES:
+                    current = _snapshot(folder.path)
+                else:
+                    current = await anyio.to_thread.run_sync(_snapshot, folder.path)
+                untouched = current == folder.snapshot
             except OSError:
                 untouched = False
             if untouched:
@@ -184,8 +212,72 @@ class Artifacts:
     def args_file(self, key: str) -> Path:
         return self.scratch / f"{key}.json"
 
-    def close(self) -> None:
+    def close(self, *, keep_runs: bool = False) -> None:
+        """Remove the scratch folder and (unless kept for debugging) this executor's run
+        folders; then let go of the root's lock."""
         shutil.rmtree(self.scratch, ignore_errors=True)
+        if not keep_runs:
+            shutil.rmtree(self.runs, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                (self.runs.parent / f"{self.runs.name}.lock").unlink()
+        os.close(self._owner_fd)
+
+
+def _hold_root_lock(path: Path) -> int:
+    """Take (and keep) the exclusive flock that marks a run-folder root as in use. The file
+    must still be the one at ``path`` once locked: a cleaner may have removed it meanwhile."""
+    for _ in range(100):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+    raise ArtifactError(f"could not lock {path}: is another executor using the same id?")
+
+
+def remove_stale_roots(runs: Path, *, keep: str) -> None:
+    """Remove the run-folder roots of executors that are gone: their lock file is not held
+    (a flock dies with its process), or, with no lock file, the folder is over a day old."""
+    try:
+        entries = list(runs.iterdir())
+    except OSError:
+        return
+    names = {entry.name for entry in entries}
+    for entry in entries:
+        if entry.name in (keep, f"{keep}.lock"):
+            continue
+        if entry.suffix == ".lock":
+            _remove_if_unheld(entry, runs / entry.stem)
+        elif entry.is_dir() and f"{entry.name}.lock" not in names:
+            with contextlib.suppress(OSError):
+                if time.time() - entry.stat().st_mtime > UNLOCKED_ROOT_MAX_AGE_S:
+                    shutil.rmtree(entry, ignore_errors=True)
+
+
+def _remove_if_unheld(lock: Path, root: Path) -> None:
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return  # held: that executor is alive
+    try:
+        log.info("removing run folders left by a stopped executor: %s", root)
+        shutil.rmtree(root, ignore_errors=True)
+        lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def _fill_run_folder(tree: Path, folder: RunFolder) -> None:
+    _copy_tree(tree, folder.path, folder.linked)
+    folder.snapshot = _snapshot(folder.path)
 
 
 def _copy_tree(source: Path, dest: Path, linked: dict[Path, tuple[int, int]]) -> None:

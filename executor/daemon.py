@@ -7,9 +7,14 @@
   ``fetch(1)`` returns the moment one arrives), each run in its own task;
 - the packaging intake, one job at a time;
 - kill watching: core subscriptions on the tasks and control buckets' subjects (every KV put is
-  a message there), re-checked after a reconnect;
-- fencing: cut off from NATS longer than the ack wait, the executor kills its own runs, since
-  the queue has redelivered them elsewhere by then.
+  a message there), re-checked after a reconnect (in a task of its own, never inside the
+  client's reconnect callback);
+- fencing: when no heartbeat put has been confirmed by the server for half the ack wait, the
+  executor kills its own runs (with a short grace), so they are gone well before the queue
+  could redeliver them elsewhere (at the earliest an ack wait after the last ``in_progress``).
+  This does not trust ``is_connected``: a silently dropped connection keeps it true for as
+  long as pings take to notice. Heartbeats are put at least six times per ack wait, each
+  bounded by a timeout, so a dead connection never stalls the loop.
 
 SIGINT/SIGTERM: stop taking work, let running runs finish for ``shutdown_grace_s``, then kill
 them (recorded as ``killed``, reason "executor shut down"); a second signal kills at once.
@@ -47,6 +52,7 @@ from broker.models import (
     utcnow,
 )
 from executor.artifacts import Artifacts
+from executor.control import keep_alive, kill_reason, quietly
 from executor.environments import Environment, Environments
 from executor.packaging import package
 from executor.process import Launcher, Spawner
@@ -89,7 +95,7 @@ def scratch_dir(settings: ExecutorSettings) -> Path:
     shm = Path("/dev/shm")
     if shm.is_dir() and os.access(shm, os.W_OK):
         return shm / f"taskbus-{settings.id}"
-    return settings.work_dir / "scratch"
+    return settings.work_dir / "scratch" / settings.id
 
 
 class Executor:
@@ -101,7 +107,7 @@ class Executor:
         self.ctx = Context(
             settings=settings,
             bus=bus,
-            artifacts=Artifacts(bus, settings.work_dir, scratch_dir(settings)),
+            artifacts=Artifacts(bus, settings.work_dir, scratch_dir(settings), settings.id),
             environments=self.environments,
             launcher_for=self.launcher_for,
             base_env=base_env,
@@ -115,7 +121,9 @@ class Executor:
         self._waiting_scopes: set[anyio.CancelScope] = set()
         self._active = 0
         self._idle = anyio.Event()  # set when the last piece of work ends
-        self._lost_since: float | None = None
+        self._confirmed_at = time.monotonic()  # the last heartbeat the server stored
+        self._fenced = False
+        self._services: anyio.abc.TaskGroup | None = None
         self._zygotes = ZygotePool(base_env)
         self._spawner = Spawner()
         self._started_at = utcnow()
@@ -170,7 +178,6 @@ class Executor:
             await bus.nc.subscribe(names.kv_subject(names.TASKS), cb=self._on_task),
             await bus.nc.subscribe(names.kv_subject(names.CONTROL), cb=self._on_control),
         ]
-        bus.on_disconnect.append(self._disconnected)
         bus.on_reconnect.append(self._reconnected)
         if settings.zygote:
             await self._zygotes.warm(sys.executable)
@@ -182,6 +189,7 @@ class Executor:
         )  # fmt: skip
         try:
             async with anyio.create_task_group() as services:
+                self._services = services
                 services.start_soon(self._heartbeat_loop)
                 services.start_soon(self._fence_loop)
                 async with anyio.create_task_group() as work:
@@ -197,12 +205,12 @@ class Executor:
             # queue would hold the connection's drain for its whole timeout.
             for pull in (runq, pkgq):
                 if pull is not None:
-                    await _quietly(pull.unsubscribe())
+                    await quietly(pull.unsubscribe())
             for sub in subscriptions:
-                await _quietly(sub.unsubscribe())
-            await _quietly(bus.executors.delete(settings.id))
+                await quietly(sub.unsubscribe())
+            await quietly(bus.executors.delete(settings.id))
             self._zygotes.close()
-            self.ctx.artifacts.close()
+            self.ctx.artifacts.close(keep_runs=settings.keep_run_dirs)
             stats = self.ctx.stats
             runs = sum(stats.values())
             detail = ", ".join(f"{count} {status}" for status, count in sorted(stats.items()))
@@ -254,7 +262,7 @@ class Executor:
                 continue
             if self._stop.is_set():
                 for msg in msgs:
-                    await _quietly(msg.nak())
+                    await quietly(msg.nak())
                 slots.release()
                 return
             self._active += 1
@@ -276,7 +284,7 @@ class Executor:
             request = decode(RunRequest, msg.data)
         except msgspec.DecodeError as exc:
             log.error("dropping a malformed run request: %s", exc)
-            await _quietly(msg.term())
+            await quietly(msg.term())
             return
         key = names.run_key(request.task_id, request.run_id)
         existing = self.jobs.get(key)
@@ -295,28 +303,33 @@ class Executor:
             request = decode(PackageRequest, msg.data)
         except msgspec.DecodeError as exc:
             log.error("dropping a malformed package request: %s", exc)
-            await _quietly(msg.term())
+            await quietly(msg.term())
             return
         with self._packaging:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_keep_alive, msg, names.PKGQ_ACK_WAIT_S / 3)
+                tg.start_soon(keep_alive, lambda: msg, names.PKGQ_ACK_WAIT_S / 3, msg.subject)
                 try:
                     await package(
                         self.bus, self.ctx.artifacts, self.environments, request.orchestration_id
                     )
                 except Exception:
                     log.exception("packaging %s failed", request.orchestration_id)
-                    await _quietly(msg.nak(delay=5.0))
+                    await quietly(msg.nak(delay=5.0))
                     tg.cancel_scope.cancel()
                     return
                 self.packaged += 1
-                await _quietly(msg.ack())
+                await quietly(msg.ack())
                 tg.cancel_scope.cancel()
                 return
-        await _quietly(msg.nak())  # shut down mid-way: another executor takes it over
+        await quietly(msg.nak())  # shut down mid-way: another executor takes it over
 
     # --- heartbeat, kills, fencing -----------------------------------------------------------
+    @property
+    def _beat_interval_s(self) -> float:
+        return min(self.settings.heartbeat_interval_s, self.settings.ack_wait_s / 6)
+
     async def _beat(self) -> None:
+        """Put the heartbeat; once the server confirmed it, note the time it was sent."""
         settings = self.settings
         record = ExecutorRecord(
             id=settings.id,
@@ -328,15 +341,46 @@ class Executor:
             started_at=self._started_at,
             heartbeat_at=utcnow(),
         )
-        await store.put(self.bus.executors, settings.id, record)
+        sent = time.monotonic()
+        with anyio.fail_after(max(0.5, self._beat_interval_s)):
+            await store.put(self.bus.executors, settings.id, record)
+        self._confirmed_at = sent
+        if self._fenced:
+            self._fenced = False
+            log.info("heartbeats confirmed again after the fence")
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await anyio.sleep(self.settings.heartbeat_interval_s)
+            await anyio.sleep(self._beat_interval_s)
             try:
                 await self._beat()
             except (nats.errors.Error, TimeoutError) as exc:
-                log.warning("heartbeat failed: %s", exc)
+                log.warning("heartbeat failed: %s", exc or type(exc).__name__)
+
+    async def _fence_loop(self) -> None:
+        """Kill our runs once the server has confirmed no heartbeat for half the ack wait (a
+        run claimed since then counts from its claim, itself a confirmed write)."""
+        ack_wait = self.settings.ack_wait_s
+        limit = ack_wait / 2
+        while True:
+            await anyio.sleep(min(0.25, ack_wait / 8))
+            now = time.monotonic()
+            doomed = [
+                job for job in self.jobs.values()
+                if job.kill_reason is None and job.claimed_at is not None  # not yet ours: no
+                and now - max(self._confirmed_at, job.claimed_at) > limit
+            ]  # fmt: skip
+            if not doomed:
+                continue
+            self._fenced = True
+            log.warning("no heartbeat confirmed by NATS for %.1f s: killing %d runs (fencing)",
+                        now - self._confirmed_at, len(doomed))  # fmt: skip
+            for job in doomed:
+                job.request_kill(
+                    f"fenced: no contact with NATS for over {limit:g} s, so the run may be "
+                    f"retried elsewhere",
+                    grace_s=min(self.settings.kill_grace_s, ack_wait / 10),
+                )
 
     async def _on_task(self, msg: Msg) -> None:
         task_id = msg.subject.rsplit(".", 1)[-1]
@@ -344,12 +388,12 @@ class Executor:
         if not jobs or not msg.data:
             return
         try:
-            task = decode(TaskRecord, msg.data)
+            reason = kill_reason(decode(TaskRecord, msg.data), None)
         except msgspec.DecodeError:
             return
-        if task.killed:
+        if reason:
             for job in jobs:
-                job.request_kill("task killed")
+                job.request_kill(reason)
 
     async def _on_control(self, msg: Msg) -> None:
         key = msg.subject.removeprefix(names.kv_subject(names.CONTROL, ""))
@@ -357,58 +401,29 @@ class Executor:
         if job is None or not msg.data:
             return
         try:
-            control = decode(RunControl, msg.data)
+            reason = kill_reason(None, decode(RunControl, msg.data))
         except msgspec.DecodeError:
             return
-        if control.kill:
-            job.request_kill(control.reason or "kill requested")
-
-    async def _disconnected(self) -> None:
-        if self._lost_since is None:
-            self._lost_since = time.monotonic()
-            log.warning("lost contact with NATS")
+        if reason:
+            job.request_kill(reason)
 
     async def _reconnected(self) -> None:
-        self._lost_since = None
-        for job in list(self.jobs.values()):  # kills sent while we were away
-            task = await store.get(self.bus.tasks, job.task_id, TaskRecord)
-            if task is not None and task[0].killed:
-                job.request_kill("task killed")
-            control = await store.get(self.bus.control, job.key, RunControl)
-            if control is not None and control[0].kill:
-                job.request_kill(control[0].reason or "kill requested")
+        """Runs inside the client's reconnect handling: only start work, never await I/O."""
+        if self._services is not None:
+            self._services.start_soon(self._recheck_kills)
 
-    async def _fence_loop(self) -> None:
-        ack_wait = self.settings.ack_wait_s
-        while True:
-            await anyio.sleep(min(0.25, ack_wait / 4))
-            if self.bus.connected:
-                self._lost_since = None
-                continue
-            now = time.monotonic()
-            if self._lost_since is None:
-                self._lost_since = now
-            if now - self._lost_since > ack_wait and self.jobs:
-                log.warning("no contact with NATS for %.0f s: killing %d runs (fencing)",
-                            now - self._lost_since, len(self.jobs))  # fmt: skip
-                for job in list(self.jobs.values()):
-                    job.request_kill(
-                        f"fenced: no contact with NATS for over {ack_wait:g} s, so the run may "
-                        f"be retried elsewhere"
-                    )
-
-
-async def _keep_alive(msg: Msg, interval_s: float) -> None:
-    while True:
-        await anyio.sleep(interval_s)
-        await _quietly(msg.in_progress())
-
-
-async def _quietly(awaitable: Awaitable[object]) -> None:
-    try:
-        await awaitable
-    except Exception as exc:
-        log.debug("ignored: %r", exc)
+    async def _recheck_kills(self) -> None:
+        """Kills sent while we were away."""
+        for job in list(self.jobs.values()):
+            try:
+                task = await store.get(self.bus.tasks, job.task_id, TaskRecord)
+                control = await store.get(self.bus.control, job.key, RunControl)
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("could not re-check kills after a reconnect: %s", exc)
+                return
+            reason = kill_reason(task[0] if task else None, control[0] if control else None)
+            if reason:
+                job.request_kill(reason)
 
 
 async def serve(settings: ExecutorSettings) -> None:

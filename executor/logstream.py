@@ -7,6 +7,13 @@ goes out once it has ``batch_lines`` lines or ``linger_s`` after its first line,
 task's line reaches readers within milliseconds and a chatty one's lines share messages.
 Lines longer than ``names.LOG_LINE_MAX_CHARS`` are split, never dropped; past the per-run byte
 cap output is discarded and the log says so. The last batch has ``eof=True``.
+
+A batch's de-duplication id is ``<subject>#<writer>#<first seq>``, the writer naming the
+executor and attempt, so a stale executor retrying old batches never collides with (and so
+never silently drops) its replacement's lines, which continue the same numbering. Once the run
+is no longer this executor's (``owned()`` turns false) nothing more is published. While NATS is
+away a batch is retried for ``PUBLISH_GIVE_UP_S``; once ``close()`` is called everything left
+must be stored within ``FINAL_PUBLISH_GIVE_UP_S``, so shutdown always finishes.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ READ_CHUNK = 1 << 20
 # A batch is published before its estimated size passes this (a UTF-8 char is ≤ 4 bytes).
 BATCH_BUDGET = names.LOG_BATCH_MAX_BYTES // 2
 PUBLISH_TIMEOUT_S = 5.0
-FINAL_PUBLISH_GIVE_UP_S = 60.0  # the eof batch is retried this long while NATS is away
+PUBLISH_GIVE_UP_S = 30.0  # a batch is retried this long while NATS is away
+FINAL_PUBLISH_GIVE_UP_S = 60.0  # from close(): what is left is retried this long in all
 
 
 def split_long(text: str, limit: int = names.LOG_LINE_MAX_CHARS) -> list[str]:
@@ -82,8 +90,14 @@ class LogStream:
         max_bytes: int,
         linger_s: float,
         batch_lines: int,
+        writer: str = "",
+        owned: Callable[[], bool] = lambda: True,
     ) -> None:
         self._bus = bus
+        self._writer = writer
+        self._owned = owned
+        self._close_deadline: float | None = None
+        self.abandoned_lines = 0
         self.task_id = task_id
         self.run_id = run_id
         self._subject = names.logs_subject(task_id, run_id)
@@ -183,29 +197,40 @@ class LogStream:
     async def _send(self, batch: LogBatch) -> None:
         data = encode(batch)
         first = batch.lines[0].seq if batch.lines else self._seq + 1
-        headers = {names.MSG_ID: f"{self._subject}#{first}{'#eof' if batch.eof else ''}"}
+        msg_id = f"{self._subject}#{self._writer}#{first}{'#eof' if batch.eof else ''}"
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        give_up = loop.time() + (FINAL_PUBLISH_GIVE_UP_S if batch.eof else PUBLISH_GIVE_UP_S)
         delay = 0.05
         while True:
+            if not self._owned():
+                self._abandon(batch, "the run is no longer this executor's")
+                return
             try:
                 await self._bus.js.publish(
-                    self._subject, data, timeout=PUBLISH_TIMEOUT_S, headers=dict(headers)
+                    self._subject, data, timeout=PUBLISH_TIMEOUT_S, headers={names.MSG_ID: msg_id}
                 )
                 return
             except (nats.errors.Error, TimeoutError) as exc:
-                if batch.eof and loop.time() - started > FINAL_PUBLISH_GIVE_UP_S:
-                    log.error("gave up publishing the last log batch of %s: %s", self._subject, exc)
+                now = loop.time()
+                deadline = min(give_up, self._close_deadline or give_up)
+                if now + delay > deadline:
+                    self._abandon(batch, f"NATS did not store it ({exc})")
                     return
                 log.warning("log publish for %s failed (%s); retrying", self._subject, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    def _abandon(self, batch: LogBatch, why: str) -> None:
+        if not self.abandoned_lines:
+            log.error("dropping log lines of %s: %s", self._subject, why)
+        self.abandoned_lines += len(batch.lines)
 
     async def close(self) -> None:
         """Publish everything left, the last batch with ``eof=True``; returns once stored."""
         if self.dropped_bytes:
             self.taskbus(f"{self.dropped_bytes} bytes of output were dropped past the log cap")
         self._closing = True
+        self._close_deadline = asyncio.get_running_loop().time() + FINAL_PUBLISH_GIVE_UP_S
         self._wake.set()
         if self._flusher is not None:
             await self._flusher

@@ -6,12 +6,15 @@ launchers give that same contract: ``Spawner`` starts a fresh interpreter (fork+
 with this machine's site-packages), ``executor.zygotes`` forks one from a warm interpreter
 (~2 ms). A process is awaited through a pidfd, not asyncio's child watcher (on Python 3.11 the
 default watcher adds a thread per child). Signals go to the whole group; "no such process"
-counts as dead.
+counts as dead. A spawned child gets SIGKILL when the executor dies (Linux parent-death
+signal); a zygote kills its children when the executor's socket closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
@@ -19,6 +22,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def _die_with_executor() -> None:
+    """A ``preexec_fn``: SIGKILL this child when the thread that forked it ends. Spawns happen
+    on the event loop's thread, which lives as long as the executor."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,6 +122,7 @@ class Spawner:
             env=dict(launch.env),
             start_new_session=True,
             close_fds=True,
+            preexec_fn=_die_with_executor,
         )
         return SpawnedChild(process)
 

@@ -8,9 +8,11 @@ allows, else ``failure``/"executor lost". Otherwise compare-and-set to ``running
 executor's id and the attempt: every later write is fenced on that (status, executor, attempt),
 so a run taken over elsewhere is never overwritten by a stale executor.
 
-Running: see ``executor.process`` for the process contract. The request is kept alive with
-``in_progress()`` every third of the ack wait; on exit the last log batch (``eof``) is stored,
-then the final status, then the request is acked.
+Running: see ``executor.process`` for the process contract. From the claim on (the environment
+may take minutes to build) the request is kept alive with ``in_progress()`` every third of the
+ack wait, and a kill ends the run at once, even while it is still being prepared. On exit the
+last log batch (``eof``) is stored, then the final status, then the request is acked. A run
+found taken over elsewhere publishes no more log lines.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
-from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from broker import names, store
 from broker.connection import Bus
@@ -43,11 +46,11 @@ from broker.models import (
     RunRequest,
     TaskRecord,
     decode,
-    encode,
     utcnow,
 )
 from broker.status import RUN_TERMINAL, OrchestrationStatus, RunStatus
 from executor.artifacts import ArtifactError, Artifacts, RunFolder, remove_tree
+from executor.control import keep_alive, kill_reason
 from executor.environments import Environment, EnvironmentBuildError, Environments
 from executor.logstream import LogStream, PipeReader
 from executor.process import Child, Launch, Launcher, signal_group, stop_group
@@ -99,10 +102,12 @@ class RunJob:
         self.request = request
         self.key = names.run_key(request.task_id, request.run_id)
         self.kill_reason: str | None = None
+        self.kill_grace_s = ctx.settings.kill_grace_s
         self._kill = asyncio.Event()
         self.record: RunRecord | None = None
-        self.revision = 0
         self.attempt = 0
+        self.claimed_at: float | None = None  # monotonic; the claim was a confirmed write
+        self.lost = False  # found taken over elsewhere: publish and record nothing more
         self.pid = 0
         self._received = time.monotonic()
         self._first_seq = 1
@@ -113,9 +118,11 @@ class RunJob:
     def task_id(self) -> str:
         return self.request.task_id
 
-    def request_kill(self, reason: str) -> None:
+    def request_kill(self, reason: str, *, grace_s: float | None = None) -> None:
         if self.kill_reason is None:
             self.kill_reason = reason
+            if grace_s is not None:
+                self.kill_grace_s = min(self.kill_grace_s, grace_s)
             self._kill.set()
 
     def _ours(self, record: RunRecord) -> bool:
@@ -129,11 +136,16 @@ class RunJob:
     async def execute(self) -> None:
         if not await self._take():
             return
+        keeper = asyncio.ensure_future(
+            keep_alive(lambda: self.msg, self.ctx.settings.ack_wait_s / 3, self.key)
+        )
         try:
             await self._run()
         except Exception as exc:
             log.exception("run %s failed inside the executor", self.key)
             await self._finish(Outcome(RunStatus.FAILURE, None, f"executor error: {exc}"))
+        finally:
+            keeper.cancel()
 
     async def _take(self) -> bool:
         ctx, request = self.ctx, self.request
@@ -151,8 +163,7 @@ class RunJob:
             log.warning("⊘ %s has no run record; dropping its request", self.key)
             await self._settle(self.msg.term)
             return False
-        run, self.revision = run_found
-        self.record = run
+        run = self.record = run_found[0]
         if run.status in RUN_TERMINAL:
             log.info("  %s already %s; duplicate delivery acked", self.key, run.status)
             await self._settle(self.msg.ack)
@@ -163,13 +174,11 @@ class RunJob:
                 ctx.ready_orchestrations[orchestration.id] = orchestration
         self.orchestration = orchestration
         task = task_found[0] if task_found else None
-        kill = self.kill_reason
-        if task is None:
-            kill = "the task was deleted"
-        elif task.killed:
-            kill = "task killed"
-        elif control_found is not None and control_found[0].kill:
-            kill = control_found[0].reason or "kill requested"
+        kill = (
+            "the task was deleted"
+            if task is None
+            else kill_reason(task, control_found[0] if control_found else None)
+        ) or self.kill_reason
         if run.status is RunStatus.RUNNING and not await self._previous_lost(run):
             return False
         if kill:
@@ -237,6 +246,7 @@ class RunJob:
             await self._settle(lambda: self.msg.nak(delay=settings.ack_wait_s))
             return False
         self.attempt = attempt
+        self.claimed_at = time.monotonic()
         return True
 
     async def _end_untaken(self, status: RunStatus, reason: str) -> bool:
@@ -266,21 +276,52 @@ class RunJob:
     # --- running -----------------------------------------------------------------------------
     def _log_stream(self) -> LogStream:
         settings = self.ctx.settings
+        assert self.record is not None
+        # De-duplication ids name the writer: a stale executor's retries never collide with
+        # its replacement's batches, which continue the same sequence numbers.
+        writer = f"{settings.id}#{self.attempt or self.record.attempt}"
         stream = LogStream(
             self.ctx.bus, self.request.task_id, self.request.run_id,
             first_seq=self._first_seq, max_bytes=settings.max_log_bytes,
             linger_s=settings.log_linger_s, batch_lines=settings.log_batch_lines,
+            writer=writer, owned=lambda: not self.lost,
         )  # fmt: skip
         stream.start()
         return stream
 
     async def _run(self) -> None:
-        ctx, request = self.ctx, self.request
-        orchestration = self.orchestration
-        assert orchestration is not None
         logs = self._log_stream()
         if self._note:
             logs.taskbus(self._note)
+        preparing = asyncio.ensure_future(self._prepare(logs))
+        killed = asyncio.ensure_future(self._kill.wait())
+        try:
+            await asyncio.wait({preparing, killed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            killed.cancel()
+        if not preparing.done():  # killed while the environment or files were being prepared
+            await self._end(logs, Outcome(RunStatus.KILLED, None, self.kill_reason or ""), None)
+            try:
+                folder, environment, _ = await preparing
+                await self._cleanup(folder, environment)
+            except Exception as exc:
+                log.debug("preparing %s failed after its kill: %r", self.key, exc)
+            return
+        try:
+            folder, environment, args_file = preparing.result()
+        except (ArtifactError, EnvironmentBuildError, OSError) as exc:
+            await self._end(logs, Outcome(RunStatus.FAILURE, None, str(exc)), None)
+            return
+        try:
+            await self._run_process(logs, folder, environment, args_file)
+        finally:
+            await self._cleanup(folder, environment)
+
+    async def _prepare(self, logs: LogStream) -> tuple[RunFolder, Environment | None, Path]:
+        """The run's environment, working copy and arguments file; what was acquired is let go
+        again when a later step fails."""
+        ctx, orchestration = self.ctx, self.orchestration
+        assert orchestration is not None
         environment: Environment | None = None
         folder: RunFolder | None = None
         try:
@@ -294,17 +335,13 @@ class RunJob:
                     logs.taskbus(
                         f"environment {short}: cache miss, built in {environment.build_s:.2f} s"
                     )
-            folder = ctx.artifacts.make_run_folder(tree, orchestration.sha)
+            folder = await ctx.artifacts.make_run_folder(tree, orchestration.sha)
             args_file = ctx.artifacts.args_file(self.key)
-            args_file.write_text(json.dumps(request.json_args))
-        except (ArtifactError, EnvironmentBuildError, OSError) as exc:
-            await self._end(logs, Outcome(RunStatus.FAILURE, None, str(exc)), None)
-            self._cleanup(folder, environment)
-            return
-        try:
-            await self._run_process(logs, folder, environment, args_file)
-        finally:
-            self._cleanup(folder, environment)
+            args_file.write_text(json.dumps(self.request.json_args))
+        except BaseException:
+            await asyncio.shield(self._cleanup(folder, environment))
+            raise
+        return folder, environment, args_file
 
     async def _run_process(
         self,
@@ -359,11 +396,11 @@ class RunJob:
             "→ %s attempt %d pid %d (%.1f ms after the request reached the executor)",
             self.key, self.attempt, child.pid, (started - self._received) * 1000,
         )  # fmt: skip
-        keeper = asyncio.ensure_future(self._keep_alive(child))
+        recorder = asyncio.ensure_future(self._record_pid(child.pid))
         try:
             outcome = await self._supervise(child)
         finally:
-            keeper.cancel()
+            recorder.cancel()
         # The run is over: leftover processes of its group go too, then the pipes drain.
         signal_group(child.pid, signal.SIGKILL)
         await asyncio.wait([r.closed for r in readers], timeout=PIPE_DRAIN_S)
@@ -371,11 +408,9 @@ class RunJob:
             reader.close()
         await self._end(logs, outcome, time.monotonic() - started)
 
-    async def _keep_alive(self, child: Child) -> None:
+    async def _record_pid(self, pid: int) -> None:
         """Record the pid once the run lasts (a short run gets it with its final status: one
-        write less), fenced: a run taken over elsewhere is killed here. Then keep the request
-        alive with in_progress() every third of the ack wait."""
-        pid = child.pid
+        write less), fenced: a run taken over elsewhere is killed here."""
         await asyncio.sleep(PID_WRITE_AFTER_S)
 
         def with_pid(record: RunRecord) -> RunRecord | None:
@@ -385,16 +420,10 @@ class RunJob:
 
         try:
             if await self._write(with_pid) is None:
-                self.request_kill("the run was taken over by another executor")
+                self.lost = True
+                self.request_kill("the run was taken over by another executor", grace_s=0.0)
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("could not record pid of %s: %s", self.key, exc)
-        interval = self.ctx.settings.ack_wait_s / 3
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.msg.in_progress()
-            except (nats.errors.Error, TimeoutError) as exc:
-                log.warning("in_progress for %s failed: %s", self.key, exc)
 
     async def _supervise(self, child: Child) -> Outcome:
         timeout = self.request.timeout_s
@@ -413,7 +442,7 @@ class RunJob:
                 status, reason = RunStatus.KILLED, self.kill_reason or "killed"
             else:
                 status, reason = RunStatus.TIMED_OUT, f"timeout {timeout}s"
-            await stop_group(child, self.ctx.settings.kill_grace_s)
+            await stop_group(child, self.kill_grace_s)
             return Outcome(status, await exited, reason)
         except Exception as exc:  # the zygote that forked it died: its exit code is unknown
             signal_group(child.pid, signal.SIGKILL)
@@ -425,8 +454,22 @@ class RunJob:
         redundant = outcome.reason == f"exit code {outcome.exit_code}"
         why = f": {outcome.reason}" if outcome.reason and not redundant else ""
         logs.taskbus(f"{outcome.status}{code}{took}{why}")
+        if self.kill_reason and self.kill_reason.startswith("fenced"):
+            await self._check_ownership()
         await logs.close()
         await self._finish(outcome)
+
+    async def _check_ownership(self) -> None:
+        """After a fence: is the run still this executor's (else its log stops here)?"""
+        try:
+            found = await asyncio.wait_for(
+                store.get(self.ctx.bus.runs, self.key, RunRecord), PIPE_DRAIN_S
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.debug("could not re-read %s after its fence: %s", self.key, exc)
+            return
+        if found is None or not self._ours(found[0]):
+            self.lost = True
 
     async def _finish(self, outcome: Outcome) -> None:
         now = utcnow()
@@ -451,6 +494,7 @@ class RunJob:
                     return
                 await asyncio.sleep(0.5)
         if written is None:
+            self.lost = True
             log.warning("⊘ %s was taken over elsewhere; its %s is not recorded", self.key,
                         outcome.status)  # fmt: skip
             return
@@ -461,7 +505,7 @@ class RunJob:
                  f" ({outcome.reason})" if outcome.reason else "", elapsed)  # fmt: skip
         self.ctx.stats[str(outcome.status)] += 1
 
-    def _cleanup(self, folder: RunFolder | None, env: Environment | None) -> None:
+    async def _cleanup(self, folder: RunFolder | None, env: Environment | None) -> None:
         if env is not None:
             env.release()
         artifacts = self.ctx.artifacts
@@ -472,10 +516,10 @@ class RunJob:
         if changed:
             log.warning("%s wrote shipped files in place (%s); dropping cached tree %s",
                         self.key, ", ".join(p.name for p in changed), folder.sha[:12])  # fmt: skip
-            artifacts.drop_tree(folder.sha)
+            await artifacts.drop_tree(folder.sha)
         if self.ctx.settings.keep_run_dirs:
             return
-        doomed = artifacts.release_run_folder(folder)
+        doomed = await artifacts.release_run_folder(folder)
         if doomed is not None:  # deleting costs disk journal time: off the event loop
             future = asyncio.get_running_loop().run_in_executor(None, remove_tree, doomed)
             _background.add(future)
@@ -483,26 +527,21 @@ class RunJob:
 
     # --- bus helpers -------------------------------------------------------------------------
     async def _write(self, mutate: Callable[[RunRecord], RunRecord | None]) -> RunRecord | None:
-        """Compare-and-set from the last revision seen; re-read on conflict. None when
-        ``mutate`` declines (the record is no longer what this executor expects)."""
-        assert self.record is not None
-        kv = self.ctx.bus.runs
-        record, revision = self.record, self.revision
-        for _ in range(store.CAS_ATTEMPTS):
+        """Compare-and-set (``store.update``); None when ``mutate`` declines (the record is no
+        longer what this executor expects) or the record is gone."""
+        declined = False
+
+        def apply(record: RunRecord) -> RunRecord | None:
+            nonlocal declined
             new = mutate(record)
-            if new is None:
-                return None
-            try:
-                self.revision = await kv.update(self.key, encode(new), last=revision)
-            except KeyWrongLastSequenceError:
-                found = await store.get(kv, self.key, RunRecord)
-                if found is None:
-                    return None
-                record, revision = found
-                continue
-            self.record = new
+            declined = new is None
             return new
-        raise RuntimeError(f"gave up writing {self.key} after {store.CAS_ATTEMPTS} conflicts")
+
+        written = await store.update(self.ctx.bus.runs, self.key, RunRecord, apply)
+        if written is None or declined:
+            return None
+        self.record = written
+        return written
 
     async def _settle(self, action: Callable[[], object]) -> None:
         try:

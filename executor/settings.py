@@ -57,7 +57,14 @@ class ExecutorSettings:
     @classmethod
     def from_env(cls, **overrides: object) -> ExecutorSettings:
         url = overrides.pop("url", None)
-        connect = ConnectSettings.from_env(url=str(url) if url else None, name="taskbus-executor")
+        # Pings find a silently dropped connection: a few per ack wait (fencing itself rests on
+        # confirmed heartbeats, see executor.daemon).
+        ack_wait = overrides.get("ack_wait_s") or names.RUNQ_ACK_WAIT_S
+        connect = ConnectSettings.from_env(
+            url=str(url) if url else None,
+            name="taskbus-executor",
+            ping_interval_s=min(5.0, max(1.0, float(ack_wait) / 6)),  # type: ignore[arg-type]
+        )
         values: dict[str, object] = {"connect": connect}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -17,6 +17,10 @@ file flushed, then ``os._exit``. What is skipped is the teardown of every module
 forked child costs ~4 ms of copy-on-write faults for nothing the task can observe, except
 ``__del__`` methods of objects held by imported modules (open files are flushed regardless).
 
+When the executor's end of the socket closes (the executor exited or was killed), the zygote
+SIGKILLs the process groups of the children it still has, then exits: no user process outlives
+its executor (the run may already be retried elsewhere).
+
 Messages, zygote → executor: ``{"ready": pid}``, ``{"id": n, "pid": p}`` or
 ``{"id": n, "error": text}``, ``{"exit": p, "code": c}``.
 """
@@ -41,7 +45,7 @@ def _send(sock: socket.socket, message: dict[str, object]) -> None:
     sock.send(json.dumps(message).encode())
 
 
-def _reap(sock: socket.socket) -> None:
+def _reap(sock: socket.socket, live: set[int]) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -49,7 +53,20 @@ def _reap(sock: socket.socket) -> None:
             return
         if pid == 0:
             return
-        _send(sock, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+        live.discard(pid)
+        try:
+            _send(sock, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+        except OSError:
+            pass  # the executor is gone: the next poll sees the closed socket
+
+
+def _kill_all(live: set[int]) -> None:
+    for pid in live:
+        for kill in (os.killpg, os.kill):  # the group; the child itself if not yet its leader
+            try:
+                kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def serve(sock: socket.socket) -> tuple[dict[str, object], list[int]]:
@@ -65,6 +82,7 @@ def serve(sock: socket.socket) -> tuple[dict[str, object], list[int]]:
     # Children share the zygote's objects copy-on-write; freezing them keeps the collector
     # (and the collection at exit) from touching, hence copying, those pages: ~4 ms per run.
     gc.freeze()
+    live: set[int] = set()
     _send(sock, {"ready": os.getpid()})
     while True:
         for fd, _events in poller.poll():
@@ -74,11 +92,15 @@ def serve(sock: socket.socket) -> tuple[dict[str, object], list[int]]:
                         pass
                 except BlockingIOError:
                     pass
-                _reap(sock)
+                _reap(sock, live)
                 continue
-            data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 2)
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 2)
+            except OSError:
+                data, fds = b"", []
             if not data:
-                sys.exit(0)  # the executor is gone; running children carry on alone
+                _kill_all(live)  # the executor is gone: so are its runs
+                sys.exit(0)
             request = json.loads(data)
             try:
                 pid = os.fork()
@@ -94,10 +116,14 @@ def serve(sock: socket.socket) -> tuple[dict[str, object], list[int]]:
                 os.close(wake_w)
                 sock.close()
                 return request, fds
+            live.add(pid)
             for passed in fds:
                 os.close(passed)
-            _send(sock, {"id": request["id"], "pid": pid})
-            _reap(sock)
+            try:
+                _send(sock, {"id": request["id"], "pid": pid})
+            except OSError:
+                pass  # the executor is gone: the next poll sees the closed socket
+            _reap(sock, live)
 
 
 def become(request: dict[str, object], fds: list[int]) -> None:

@@ -81,6 +81,13 @@ def test_up_runs_work_and_a_restart_loses_nothing(tmp_path: Path) -> None:
         url = up.expect(r"listening on (nats://\S+)").group(1)
         assert url == f"nats://127.0.0.1:{port}"
         up.expect(r"executor \S+ ready")
+        # A second stack on the same data directory is refused, and the first goes on.
+        second = subprocess.run(
+            [sys.executable, "-m", "sdk.cli", "up", "--no-console", "--port", str(free_port()),
+             "--data-dir", str(data_dir)],
+            capture_output=True, text=True, env=daemon_env(), cwd=REPO, timeout=60,
+        )  # fmt: skip
+        assert second.returncode != 0 and "is in use by taskbus pid" in second.stderr
         with sdk.Client(url) as wl:
             orch = wl.upload_orchestration(
                 bytes_buffer=make_zip({"main.py": "import sdk\nprint('hi', sdk.task_args())\n"}),

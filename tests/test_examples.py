@@ -27,8 +27,12 @@ def zip_folder(folder: Path) -> bytes:
 @pytest.mark.parametrize(
     ("example", "args", "status", "expected"),
     [
-        ("hello", {"workspace_name": "ws", "pipeline_name": "p"}, "success",
-         ["in_task=True", "workspace=ws pipeline=p"]),
+        (
+            "hello",
+            {"workspace_name": "ws", "pipeline_name": "p"},
+            "success",
+            ["in_task=True", "workspace=ws pipeline=p"],
+        ),
         ("with_requirements", {}, "success", ["alpha", "tabulate 0.9.0"]),
         ("data_file", {}, "success", ["rows=4 total=16.0 mean=4.00"]),
         ("failing", {}, "failed", ["loading the model", "Traceback", "FileNotFoundError"]),

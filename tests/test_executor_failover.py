@@ -3,6 +3,7 @@ attempt is recorded (and retried when the task allows), a cut-off executor fence
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -41,7 +42,7 @@ time.sleep(120)
 
 @contextlib.contextmanager
 def reaping(pids: list[int]) -> Iterator[None]:
-    """Kill user processes that outlived their (SIGKILLed) executor, whatever the outcome."""
+    """Kill user processes left behind if a test fails, whatever the outcome."""
     try:
         yield
     finally:
@@ -71,7 +72,9 @@ async def test_a_lost_executor_is_recorded_and_retried_when_allowed(
             await wait_line(bus, running, "first attempt")
             assert running.executor == first_id
 
-        first.kill()  # the host dies; its user processes carry on in their own sessions
+        first.kill()  # the executor dies (SIGKILL): its user processes go with it
+        for pid in pids:
+            await wait_gone(pid, timeout_s=5.0)  # before any replacement could start
         start_executor(start_daemon, nats_url, tmp_path / "b", "--ack-wait", "1")
         lost = await wait_run(bus, once.id)
         again = await wait_run(bus, retried.id)
@@ -129,6 +132,78 @@ async def test_an_executor_cut_off_from_nats_kills_its_runs(
         await wait_gone(running.pid)  # fenced: it killed its own run
     nats_server.start()
     run = await wait_run(bus, task.id)
+
+    assert run.status == RunStatus.KILLED
+    assert run.reason.startswith("fenced: no contact with NATS for over 0.5 s")
+
+
+class FreezingProxy:
+    """A TCP proxy in front of the server that can stop forwarding while keeping every
+    connection open: a silent network drop, which the client's is_connected does not see."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream = upstream_port
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"nats://127.0.0.1:{port}"
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream)
+        self._writers += [writer, up_writer]
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(1 << 16):
+                await self._flowing.wait()
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def close(self) -> None:
+        self.thaw()
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_a_silently_dropped_connection_fences_within_half_the_ack_wait(
+    bus: Bus, nats_server: EmbeddedServer, tmp_path: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    proxy = FreezingProxy(nats_server.port)
+    url = await proxy.start()
+    try:
+        start_executor(start_daemon, url, tmp_path / "ex", "--ack-wait", "2")
+        await wait_for_executors(bus, 1)
+        orch = await upload(bus, {"main.py": "import time\nprint('up', flush=True)\n"
+                                              "time.sleep(120)\n"})  # fmt: skip
+        task = await run_once(bus, orch)
+        running = await wait_run(bus, task.id, lambda run: run.pid > 0)
+        await wait_line(bus, running, "up")
+
+        proxy.freeze()  # no error, no EOF: the executor's client still thinks it is connected
+        with reaping([running.pid]):
+            # Fenced at half the ack wait after the last confirmed heartbeat (≤ 1/6 of it
+            # before the freeze), well before the queue could redeliver (an ack wait after
+            # the last in_progress).
+            await wait_gone(running.pid, timeout_s=3.0)
+        proxy.thaw()
+        run = await wait_run(bus, task.id)
+    finally:
+        await proxy.close()
 
     assert run.status == RunStatus.KILLED
     assert run.reason.startswith("fenced: no contact with NATS for over 1 s")

@@ -19,6 +19,10 @@ from broker.settings import ConnectSettings
 from sdk.cli import FAILED, OK, error
 from sdk.cli.parser import connect_settings
 
+# `python -P`: the daemon imports the installed packages, never an `executor/` (or `broker/`,
+# `console/`) folder that happens to be in the directory the command was started from.
+SAFE_PATH = ("-P",)
+
 
 def available(module: str) -> bool:
     """True when ``python -m module`` would run (the package and its ``__main__`` exist)."""
@@ -48,7 +52,7 @@ def _run_module(module: str, what: str, settings: ConnectSettings, argv: list[st
     if not available(module):
         error(f"the {what} is not available in this installation (no module {module!r})")
         return FAILED
-    command = [sys.executable, "-m", module, "--url", ",".join(settings.urls), *argv]
+    command = [sys.executable, *SAFE_PATH, "-m", module, "--url", ",".join(settings.urls), *argv]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, command, child_env(settings))

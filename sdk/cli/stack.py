@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import os
 import signal
 import subprocess
@@ -17,12 +18,14 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import IO
 
 from broker.connection import connect
+from broker.errors import ServerError
 from broker.server import EmbeddedServer, ServerSettings, die_with_parent
 from broker.settings import ConnectSettings, default_data_dir
 from sdk.cli import FAILED, OK, error
-from sdk.cli.daemons import available, child_env, console_entry
+from sdk.cli.daemons import SAFE_PATH, available, child_env, console_entry
 
 # A child's own clean stop must fit: the executor lets runs finish for 10 s, then gives them
 # 5 s from SIGTERM to SIGKILL, then records their outcome on the bus.
@@ -38,7 +41,7 @@ class Child:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, *argv],
+                [sys.executable, *SAFE_PATH, *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -58,8 +61,34 @@ class Child:
                 process.wait()
 
 
+def _lock_data_dir(data_dir: Path) -> None:
+    """One stack per data directory: a second nats-server on the same JetStream store, or a
+    second executor on the same work dir, would corrupt the first one's state."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = (data_dir / "taskbus.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ServerError(
+            f"{data_dir} is in use by {holder}. Stop that stack first, or give this one its "
+            f"own --data-dir."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"taskbus pid {os.getpid()}")
+    handle.flush()
+    _held_locks.append(handle)  # held until this process exits
+
+
+_held_locks: list[IO[str]] = []
+
+
 def _start_server(args: argparse.Namespace) -> tuple[EmbeddedServer, Path]:
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    _lock_data_dir(data_dir)
     settings = ServerSettings(data_dir=data_dir, port=args.port, die_with_parent=True)
     server = EmbeddedServer(settings).start()
     try:
