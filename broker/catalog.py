@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -37,7 +37,8 @@ def check_id(value: object, what: str = "task") -> str:
     except (ValueError, TypeError, AttributeError):
         raise ValueError(
             f"{value!r} is not a valid {what} id: ids are UUIDs such as "
-            f"'7b5f0e8a-3c1d-4f2e-9a6b-1c2d3e4f5a6b' (see list_tasks())."
+            f"'7b5f0e8a-3c1d-4f2e-9a6b-1c2d3e4f5a6b' (list_tasks() or `taskbus tasks` shows "
+            f"them)."
         ) from None
 
 
@@ -65,6 +66,17 @@ def check_timeout(timeout: object) -> int | None:
             f"timeout must be a positive whole number of seconds or None, not {timeout!r}"
         )
     return timeout
+
+
+P = TypeVar("P", Overlap, MissedPolicy)
+
+
+def _policy(kind: type[P], value: str, what: str) -> P:
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(member.value for member in kind)
+        raise InvalidSchedule(f"Unknown {what} policy {value!r}: use one of {choices}.") from None
 
 
 # --- Orchestrations ---------------------------------------------------------------------------
@@ -121,7 +133,8 @@ async def get_orchestration(bus: Bus, id_or_name: str) -> OrchestrationRecord:
     matches = [r for r in await list_orchestrations(bus) if r.name == id_or_name]
     if not matches:
         raise OrchestrationNotFound(
-            f"No orchestration with id or name {id_or_name!r}; list_orchestrations() shows them."
+            f"No orchestration with id or name {id_or_name!r}; list_orchestrations() (or "
+            f"`taskbus orchestrations`) shows them."
         )
     return matches[-1]  # the newest upload of that name
 
@@ -162,18 +175,13 @@ async def create_task(
         cron.validate(schedule, tz)
     else:
         cron.zone(tz)
-    try:
-        overlap_policy = Overlap(overlap)
-        missed_policy = MissedPolicy(missed)
-    except ValueError as exc:
-        raise InvalidSchedule(
-            f"{exc}: overlap is one of allow, forbid, replace; missed is one of latest, skip, all."
-        ) from None
+    overlap_policy = _policy(Overlap, overlap, "overlap")
+    missed_policy = _policy(MissedPolicy, missed, "missed")
     current = await get_orchestration(bus, orchestration.id)
     if current.status is OrchestrationStatus.ERROR:
         raise OrchestrationNotReady(
-            f"Orchestration {current.name!r} failed packaging and cannot run: {current.error}. "
-            f"Fix it and upload again."
+            f"Orchestration {current.name!r} failed packaging and cannot run: "
+            f"{current.error.rstrip('. ')}. Fix it and upload again."
         )
     now = utcnow()
     task = TaskRecord(
@@ -203,7 +211,9 @@ async def get_task(bus: Bus, task_id: str) -> TaskRecord:
     key = check_id(task_id)
     found = await store.get(bus.tasks, key, TaskRecord)
     if found is None:
-        raise TaskNotFound(f"No task with id {key}; list_tasks() shows the tasks there are.")
+        raise TaskNotFound(
+            f"No task with id {key}; list_tasks() (or `taskbus tasks`) shows the tasks there are."
+        )
     return found[0]
 
 

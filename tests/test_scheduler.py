@@ -132,8 +132,8 @@ def second(value: datetime) -> datetime:
         ({"schedule": "lunch time"}, InvalidSchedule, "2 fields"),
         ({"schedule": "x * * * *"}, InvalidSchedule, "the minute field 'x'"),
         ({"tz": "Europe/Atlantis"}, InvalidSchedule, "Unknown time zone 'Europe/Atlantis'"),
-        ({"overlap": "sometimes"}, InvalidSchedule, "overlap is one of allow, forbid, replace"),
-        ({"missed": "never"}, InvalidSchedule, "missed is one of latest, skip, all"),
+        ({"overlap": "sometimes"}, InvalidSchedule, "use one of allow, forbid, replace"),
+        ({"missed": "never"}, InvalidSchedule, "policy 'never': use one of latest"),
     ],
 )
 async def test_bad_schedule_input_is_a_clear_error_and_stores_nothing(
