@@ -95,6 +95,9 @@ class TaskbusApp(App[None]):
         Binding("colon", "command_line", "Command", id="command"),
         Binding("question_mark", "help", "Help", id="help"),
         Binding("q", "quit", "Quit", id="quit"),
+        # `taskbus up` runs the console in the foreground and ctrl+c stops it all: quit at
+        # once, from every screen and dialog (priority: inputs would take it as "copy").
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True, id="interrupt"),
     ]
 
     def __init__(
@@ -149,7 +152,10 @@ class TaskbusApp(App[None]):
             # all (110-150 ms pauses measured during a log burst).
             self._frozen = True
             gc.freeze()
-        showing = isinstance(self.screen, ServerDownScreen)
+        stack = self.screen_stack
+        if not stack:
+            return  # shutting down: the stacks are being emptied
+        showing = isinstance(stack[-1], ServerDownScreen)
         down = self.state.link is Link.DOWN and not self.state.ever_connected
         if down and not showing:
             self.push_screen(ServerDownScreen())
@@ -161,7 +167,7 @@ class TaskbusApp(App[None]):
 
     # --- actions ------------------------------------------------------------------------
     async def action_view(self, mode: str) -> None:
-        await self.switch_mode(mode)
+        await self._show_view(mode, None, keep_filter=True)
 
     def action_command_line(self) -> None:
         def done(text: str | None) -> None:
@@ -201,12 +207,19 @@ class TaskbusApp(App[None]):
         elif command.name == "quit":
             self.exit()
 
-    async def _show_view(self, mode: str, filter_text: str | None) -> None:
+    async def _show_view(
+        self, mode: str, filter_text: str | None, *, keep_filter: bool = False
+    ) -> None:
+        """Land on the top-level list of ``mode``: a mode keeps its own stack, so the task
+        detail or logs opened from it earlier are closed first. ``:tasks`` sets (or clears)
+        the filter; the number keys keep it."""
         await self.switch_mode(mode)
         while len(self.screen_stack) > 1 and not isinstance(self.screen, ListScreen):
-            self.pop_screen()
+            await self.pop_screen()
         screen = self.screen
-        if isinstance(screen, ListScreen) and (filter_text or screen.query_.text):
+        if keep_filter or not isinstance(screen, ListScreen):
+            return
+        if filter_text or screen.query_.text:
             screen.set_filter(filter_text or "")
 
     async def _upload(self) -> None:

@@ -32,6 +32,7 @@ from broker.models import (
     decode,
 )
 from broker.settings import ConnectSettings
+from console.format import display_url
 from console.logdoc import LogDocument
 from console.logtail import LogTail
 from console.state import ConsoleState, Link
@@ -70,11 +71,21 @@ class Feed:
             bus.on_disconnect.append(self._on_disconnect)
             bus.on_reconnect.append(self._on_reconnect)
             self._watches = self._make_watches(bus)
+            self._note_server()
             self.state.set_link(Link.CONNECTED)
             await self._restart_all()
             await asyncio.Event().wait()
         finally:
             await self._shutdown()
+
+    def _note_server(self) -> None:
+        """With several URLs configured, the header names the one in use."""
+        bus = self.bus
+        if bus is None or len(self.settings.urls) < 2:
+            return
+        connected = bus.nc.connected_url
+        if connected is not None:
+            self.state.server = display_url(connected.geturl())
 
     async def _connect(self) -> Bus:
         while True:
@@ -141,6 +152,7 @@ class Feed:
                 self.state.set_link(Link.RECONNECTING, f"restoring watches: {exc}")
                 await asyncio.sleep(RESTART_RETRY_S)
                 continue
+            self._note_server()
             self.state.set_link(Link.CONNECTED)
             return
 

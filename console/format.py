@@ -8,6 +8,13 @@ DASH = "-"
 SEP = " \u203a "  # between the parts of a screen's name
 
 
+def display_url(url: str) -> str:
+    """A server URL as the header shows it: without a user or password in it."""
+    scheme, sep, rest = url.strip().rpartition("://")
+    host = rest.rpartition("@")[2]
+    return f"{scheme}{sep}{host}"
+
+
 def short_id(value: str, length: int = 8) -> str:
     return value[:length] if value else DASH
 

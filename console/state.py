@@ -15,6 +15,7 @@ from enum import StrEnum
 from broker import names
 from broker.models import ExecutorRecord, OrchestrationRecord, RunRecord, TaskRecord
 from broker.status import RUN_ACTIVE, TASK_TERMINAL, TaskStatus, task_status
+from console.format import display_url
 
 
 class Link(StrEnum):
@@ -65,6 +66,8 @@ class ExecutorEntry:
 class ConsoleState:
     def __init__(self, urls: list[str]) -> None:
         self.urls = list(urls)
+        # The server the header names (the one connected to, when several are configured).
+        self.server = ", ".join(display_url(url) for url in self.urls)
         self.link = Link.CONNECTING
         self.link_detail = ""  # why the last connection attempt failed
         self.attempts = 0

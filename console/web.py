@@ -20,7 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def child_command(settings: ConnectSettings) -> str:
-    return shlex.join([sys.executable, "-m", "console", "--url", ",".join(settings.urls)])
+    # -P: each tab's console imports the installed package, never a `console/` folder that
+    # happens to be in the directory the server was started from.
+    command = [sys.executable, "-P", "-m", "console", "--url", ",".join(settings.urls)]
+    return shlex.join(command)
 
 
 def child_environment(settings: ConnectSettings) -> dict[str, str]:

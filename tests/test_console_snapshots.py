@@ -11,6 +11,7 @@ from textual.pilot import Pilot
 
 from broker.connection import connect
 from broker.settings import ConnectSettings
+from console.app import TaskbusApp
 from console.screens.server_down import ServerDownScreen
 from console.widgets.log_view import LogView
 from console.widgets.record_table import RecordTable
@@ -26,6 +27,13 @@ from tests.test_console_support import (
 )
 
 SnapCompare = Callable[..., bool]
+SHOWN_URL = "nats://127.0.0.1:4222"  # the header names the server; its port is random here
+
+
+def app_for(url: str) -> TaskbusApp:
+    app = make_app(url)
+    app.state.server = SHOWN_URL
+    return app
 
 
 def seed(url: str) -> Standard:
@@ -52,13 +60,13 @@ def go(*keys: str, select: str | None = None) -> Callable[[Pilot[Any]], Awaitabl
 
 def test_tasks_screen(snap_compare: SnapCompare, nats_url: str) -> None:
     seed(nats_url)
-    assert snap_compare(make_app(nats_url), terminal_size=SIZE, run_before=go())
+    assert snap_compare(app_for(nats_url), terminal_size=SIZE, run_before=go())
 
 
 def test_task_detail_screen(snap_compare: SnapCompare, nats_url: str) -> None:
     data = seed(nats_url)
     run_before = go("enter", select=data.train.id)
-    assert snap_compare(make_app(nats_url), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(app_for(nats_url), terminal_size=SIZE, run_before=run_before)
 
 
 def test_run_logs_screen(snap_compare: SnapCompare, nats_url: str) -> None:
@@ -70,17 +78,17 @@ def test_run_logs_screen(snap_compare: SnapCompare, nats_url: str) -> None:
         await wait_for(pilot, lambda: view.lines_map.count >= LOG_LINES)
         await settled(pilot)
 
-    assert snap_compare(make_app(nats_url), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(app_for(nats_url), terminal_size=SIZE, run_before=run_before)
 
 
 def test_orchestrations_screen(snap_compare: SnapCompare, nats_url: str) -> None:
     seed(nats_url)
-    assert snap_compare(make_app(nats_url), terminal_size=SIZE, run_before=go("3"))
+    assert snap_compare(app_for(nats_url), terminal_size=SIZE, run_before=go("3"))
 
 
 def test_executors_screen(snap_compare: SnapCompare, nats_url: str) -> None:
     seed(nats_url)
-    assert snap_compare(make_app(nats_url), terminal_size=SIZE, run_before=go("4"))
+    assert snap_compare(app_for(nats_url), terminal_size=SIZE, run_before=go("4"))
 
 
 def test_server_down_screen(snap_compare: SnapCompare) -> None:

@@ -23,7 +23,7 @@ class ExecutorsScreen(ListScreen):
     EMPTY = "No executors. Start one with `taskbus executor --url …` (or `taskbus up`)."
     COLUMNS: ClassVar[list[Column]] = [
         Column("host", "Host", min_width=12),
-        Column("id", "Id", 10),
+        Column("id", "Id", 24),  # host-pid-xxxx; the table ends a longer one with "…"
         Column("pool", "Pool", 10),
         Column("slots", "Slots", 7, justify="right"),
         Column("running", "Running", min_width=16),
@@ -89,7 +89,7 @@ class ExecutorsScreen(ListScreen):
             heartbeat.stylize(self.table.get_component_rich_style("record-table--bad"))
         cells = [
             cell(record.host),
-            cell(short_id(record.id, 10)),
+            cell(record.id),
             cell(record.pool),
             cell(f"{len(record.running)}/{record.slots}"),
             cell(self.running_text(key)),

@@ -102,9 +102,18 @@ class ListScreen(ConsoleScreen):
         keys.sort(key=lambda k: (self.sort_value(k, column), k), reverse=self.sort_reverse)
         return keys
 
+    def empty_message(self) -> str:
+        """What an empty table says: nothing exists yet, or the filter hides everything."""
+        if not self.total or not self.query_.active:
+            return self.EMPTY
+        noun = self.NOUN.removesuffix("s")
+        return f"No {noun} matches the filter {self.query_.text.strip()!r} (esc clears it)."
+
     def sync(self) -> None:
         keys = self.ordered_keys()
         self.shown = len(keys)
+        if not keys:
+            self.table.empty_text = self.empty_message()
         self.table.set_keys(keys)
         self._update_summary()
         self.after_sync()

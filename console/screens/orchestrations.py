@@ -33,10 +33,10 @@ class OrchestrationsScreen(ListScreen):
     """
     COLUMNS: ClassVar[list[Column]] = [
         Column("name", "Name", min_width=14),
-        Column("status", "Status", 22),
-        Column("error", "Error", min_width=16),
+        Column("status", "Status", 18),  # "packaging 12m05s"; errors have their own column
+        Column("error", "Error", min_width=16),  # cut with "…": the pane below has it whole
         Column("sha", "SHA", 15),
-        Column("file", "File", 18),
+        Column("file", "File", min_width=18),
         Column("created", "Created", 19),
     ]
     FIELDS = ("name", "status", "error", "sha", "file", "id", "workspace")

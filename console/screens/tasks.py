@@ -71,6 +71,16 @@ class TasksScreen(TaskActions, ListScreen):
         super().__init__()
         self._signature: tuple[object, ...] = ()
 
+    def empty_message(self) -> str:
+        # Enter on an orchestration lists its tasks (the filter ``orch_id=<id>``).
+        terms = self.query_.terms
+        if len(terms) == 1 and terms[0].field == "orch_id" and terms[0].exact:
+            term = terms[0]
+            if not term.negate and len(term.values) == 1:
+                name = self.ctx.state.orchestration_name(term.values[0])
+                return f"Orchestration {name!r} has no tasks yet (esc shows every task)."
+        return super().empty_message()
+
     # --- row model ----------------------------------------------------------------------
     def all_keys(self) -> Iterable[str]:
         return self.ctx.state.tasks.keys()

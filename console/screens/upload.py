@@ -49,6 +49,14 @@ class PathSuggester(Suggester):
         return await asyncio.to_thread(complete_path, value)
 
 
+NAME_PLACEHOLDER = "the file name without .zip"
+
+
+def default_name(path: str) -> str:
+    """The name an upload gets when none is given (catalog: the file name without .zip)."""
+    return Path(path.strip()).name.removesuffix(".zip")
+
+
 class UploadScreen(ModalScreen[OrchestrationRecord | None]):
     DEFAULT_CSS = """
     UploadScreen { align: center middle; }
@@ -71,7 +79,7 @@ class UploadScreen(ModalScreen[OrchestrationRecord | None]):
             yield Label("Path of the .zip (tab completes)")
             yield Input(placeholder="~/work/hello.zip", id="path", suggester=PathSuggester())
             yield Label("Name (optional; defaults to the file name)")
-            yield Input(placeholder="hello", id="name")
+            yield Input(placeholder=NAME_PLACEHOLDER, id="name")
             yield Static(id="error", markup=False)
             with Horizontal():
                 yield Button("Cancel", id="cancel")
@@ -81,6 +89,11 @@ class UploadScreen(ModalScreen[OrchestrationRecord | None]):
         error = self.query_one("#error", Static)
         error.update(Text(message))
         error.set_class(bool(message), "-shown")
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "path":
+            name = default_name(event.value) if not event.value.endswith(os.sep) else ""
+            self.query_one("#name", Input).placeholder = name or NAME_PLACEHOLDER
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

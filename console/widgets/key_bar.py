@@ -2,21 +2,75 @@
 
 Textual's ``Footer`` rebuilds a widget per key whenever the bindings change, which costs tens
 of milliseconds; the actions here change as the cursor moves between tasks, so this bar is
-one widget rendering one line of text. Clicking a key runs its action.
+one widget rendering one line of text. Clicking a key runs its action. When the terminal is
+too narrow for every key, the view keys share one entry and the least needed keys go (``?``
+lists them all).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
+from rich.cells import cell_len
 from rich.style import Style
 from rich.text import Text
 from textual import events
+from textual.binding import Binding
 from textual.dom import DOMNode
 from textual.screen import Screen
 from textual.widget import Widget
 
 PALETTE_HINT = "^p palette"
+VIEW_ACTIONS = frozenset(f"view('{m}')" for m in ("tasks", "runs", "orchestrations", "executors"))
+# Dropped first, in this order, when the line is too narrow (``?`` lists every key).
+LEAST_NEEDED = ("command_line", "sort_next", "utc", "timestamps", "streams", "wrap")
+KEPT = frozenset({"help", "quit"})
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    description: str
+    enabled: bool
+    node: DOMNode | None = None  # None: a summary entry, not clickable
+    binding: Binding | None = None
+
+    @property
+    def width(self) -> int:
+        return cell_len(self.key) + cell_len(self.description) + 3
+
+    @property
+    def action(self) -> str:
+        return self.binding.action if self.binding is not None else ""
+
+
+def fit(entries: list[Entry], room: int) -> list[Entry]:
+    """The entries that fit in ``room`` cells: the four view keys become one ``1-4 Views``,
+    then the least needed keys go, then any but help and quit, from the right (views last)."""
+
+    def width(items: list[Entry]) -> int:
+        return sum(e.width for e in items)
+
+    if width(entries) <= room:
+        return entries
+    views = [e for e in entries if e.action in VIEW_ACTIONS]
+    if len(views) > 1:
+        first = entries.index(views[0])
+        keys = f"{views[0].key}-{views[-1].key}"
+        rest = [e for e in entries if e.action not in VIEW_ACTIONS]
+        entries = [*rest[:first], Entry(keys, "Views", True), *rest[first:]]
+    for action in LEAST_NEEDED:
+        if width(entries) <= room:
+            return entries
+        entries = [e for e in entries if e.action != action]
+    while width(entries) > room:
+        droppable = [e for e in entries if e.action not in KEPT and e.description != "Views"]
+        droppable = droppable or [e for e in entries if e.action not in KEPT]
+        if not droppable:
+            break
+        entries.remove(droppable[-1])
+    return entries
 
 
 class KeyBar(Widget):
@@ -41,29 +95,36 @@ class KeyBar(Widget):
         if screen is self.screen:
             self.refresh()
 
-    def render(self) -> Text:
-        key_style = self.get_component_rich_style("key-bar--key")
-        disabled = self.get_component_rich_style("key-bar--disabled")
-        line = Text(no_wrap=True, overflow="ellipsis", end="")
-        targets: list[tuple[int, int, DOMNode, str]] = []
+    def entries(self) -> list[Entry]:
+        """The keys to show, in binding order (one per action)."""
+        found: list[Entry] = []
         seen: set[str] = set()
         for active in self.screen.active_bindings.values():
             binding = active.binding
             if not binding.show or not binding.description or binding.action in seen:
                 continue
             seen.add(binding.action)
-            start = line.cell_len
-            line.append(" ")
-            shown = self.app.get_key_display(binding)
-            line.append(shown, key_style if active.enabled else disabled)
-            line.append(" ")
-            line.append(binding.description, disabled if not active.enabled else Style())
-            line.append(" ")
-            if active.enabled:
-                targets.append((start, line.cell_len, active.node, binding.action))
-        self._targets = targets
+            key = self.app.get_key_display(binding)
+            found.append(Entry(key, binding.description, active.enabled, active.node, binding))
+        return found
+
+    def render(self) -> Text:
+        key_style = self.get_component_rich_style("key-bar--key")
+        disabled = self.get_component_rich_style("key-bar--disabled")
         hint = f" {PALETTE_HINT} "
         room = self.size.width - len(hint)
+        line = Text(no_wrap=True, overflow="ellipsis", end="")
+        targets: list[tuple[int, int, DOMNode, str]] = []
+        for entry in fit(self.entries(), room):
+            start = line.cell_len
+            line.append(" ")
+            line.append(entry.key, key_style if entry.enabled else disabled)
+            line.append(" ")
+            line.append(entry.description, disabled if not entry.enabled else Style())
+            line.append(" ")
+            if entry.enabled and entry.node is not None and entry.binding is not None:
+                targets.append((start, line.cell_len, entry.node, entry.binding.action))
+        self._targets = targets
         if line.cell_len > room:
             line.truncate(max(0, room), overflow="ellipsis")
         line.append(" " * max(0, room - line.cell_len))

@@ -1,4 +1,5 @@
-"""The top line of every screen: where you are, the connection, what was dropped, the time."""
+"""The top line of every screen: where you are, the connection (and to which server), what
+was dropped, the time."""
 
 from __future__ import annotations
 
@@ -58,20 +59,23 @@ class StatusBar(Widget):
             line.append("✕ no server", style("bad"))
         else:
             line.append("◌ connecting…", style("warn"))
+        if state.server:
+            line.append(f" {state.server}", style("muted"))
         dropped = ctx.feed.dropped()
         line.append("  dropped ", style("muted"))
         line.append(count(dropped), style("bad" if dropped else "muted"))
         loading = [name for name in ("tasks", "runs") if name not in state.loaded]
-        line.append(
+        totals = (
             f"   tasks {count(len(state.tasks))} · runs {count(state.run_count)}"
-            f" · orchestrations {count(len(state.orchestrations))}"
-            f" · executors {count(len(state.executors))}",
-            style("muted"),
+            f" · orchs {count(len(state.orchestrations))}"
+            f" · executors {count(len(state.executors))}"
         )
-        if loading and link is Link.CONNECTED:
-            line.append(f"  loading {', '.join(loading)}…", style("warn"))
         now = clock.now().astimezone(clock.local)
         stamp = f"{now:%H:%M:%S %Z} "
+        if line.cell_len + len(totals) + len(stamp) < self.size.width:
+            line.append(totals, style("muted"))  # the first thing to go when narrow
+        if loading and link is Link.CONNECTED:
+            line.append(f"  loading {', '.join(loading)}…", style("warn"))
         pad = self.size.width - line.cell_len - len(stamp)
         if pad > 0:
             line.append(" " * pad)
