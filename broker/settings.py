@@ -55,6 +55,20 @@ class ConnectSettings:
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)  # type: ignore[arg-type]
 
+    def environment(self) -> dict[str, str]:
+        """The URL and credentials as the environment variables ``from_env`` reads: how a
+        process hands its connection to a daemon it starts."""
+        env = {names.ENV_URL: ",".join(self.urls)}
+        for key, value in (
+            (names.ENV_USER, self.user),
+            (names.ENV_PASSWORD, self.password),
+            (names.ENV_TOKEN, self.token),
+            (names.ENV_CREDS, self.creds_file),
+        ):
+            if value:
+                env[key] = value
+        return env
+
 
 def default_data_dir() -> Path:
     """Per-user data directory: ``TASKBUS_DATA_DIR``, else ``$XDG_DATA_HOME/taskbus``."""

@@ -13,7 +13,6 @@ import os
 import shlex
 import sys
 
-from broker import names
 from broker.settings import ConnectSettings
 
 log = logging.getLogger(__name__)
@@ -26,23 +25,10 @@ def child_command(settings: ConnectSettings) -> str:
     return shlex.join(command)
 
 
-def child_environment(settings: ConnectSettings) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for name, value in (
-        (names.ENV_USER, settings.user),
-        (names.ENV_PASSWORD, settings.password),
-        (names.ENV_TOKEN, settings.token),
-        (names.ENV_CREDS, settings.creds_file),
-    ):
-        if value:
-            env[name] = value
-    return env
-
-
 def serve(settings: ConnectSettings, *, host: str = "127.0.0.1", port: int = 8000) -> None:
     from textual_serve.server import Server
 
-    os.environ.update(child_environment(settings))
+    os.environ.update(settings.environment())
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(
             "serving the console on %s:%s without authentication: anyone who can reach it "

@@ -14,7 +14,6 @@ import os
 import sys
 from collections.abc import Callable
 
-from broker import names
 from broker.settings import ConnectSettings
 from sdk.cli import FAILED, OK, error
 from sdk.cli.parser import connect_settings
@@ -33,18 +32,8 @@ def available(module: str) -> bool:
 
 
 def child_env(settings: ConnectSettings) -> dict[str, str]:
-    """The environment for a daemon: the URL and credentials the way it reads them."""
-    env = dict(os.environ)
-    env[names.ENV_URL] = ",".join(settings.urls)
-    for key, value in (
-        (names.ENV_USER, settings.user),
-        (names.ENV_PASSWORD, settings.password),
-        (names.ENV_TOKEN, settings.token),
-        (names.ENV_CREDS, settings.creds_file),
-    ):
-        if value:
-            env[key] = value
-    return env
+    """The environment for a daemon: ours, plus the URL and credentials the way it reads them."""
+    return {**os.environ, **settings.environment()}
 
 
 def _run_module(module: str, what: str, settings: ConnectSettings, argv: list[str]) -> int:
