@@ -22,7 +22,7 @@ EXPECT_TIMEOUT_S = 60.0
 class Up:
     """A running ``taskbus up``, its stdout read line by line on a thread."""
 
-    def __init__(self, port: int, data_dir: Path) -> None:
+    def __init__(self, port: int, data_dir: Path, cwd: Path = REPO) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sdk.cli", "up", "--no-console", "--port", str(port),
              "--data-dir", str(data_dir), "--slots", "2"],
@@ -30,7 +30,7 @@ class Up:
             stderr=subprocess.STDOUT,
             text=True,
             env=daemon_env(),
-            cwd=REPO,
+            cwd=cwd,
         )  # fmt: skip
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
@@ -120,3 +120,16 @@ def test_up_runs_work_and_a_restart_loses_nothing(tmp_path: Path) -> None:
     finally:
         code = again.stop()
     assert code == 0, "\n".join(again.seen)
+
+
+def test_up_daemons_ignore_packages_in_the_current_directory(tmp_path: Path) -> None:
+    """A folder named like a Taskbus package where `up` is started must not replace it."""
+    fake = tmp_path / "project" / "executor"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text("raise SystemExit('the wrong executor ran')\n")
+    up = Up(free_port(), tmp_path / "data", cwd=fake.parent)
+    try:
+        up.expect(r"executor \S+ ready")
+    finally:
+        assert up.stop() == 0, "\n".join(up.seen)
