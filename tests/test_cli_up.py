@@ -4,6 +4,7 @@ same data directory finds every orchestration, task, run and log line."""
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import signal
@@ -130,6 +131,10 @@ def test_up_daemons_ignore_packages_in_the_current_directory(tmp_path: Path) -> 
     (fake / "__main__.py").write_text("raise SystemExit('the wrong executor ran')\n")
     up = Up(free_port(), tmp_path / "data", cwd=fake.parent)
     try:
-        up.expect(r"executor \S+ ready")
+        ready = up.expect(r"executor (\S+) ready on \S+ \(pid (\d+)")
+        executor_id, pid = ready.group(1), int(ready.group(2))
+        os.kill(pid, signal.SIGKILL)  # a daemon that dies is restarted
+        up.expect(r"executor exited \(code -9\); restarting")
+        up.expect(r"executor (?!" + re.escape(executor_id) + r")\S+ ready")
     finally:
         assert up.stop() == 0, "\n".join(up.seen)

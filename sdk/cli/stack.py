@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -30,28 +32,75 @@ from sdk.cli.daemons import SAFE_PATH, available, child_env, console_entry
 # A child's own clean stop must fit: the executor lets runs finish for 10 s, then gives them
 # 5 s from SIGTERM to SIGKILL, then records their outcome on the bus.
 STOP_GRACE_S = 25.0
+# A daemon that dies while the stack runs is restarted: 1 s, doubling to 30 s, reset after it
+# stayed up a minute.
+RESTART_BACKOFF_S = 1.0
+RESTART_BACKOFF_MAX_S = 30.0
+RESTART_HEALTHY_S = 60.0
 
 
 class Child:
-    """A daemon child process in its own session (a terminal's Ctrl+C reaches only us)."""
+    """A daemon child process in its own session (a terminal's Ctrl+C reaches only us),
+    restarted with back-off if it dies while the stack runs."""
 
-    def __init__(self, what: str, argv: list[str], log_path: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        what: str,
+        argv: list[str],
+        log_path: Path,
+        env: dict[str, str],
+        notify: Callable[[str], None],
+    ) -> None:
         self.what = what
+        self.argv = argv
         self.log_path = log_path
+        self.env = env
+        self.notify = notify
+        self.restarts = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, *SAFE_PATH, *argv],
+        self.process = self._spawn()
+        threading.Thread(target=self._supervise, name=f"supervise-{what}", daemon=True).start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, *SAFE_PATH, *self.argv],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env=self.env,
                 start_new_session=True,
                 preexec_fn=die_with_parent,  # a killed `up` leaves no daemon behind
             )
 
+    def _supervise(self) -> None:
+        backoff_s = RESTART_BACKOFF_S
+        while True:
+            started = time.monotonic()
+            code = self.process.wait()
+            if self._stopping.wait(0.2):  # a stop in progress: not a crash
+                return
+            if time.monotonic() - started > RESTART_HEALTHY_S:
+                backoff_s = RESTART_BACKOFF_S
+            self.notify(
+                f"{self.what} exited (code {code}); restarting in {backoff_s:.0f} s "
+                f"(see {self.log_path})"
+            )
+            if self._stopping.wait(backoff_s):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self.process = self._spawn()
+                self.restarts += 1
+            backoff_s = min(backoff_s * 2, RESTART_BACKOFF_MAX_S)
+
     def stop(self) -> None:
-        process = self.process
+        with self._lock:
+            self._stopping.set()
+            process = self.process
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
@@ -150,16 +199,26 @@ def up(args: argparse.Namespace) -> int:
     logs = data_dir / "logs"
     print(f"taskbus: nats-server listening on {url} (data in {data_dir})", flush=True)
     children: list[Child] = []
+    quiet_console = not args.no_console and console_entry() is not None
+
+    def notify(message: str) -> None:
+        log_line = f"taskbus: {message}"
+        if quiet_console:  # the console owns the terminal; it shows the executor as lost
+            with (logs / "up.log").open("a") as handle:
+                handle.write(log_line + "\n")
+        else:
+            print(log_line, flush=True)
+
     try:
         if available("executor"):
             executor_argv = ["-m", "executor", "--url", url, "--slots", str(args.slots)]
             executor_argv += ["--work-dir", str(data_dir / "executor")]
-            children.append(Child("executor", executor_argv, logs / "executor.log", env))
+            children.append(Child("executor", executor_argv, logs / "executor.log", env, notify))
         else:
             error("no executor in this installation: runs will stay pending")
         if available("broker.scheduler"):
             scheduler_argv = ["-m", "broker.scheduler", "--url", url]
-            children.append(Child("scheduler", scheduler_argv, logs / "scheduler.log", env))
+            children.append(Child("scheduler", scheduler_argv, logs / "scheduler.log", env, notify))
         started = ", ".join(child.what for child in children) or "nothing else"
         print(f"taskbus: started {started} (logs in {logs}); Ctrl+C stops", flush=True)
         run_console = None if args.no_console else console_entry()
