@@ -150,7 +150,8 @@ def _print_lines(args: argparse.Namespace, lines: Any) -> None:
 def kill(args: argparse.Namespace) -> int:
     with _client(args) as client:
         task = client.get_task_by_id(args.task_id)
-        status = task.kill()
+        task.kill()
+        status = task.status()  # pending_kill while a run stops; killed once none is left
         if args.json:
             print(json.dumps({"id": task.id(), "name": task.name(), "status": str(status)}))
         else:
