@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import msgspec
 import nats.errors
 from nats.js import api as js_api
+from nats.js.errors import NotFoundError
 
 from broker import names, store
 from broker.connection import Bus
@@ -33,12 +34,21 @@ def format_line(line: LogLine) -> str:
     return f"{line.ts.isoformat()} {line.text}"
 
 
-async def _batches(bus: Bus, task_id: str, run_id: str, *, follow: bool) -> AsyncIterator[LogBatch]:
+async def _batches(
+    bus: Bus, task_id: str, run_id: str, *, follow: bool, start_seq: int | None = None
+) -> AsyncIterator[LogBatch]:
     subject = names.logs_subject(task_id, run_id)
+    start = (
+        js_api.ConsumerConfig(
+            deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq
+        )
+        if start_seq
+        else js_api.ConsumerConfig(deliver_policy=js_api.DeliverPolicy.ALL)
+    )
     sub = await bus.js.subscribe(
         subject,
         ordered_consumer=True,
-        deliver_policy=js_api.DeliverPolicy.ALL,
+        config=start,
         inactive_threshold=60.0,
     )
     try:
@@ -93,3 +103,56 @@ async def follow(bus: Bus, task_id: str, run_id: str) -> AsyncIterator[LogLine]:
     async for batch in _batches(bus, task_id, run_id, follow=True):
         for line in batch.lines:
             yield line
+
+
+async def tail(bus: Bus, task_id: str, run_id: str, limit: int) -> list[LogLine]:
+    """The last ``limit`` lines, without reading a long log from its start.
+
+    Lines carry a per-run sequence and batches are stored in order, so the last batch says how
+    many lines there are and a binary search over the stream (direct gets of "the next batch
+    of this run from stream position p", O(log n)) finds the batch holding the first wanted
+    line; only the rest is read.
+    """
+    if limit <= 0:
+        return []
+    subject = names.logs_subject(task_id, run_id)
+    last = await _batch_at(bus, subject, None)
+    if last is None:
+        return []
+    last_seq, last_batch = last
+    if not last_batch.lines:  # an empty last batch does not say how many lines there are
+        return (await read(bus, task_id, run_id))[-limit:]
+    wanted = last_batch.lines[-1].seq - limit + 1
+    first = await _batch_at(bus, subject, 1)
+    assert first is not None  # the subject has a last batch, so it has a first one
+    low, high = first[0], last_seq  # low: a batch starting at or before the wanted line
+    while low < high:
+        middle = (low + high + 1) // 2
+        found = await _batch_at(bus, subject, middle)
+        if found is not None and found[1].lines and found[1].lines[0].seq <= wanted:
+            low = found[0]
+        else:
+            high = middle - 1
+    lines: list[LogLine] = []
+    async for batch in _batches(bus, task_id, run_id, follow=False, start_seq=low):
+        lines.extend(line for line in batch.lines if line.seq >= wanted)
+    return lines[-limit:]
+
+
+async def _batch_at(bus: Bus, subject: str, seq: int | None) -> tuple[int, LogBatch] | None:
+    """The run's last batch (``seq`` None), or its first batch at stream position >= seq."""
+    try:
+        if seq is None:
+            msg = await bus.js.get_msg(names.LOGS_STREAM, subject=subject, direct=True)
+        else:
+            msg = await bus.js.get_msg(
+                names.LOGS_STREAM, seq=seq, subject=subject, next=True, direct=True
+            )
+    except NotFoundError:
+        return None
+    if msg.seq is None or msg.data is None:
+        return None
+    try:
+        return msg.seq, decode(LogBatch, msg.data)
+    except msgspec.DecodeError:
+        return msg.seq, LogBatch(task_id="", run_id="", lines=[])

@@ -114,9 +114,11 @@ class AsyncTaskRun(display.Shown):
 
     async def _read(self, limit: int | None) -> TaskRunLogs:
         bus = await self._client._connected()
-        lines = await logs.read(bus, self._record.task_id, self._record.run_id)
-        if limit is not None:
-            lines = lines[len(lines) - limit :]
+        task_id, run_id = self._record.task_id, self._record.run_id
+        if limit is None:
+            lines = await logs.read(bus, task_id, run_id)
+        else:  # the last lines only, without reading a long log from its start
+            lines = await logs.tail(bus, task_id, run_id, limit)
         return TaskRunLogs(logs.format_line(line) for line in lines)
 
     async def _follow(self, limit: int | None) -> AsyncIterator[str]:
@@ -124,8 +126,9 @@ class AsyncTaskRun(display.Shown):
         task_id, run_id = self._record.task_id, self._record.run_id
         last_seq = 0
         if limit is not None:
-            history = await logs.read(bus, task_id, run_id)
-            for line in history[len(history) - limit :]:
+            # At least the last line, to know where live lines start (limit=0: only new ones).
+            history = await logs.tail(bus, task_id, run_id, max(limit, 1))
+            for line in history[len(history) - limit :] if limit else []:
                 yield logs.format_line(line)
             last_seq = history[-1].seq if history else 0
         async with closing(logs.follow(bus, task_id, run_id)) as lines:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from broker import archive, catalog, store
+from broker import archive, catalog, logs, names, store
 from broker.connection import Bus, connect
 from broker.errors import InvalidOrchestration, NotConnected, ServerError
-from broker.models import RunRecord, TaskRecord, utcnow
+from broker.models import LogBatch, LogLine, RunRecord, TaskRecord, encode, utcnow
 from broker.server import EmbeddedServer, ServerSettings
 from broker.settings import ConnectSettings, split_urls
 from broker.status import TaskKind
@@ -153,3 +153,30 @@ async def test_a_failing_reconnect_callback_does_not_break_the_connection(
     finally:
         await bus.close()
         server.stop()
+
+
+async def test_log_tail_reads_the_last_lines_only(bus: Bus) -> None:
+    """tail(limit) equals the end of a full read, over batches of uneven size interleaved
+    with another run's on the same stream, without replaying the log from its start."""
+    lines_so_far = {"a": 0, "b": 0}
+    for index in range(300):
+        for run_id in ("a", "b"):
+            count = 1 + index % 7
+            first = lines_so_far[run_id] + 1
+            lines_so_far[run_id] += count
+            batch = LogBatch(
+                task_id="t",
+                run_id=run_id,
+                lines=[
+                    LogLine(seq=seq, ts=utcnow(), stream="stdout", text=f"{run_id} line {seq}")
+                    for seq in range(first, first + count)
+                ],
+                eof=index == 299,
+            )
+            await bus.js.publish_async(names.logs_subject("t", run_id), encode(batch))
+    await bus.js.publish_async_completed()
+    everything = await logs.read(bus, "t", "a")
+    assert len(everything) == lines_so_far["a"]
+    for limit in (1, 5, 7, 100, 1000, lines_so_far["a"], lines_so_far["a"] + 10):
+        assert await logs.tail(bus, "t", "a", limit) == everything[-limit:]
+    assert await logs.tail(bus, "t", "missing", 5) == []
