@@ -147,6 +147,7 @@ class FreezingProxy:
         self._flowing.set()
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
+        self._serving: set[asyncio.Task[None]] = set()
 
     async def start(self) -> str:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -160,9 +161,18 @@ class FreezingProxy:
         self._flowing.set()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream)
-        self._writers += [writer, up_writer]
-        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+        self._writers.append(writer)  # before any await: close() must see every connection
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving.add(task)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream)
+            self._writers.append(up_writer)
+            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+        except OSError:
+            writer.close()
+        finally:
+            self._serving.discard(task)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
@@ -173,11 +183,21 @@ class FreezingProxy:
         writer.close()
 
     async def close(self) -> None:
+        """Stop accepting, end every connection and wait until their sockets are closed (a
+        transport left to the garbage collector after the loop ends is a ResourceWarning)."""
         self.thaw()
-        for writer in self._writers:
-            writer.close()
         if self._server is not None:
             self._server.close()
+        for task in list(self._serving):
+            task.cancel()
+        await asyncio.gather(*self._serving, return_exceptions=True)
+        for writer in self._writers:
+            writer.close()
+        for writer in self._writers:
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        if self._server is not None:
+            await self._server.wait_closed()
 
 
 async def test_a_silently_dropped_connection_fences_within_half_the_ack_wait(
