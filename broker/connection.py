@@ -18,6 +18,7 @@ from nats.js.object_store import ObjectStore
 from broker import names
 from broker.errors import NotConnected
 from broker.provision import provision
+from broker.publisher import Publisher
 from broker.settings import ConnectSettings
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class Bus:
     settings: ConnectSettings
     nc: NATS
     js: JetStreamContext
+    publisher: Publisher  # the hot paths' JetStream publishes (fires, run records)
     orchestrations: KeyValue
     tasks: KeyValue
     runs: KeyValue
@@ -130,7 +132,9 @@ async def connect(
     except Exception:
         await nc.close()
         raise
-    bus = Bus(settings=settings, nc=nc, js=js, **handles)
+    publisher = Publisher(nc)
+    await publisher.start()
+    bus = Bus(settings=settings, nc=nc, js=js, publisher=publisher, **handles)
     bus_ref.append(bus)
     return bus
 

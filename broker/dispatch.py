@@ -57,7 +57,7 @@ async def enqueue_run(
     now = utcnow()
     record = RunRecord(task_id=task.id, run_id=run_id, instant=instant, created_at=now)
     key = names.run_key(task.id, run_id)
-    created = await store.create(bus.runs, key, record)
+    created = await store.create(bus.runs, key, record, bus.publisher)
     if not created:
         existing = await store.get(bus.runs, key, RunRecord)
         if existing is None:
@@ -74,10 +74,10 @@ async def enqueue_run(
         retries=task.retries,
         requested_at=now,
     )
-    await bus.js.publish(
+    await bus.publisher.publish(
         names.runq_subject(task.pool),
         encode(request),
-        headers={names.MSG_ID: msg_id_for(task.id, run_id, instant)},
+        {names.MSG_ID: msg_id_for(task.id, run_id, instant)},
     )
     return record, created
 
@@ -99,7 +99,7 @@ async def record_skipped_run(
         finished_at=now,
         updated_at=now,
     )
-    if await store.create(bus.runs, names.run_key(task.id, run_id), record):
+    if await store.create(bus.runs, names.run_key(task.id, run_id), record, bus.publisher):
         return record
     return None
 

@@ -29,6 +29,8 @@ DEFAULT_POOL = "default"
 
 # --- Headers ---------------------------------------------------------------------------------
 MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication key (short-term guard; records are idempotent)
+# A KV create(): the write wins only while the key has no message ("0") — as nats-py sends it.
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 
 
 def runq_subject(pool: str) -> str:

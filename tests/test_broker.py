@@ -6,12 +6,15 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import nats.errors
+import nats.js.errors
 import pytest
 
 from broker import archive, catalog, logs, names, store
 from broker.connection import Bus, connect
 from broker.errors import InvalidOrchestration, NotConnected, ServerError
 from broker.models import LogBatch, LogLine, RunRecord, TaskRecord, encode, utcnow
+from broker.publisher import Publisher
 from broker.server import EmbeddedServer, ServerSettings
 from broker.settings import ConnectSettings, split_urls
 from broker.status import TaskKind
@@ -180,3 +183,34 @@ async def test_log_tail_reads_the_last_lines_only(bus: Bus) -> None:
     for limit in (1, 5, 7, 100, 1000, lines_so_far["a"], lines_so_far["a"] + 10):
         assert await logs.tail(bus, "t", "a", limit) == everything[-limit:]
     assert await logs.tail(bus, "t", "missing", 5) == []
+
+
+async def test_pipelined_publishes_are_acknowledged_each(bus: Bus) -> None:
+    subject = names.runq_subject("pipelined")
+    acks = await asyncio.gather(
+        *(bus.publisher.publish(subject, b"{}", {names.MSG_ID: f"m{n % 50}"}) for n in range(100))
+    )
+    assert sorted(ack.seq for ack in acks if not ack.duplicate) == list(range(1, 51))
+    assert sum(ack.duplicate for ack in acks) == 50  # the stream de-duplicated by Msg-Id
+    assert {ack.stream for ack in acks} == {names.RUNQ_STREAM}
+
+
+async def test_a_pipelined_publish_raises_what_js_publish_would(bus: Bus) -> None:
+    with pytest.raises(nats.js.errors.NoStreamResponseError):
+        await bus.publisher.publish("taskbus.no.stream.here", b"", {})
+    silent = Publisher(bus.nc, timeout_s=0.2)  # never started: no inbox, so no answer arrives
+    with pytest.raises(nats.errors.TimeoutError):
+        await silent.publish(names.runq_subject("timeout"), b"{}", {})
+
+
+async def test_create_through_the_publisher_refuses_a_live_key_and_replaces_a_deleted_one(
+    bus: Bus,
+) -> None:
+    first = RunRecord(task_id="t", run_id="r", created_at=utcnow())
+    second = RunRecord(task_id="t", run_id="r", reason="second", created_at=utcnow())
+    assert await store.create(bus.runs, "t.r", first, bus.publisher)
+    assert not await store.create(bus.runs, "t.r", second, bus.publisher)
+    await bus.runs.delete("t.r")
+    assert await store.create(bus.runs, "t.r", second, bus.publisher)
+    current = await store.get(bus.runs, "t.r", RunRecord)
+    assert current is not None and current[0].reason == "second"

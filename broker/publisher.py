@@ -1,0 +1,106 @@
+"""JetStream publishes acknowledged through one shared inbox: the hot path of every fire.
+
+nats-py's ``js.publish`` is a request per message: a new future, an ``asyncio.wait_for`` and a
+``json.loads`` into a dataclass — about 60 µs of CPU, two of them per scheduled fire, and the
+whole of a 10,000-fire burst's lag. ``Publisher`` sends each message with a reply subject
+under one wildcard inbox subscribed once, matches the acknowledgement by its token and decodes
+it with msgspec: about a third of the cost, the same guarantee (the caller awaits the stream's
+ack, or gets an error or a timeout). nats-py's own ``publish_async`` has no timeout: an ack
+lost in a reconnect would leave its future pending for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+ACK_TIMEOUT_S = 5.0  # nats-py's JetStream default: a stream leader this slow is in trouble
+WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code when an expected-last-sequence check fails
+_NO_RESPONDERS = "503"
+
+
+class ApiError(msgspec.Struct):
+    code: int
+    err_code: int = 0
+    description: str = ""
+
+    def exception(self) -> nats.js.errors.APIError:
+        """nats-py's exception for this error (the class ``js.publish`` would raise)."""
+        try:
+            nats.js.errors.APIError.from_error(msgspec.structs.asdict(self))
+        except nats.js.errors.APIError as exc:
+            return exc
+        raise AssertionError("from_error always raises")
+
+
+class PubAck(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: ApiError | None = None
+
+
+_decode_ack = msgspec.json.Decoder(PubAck).decode
+
+
+class Publisher:
+    """Pipelined JetStream publishes on one connection; ``await start()`` before use."""
+
+    def __init__(self, nc: NATS, timeout_s: float = ACK_TIMEOUT_S) -> None:
+        self._nc = nc
+        self._timeout_s = timeout_s
+        self._prefix = ""
+        self._tokens = itertools.count()
+        self._waiting: dict[str, asyncio.Future[PubAck]] = {}
+
+    async def start(self) -> None:
+        # nats-py re-subscribes after a reconnect, so this one subscription lasts the client.
+        self._prefix = f"{self._nc.new_inbox()}."
+        await self._nc.subscribe(f"{self._prefix}*", cb=self._on_ack)
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str], *, check: bool = True
+    ) -> PubAck:
+        """Publish to a stream and wait for its acknowledgement.
+
+        With ``check`` an error answer raises nats-py's exception for it (as ``js.publish``
+        does); without, it is returned in ``PubAck.error`` for the caller to judge. No answer
+        within the timeout raises ``nats.errors.TimeoutError``.
+        """
+        token = str(next(self._tokens))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[PubAck] = loop.create_future()
+        self._waiting[token] = future
+        timer = loop.call_later(self._timeout_s, self._expire, token)
+        try:
+            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            ack = await future
+        finally:
+            timer.cancel()
+            self._waiting.pop(token, None)
+        if check and ack.error is not None:
+            raise ack.error.exception()
+        return ack
+
+    async def _on_ack(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject[len(self._prefix) :], None)
+        if future is None or future.done():
+            return  # timed out already, or a duplicate answer
+        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            future.set_result(_decode_ack(msg.data))
+        except msgspec.DecodeError as exc:
+            future.set_exception(nats.errors.Error(f"undecodable JetStream ack: {exc}"))
+
+    def _expire(self, token: str) -> None:
+        future = self._waiting.pop(token, None)
+        if future is not None and not future.done():
+            future.set_exception(nats.errors.TimeoutError())
