@@ -7,7 +7,9 @@ task and instant exists at most once), then the request is published with a ``Na
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
 from broker import names, store
@@ -21,6 +23,7 @@ from broker.models import (
     encode,
     utcnow,
 )
+from broker.publisher import WRONG_LAST_SEQUENCE, PubAck
 from broker.status import RunStatus
 
 # Run ids for scheduled fires are uuid5(task id, instant): two schedulers agree on them.
@@ -55,7 +58,7 @@ async def enqueue_run(
     """
     run_id = run_id or run_id_for(task.id, instant)
     now = utcnow()
-    record = RunRecord(task_id=task.id, run_id=run_id, instant=instant, created_at=now)
+    record = _pending(task, run_id, instant, now)
     key = names.run_key(task.id, run_id)
     created = await store.create(bus.runs, key, record, bus.publisher)
     if not created:
@@ -65,6 +68,94 @@ async def enqueue_run(
         record = existing[0]
         if record.status is not RunStatus.PENDING:
             return record, False
+    await bus.publisher.publish(*_request(task, run_id, instant, now))
+    return record, created
+
+
+async def enqueue_fires(
+    bus: Bus, fires: Sequence[tuple[TaskRecord, datetime]]
+) -> list[tuple[RunRecord, bool] | Exception]:
+    """``enqueue_run`` for many scheduled fires at once, in one pipeline: every record create
+    is sent before any answer is awaited, then every request. No task and no request round
+    trip per fire: a burst of thousands costs a third of the CPU.
+
+    Each fire's outcome is what ``enqueue_run`` would return, or the exception that stopped it
+    (for the caller to retry: every step is idempotent). A refused create (a peer's record, or
+    a tombstone) goes through ``enqueue_run``, which tells them apart.
+    """
+    now = utcnow()
+    outcomes: list[tuple[RunRecord, bool] | Exception | None] = [None] * len(fires)
+    records = [_pending(task, run_id_for(task.id, at), at, now) for task, at in fires]
+    creates = await _send_all(
+        bus,
+        outcomes,
+        [
+            (
+                names.kv_subject(names.RUNS, names.run_key(record.task_id, record.run_id)),
+                encode(record),
+                {names.EXPECTED_LAST_SUBJECT_SEQ: "0"},
+            )
+            for record in records
+        ],
+    )
+    refused: list[int] = []
+    sends: list[tuple[str, bytes, dict[str, str]] | None] = []
+    for index, ack in enumerate(creates):
+        if isinstance(ack, PubAck) and ack.error is not None:
+            if ack.error.err_code == WRONG_LAST_SEQUENCE:
+                refused.append(index)
+            else:
+                outcomes[index] = ack.error.exception()
+        task, at = fires[index]
+        ok = isinstance(ack, PubAck) and ack.error is None
+        sends.append(_request(task, records[index].run_id, at, now) if ok else None)
+    for index, ack in enumerate(await _send_all(bus, outcomes, sends)):
+        if isinstance(ack, PubAck):
+            outcomes[index] = ack.error.exception() if ack.error else (records[index], True)
+    for index in refused:
+        task, at = fires[index]
+        try:
+            outcomes[index] = await enqueue_run(bus, task, instant=at)
+        except Exception as exc:
+            outcomes[index] = exc
+    return [outcome if outcome is not None else RuntimeError("not sent") for outcome in outcomes]
+
+
+async def _send_all(
+    bus: Bus,
+    outcomes: list[tuple[RunRecord, bool] | Exception | None],
+    messages: Sequence[tuple[str, bytes, dict[str, str]] | None],
+) -> list[PubAck | None]:
+    """Send every message (None: skip), then await every answer; a failure is recorded in
+    ``outcomes`` and its answer is None."""
+    futures: dict[int, asyncio.Future[PubAck]] = {}
+    for index, message in enumerate(messages):
+        if message is None:
+            continue
+        try:
+            futures[index] = await bus.publisher.send(*message)
+        except Exception as exc:  # the connection is closed: no point sending the rest
+            outcomes[index] = exc
+    answers: list[PubAck | None] = [None] * len(messages)
+    results = await asyncio.gather(*futures.values(), return_exceptions=True)
+    for index, result in zip(futures, results, strict=True):
+        if isinstance(result, Exception):
+            outcomes[index] = result
+        elif isinstance(result, PubAck):
+            answers[index] = result
+        else:  # a BaseException (cancellation): let it through
+            raise result
+    return answers
+
+
+def _pending(task: TaskRecord, run_id: str, instant: datetime | None, now: datetime) -> RunRecord:
+    return RunRecord(task_id=task.id, run_id=run_id, instant=instant, created_at=now)
+
+
+def _request(
+    task: TaskRecord, run_id: str, instant: datetime | None, now: datetime
+) -> tuple[str, bytes, dict[str, str]]:
+    """The run request's subject, payload and headers."""
     request = RunRequest(
         task_id=task.id,
         run_id=run_id,
@@ -74,12 +165,8 @@ async def enqueue_run(
         retries=task.retries,
         requested_at=now,
     )
-    await bus.publisher.publish(
-        names.runq_subject(task.pool),
-        encode(request),
-        {names.MSG_ID: msg_id_for(task.id, run_id, instant)},
-    )
-    return record, created
+    headers = {names.MSG_ID: msg_id_for(task.id, run_id, instant)}
+    return names.runq_subject(task.pool), encode(request), headers
 
 
 async def record_skipped_run(

@@ -73,20 +73,34 @@ class Publisher:
         does); without, it is returned in ``PubAck.error`` for the caller to judge. No answer
         within the timeout raises ``nats.errors.TimeoutError``.
         """
+        ack = await (await self.send(subject, payload, headers))
+        if check and ack.error is not None:
+            raise ack.error.exception()
+        return ack
+
+    async def send(
+        self, subject: str, payload: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[PubAck]:
+        """Publish without waiting: the future resolves to the acknowledgement (an error
+        answer in ``PubAck.error``), or fails with ``nats.errors.TimeoutError``. Many sends
+        then one ``gather`` keep a burst in one pipeline, without a task per message."""
         token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[PubAck] = loop.create_future()
         self._waiting[token] = future
         timer = loop.call_later(self._timeout_s, self._expire, token)
-        try:
-            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
-            ack = await future
-        finally:
+
+        def settled(_: asyncio.Future[PubAck]) -> None:  # answered, timed out or cancelled
             timer.cancel()
             self._waiting.pop(token, None)
-        if check and ack.error is not None:
-            raise ack.error.exception()
-        return ack
+
+        future.add_done_callback(settled)
+        try:
+            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+        except BaseException:
+            future.cancel()
+            raise
+        return future
 
     async def _on_ack(self, msg: Msg) -> None:
         future = self._waiting.pop(msg.subject[len(self._prefix) :], None)

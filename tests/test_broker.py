@@ -10,14 +10,14 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-from broker import archive, catalog, logs, names, store
+from broker import archive, catalog, dispatch, logs, names, store
 from broker.connection import Bus, connect
 from broker.errors import InvalidOrchestration, NotConnected, ServerError
 from broker.models import LogBatch, LogLine, RunRecord, TaskRecord, encode, utcnow
 from broker.publisher import Publisher
 from broker.server import EmbeddedServer, ServerSettings
 from broker.settings import ConnectSettings, split_urls
-from broker.status import TaskKind
+from broker.status import RunStatus, TaskKind
 from tests.helpers import Daemon, make_zip
 
 
@@ -214,3 +214,43 @@ async def test_create_through_the_publisher_refuses_a_live_key_and_replaces_a_de
     assert await store.create(bus.runs, "t.r", second, bus.publisher)
     current = await store.get(bus.runs, "t.r", RunRecord)
     assert current is not None and current[0].reason == "second"
+
+
+async def test_a_burst_of_fires_creates_each_run_once_and_requests_each_once(bus: Bus) -> None:
+    now = utcnow().replace(microsecond=0)
+    tasks = [
+        TaskRecord(
+            id=f"t{n}",
+            name=f"t{n}",
+            orchestration_id="o",
+            kind=TaskKind.SCHEDULED,
+            schedule="* * * * *",
+            pool="burst",
+            created_at=now,
+            updated_at=now,
+        )
+        for n in range(300)
+    ]
+    fires = [(task, now) for task in tasks]
+    # One instant already fired by a peer (still pending), one already finished.
+    peer, _ = await dispatch.enqueue_run(bus, tasks[0], instant=now)
+    done = RunRecord(
+        task_id="t1", run_id=dispatch.run_id_for("t1", now), status=RunStatus.SUCCESS,
+        instant=now, created_at=now,
+    )  # fmt: skip
+    assert await store.create(bus.runs, names.run_key("t1", done.run_id), done)
+
+    outcomes = await dispatch.enqueue_fires(bus, fires)
+
+    assert outcomes[0] == (peer, False) and outcomes[1] == (done, False)
+    for (task, instant), outcome in zip(fires[2:], outcomes[2:], strict=True):
+        assert not isinstance(outcome, Exception)
+        record, created = outcome
+        assert created and record.run_id == dispatch.run_id_for(task.id, instant)
+        stored = await store.get(bus.runs, names.run_key(task.id, record.run_id), RunRecord)
+        assert stored is not None and stored[0].status is RunStatus.PENDING
+    # A second burst of the same instants (a peer scheduler) creates and queues nothing new.
+    again = await dispatch.enqueue_fires(bus, fires)
+    assert all(not isinstance(o, Exception) and not o[1] for o in again)
+    info = await bus.js.stream_info(names.RUNQ_STREAM, subjects_filter=names.runq_subject("burst"))
+    assert info.state.messages == 299  # every fire but the finished one, each once (Msg-Id)

@@ -34,7 +34,7 @@ from broker.models import RunRecord, TaskRecord, decode, utcnow
 from broker.scheduler import policy
 from broker.scheduler.firing import Firing
 from broker.scheduler.marks import Watermark
-from broker.scheduler.policy import Step
+from broker.scheduler.policy import Action, Step
 from broker.scheduler.runbook import RunBook
 from broker.scheduler.settings import SchedulerSettings
 from broker.scheduler.timetable import Timetable
@@ -318,16 +318,38 @@ class Scheduler:
         self._fires.start_soon(func, *args)
 
     async def _run_batch(self, batch: list[tuple[TaskRecord, list[Step]]]) -> None:
-        await asyncio.gather(*(self._execute(task, steps) for task, steps in batch))
+        """A tick's plans: on-time fires of ``allow`` tasks (almost all, in a burst) in one
+        pipeline; the rest — and any fire that failed there — one task each, with retries."""
+        simple: list[tuple[TaskRecord, datetime]] = []
+        async with anyio.create_task_group() as group:
+            for task, steps in batch:
+                if (
+                    task.overlap is Overlap.ALLOW
+                    and len(steps) == 1
+                    and steps[0].action is Action.FIRE
+                ):
+                    simple.append((task, steps[0].instant))
+                else:
+                    group.start_soon(self._execute, task, steps)
+            failed = await self.firing.fire_many(simple) if simple else []
+            retried = {task.id for task, _ in failed}
+            for task, instant in simple:
+                if task.id in retried:  # still in flight: _execute marks it done
+                    group.start_soon(self._execute, task, [Step(instant, Action.FIRE)])
+                else:
+                    self._done(instant)
 
     async def _execute(self, task: TaskRecord, steps: list[Step]) -> None:
         try:
             await self.firing.carry_out(task, steps)
         finally:
-            oldest = steps[0].instant
-            self._inflight[oldest] -= 1
-            if self._inflight[oldest] <= 0:
-                del self._inflight[oldest]
+            self._done(steps[0].instant)
+
+    def _done(self, oldest: datetime) -> None:
+        """A plan whose oldest instant is ``oldest`` is carried out (the watermark may pass)."""
+        self._inflight[oldest] -= 1
+        if self._inflight[oldest] <= 0:
+            del self._inflight[oldest]
 
     # --- Continuous tasks ---------------------------------------------------------------------
     def _continue(self, task_id: str) -> None:

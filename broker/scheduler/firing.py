@@ -92,6 +92,32 @@ class Firing:
             if active:
                 await self._replace(task, instant, active)
         record, created = await dispatch.enqueue_run(self.bus, task, instant=instant)
+        self._fired(task, instant, record, created)
+
+    async def fire_many(
+        self, fires: list[tuple[TaskRecord, datetime]]
+    ) -> list[tuple[TaskRecord, datetime]]:
+        """On-time fires of ``allow`` tasks, pipelined ``max_concurrent_fires`` at a time (a
+        burst's fast path); returns the ones that failed, for ``carry_out`` to retry."""
+        failed: list[tuple[TaskRecord, datetime]] = []
+        size = self.settings.max_concurrent_fires
+        for start in range(0, len(fires), size):
+            chunk = fires[start : start + size]
+            outcomes = await dispatch.enqueue_fires(self.bus, chunk)
+            for (task, instant), outcome in zip(chunk, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    log.warning(
+                        "fire task=%s instant=%s failed (%s); retrying",
+                        task.id,
+                        instant.isoformat(),
+                        outcome,
+                    )
+                    failed.append((task, instant))
+                else:
+                    self._fired(task, instant, *outcome)
+        return failed
+
+    def _fired(self, task: TaskRecord, instant: datetime, record: RunRecord, created: bool) -> None:
         lag_ms = (utcnow() - instant).total_seconds() * 1000
         if created:
             self.stats["fired"] += 1
