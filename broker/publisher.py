@@ -12,6 +12,7 @@ lost in a reconnect would leave its future pending for ever.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 
 import msgspec
@@ -58,6 +59,10 @@ class Publisher:
         self._prefix = ""
         self._tokens = itertools.count()
         self._waiting: dict[str, asyncio.Future[PubAck]] = {}
+        # Every send has the same timeout, so deadlines come in order: one timer for the
+        # oldest instead of one per message (a burst's thousands of timers cost 7 % of it).
+        self._deadlines: collections.deque[tuple[float, str]] = collections.deque()
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         # nats-py re-subscribes after a reconnect, so this one subscription lasts the client.
@@ -88,16 +93,13 @@ class Publisher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[PubAck] = loop.create_future()
         self._waiting[token] = future
-        timer = loop.call_later(self._timeout_s, self._expire, token)
-
-        def settled(_: asyncio.Future[PubAck]) -> None:  # answered, timed out or cancelled
-            timer.cancel()
-            self._waiting.pop(token, None)
-
-        future.add_done_callback(settled)
+        self._deadlines.append((loop.time() + self._timeout_s, token))
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(self._deadlines[0][0], self._sweep)
         try:
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
         except BaseException:
+            self._waiting.pop(token, None)
             future.cancel()
             raise
         return future
@@ -114,7 +116,14 @@ class Publisher:
         except msgspec.DecodeError as exc:
             future.set_exception(nats.errors.Error(f"undecodable JetStream ack: {exc}"))
 
-    def _expire(self, token: str) -> None:
-        future = self._waiting.pop(token, None)
-        if future is not None and not future.done():
-            future.set_exception(nats.errors.TimeoutError())
+    def _sweep(self) -> None:
+        """Fail every send past its deadline still unanswered; wake again for the next."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            future = self._waiting.pop(self._deadlines.popleft()[1], None)
+            if future is not None and not future.done():  # None: answered (or cancelled)
+                future.set_exception(nats.errors.TimeoutError())
+        self._sweeper = (
+            loop.call_at(self._deadlines[0][0], self._sweep) if self._deadlines else None
+        )
