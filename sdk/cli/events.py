@@ -43,11 +43,12 @@ async def _runs(bus: Bus) -> None:
     names: dict[str, str] = {}
     seen: dict[str, str] = {}
     live = False
-    async for key, run in store.watch(bus.runs, RunRecord):
-        if not key:
+    async for key, run in store.watch(bus.runs, RunRecord, bus=bus):
+        if not key:  # caught up (again, after a reconnect: the replay repeats what we saw)
+            if not live:
+                active = sum(1 for status in seen.values() if status in ("pending", "running"))
+                _say(f"runs on record: {len(seen)} ({active} pending or running)")
             live = True
-            active = sum(1 for status in seen.values() if status in ("pending", "running"))
-            _say(f"runs on record: {len(seen)} ({active} pending or running)")
             continue
         if run is None or seen.get(key) == run.status:
             continue
@@ -59,7 +60,7 @@ async def _runs(bus: Bus) -> None:
 
 async def _executors(bus: Bus) -> None:
     present: set[str] = set()
-    async for key, record in store.watch(bus.executors, ExecutorRecord):
+    async for key, record in store.watch(bus.executors, ExecutorRecord, bus=bus):
         if not key:
             continue
         if record is None:
