@@ -37,6 +37,12 @@ class NotConnected(TaskbusError):
         )
 
 
+def exit_status(exc: TaskbusError) -> int:
+    """How a daemon stopped by ``exc`` exits, in the ``taskbus`` CLI's codes: 3 when no
+    server answered, else 1 (it could not start)."""
+    return 3 if isinstance(exc, NotConnected) else 1
+
+
 class ServerError(TaskbusError):
     """The embedded nats-server could not be started, or exited."""
 

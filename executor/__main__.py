@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from broker.errors import TaskbusError
+from broker.errors import TaskbusError, exit_status
 from executor.daemon import run
 from executor.settings import ExecutorSettings
 
@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(settings)
     except TaskbusError as exc:
         log.error("%s", exc)
-        return 2
+        return exit_status(exc)
     except KeyboardInterrupt:
         return 130
     return 0

@@ -46,6 +46,21 @@ def test_help_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
     assert "COMMAND" in capsys.readouterr().err
 
 
+def test_daemon_commands_take_their_daemons_own_options() -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    # Passed through to `python -m executor`: it parses them, then finds no server (exit 3).
+    result = taskbus("executor", "--ack-wait", "60", "--no-zygote", "--slots", "2", url=url)
+    assert result.returncode == 3 and "Could not connect to NATS at " + url in result.stderr
+    result = taskbus("scheduler", "--on-time-s", "5", url=url)
+    assert result.returncode == 3 and "Could not connect to NATS at " + url in result.stderr
+    # What neither taskbus nor the daemon knows is a usage error, from the daemon's parser.
+    result = taskbus("executor", "--bogus", url=url)
+    assert result.returncode == 2 and "unrecognized arguments: --bogus" in result.stderr
+    # Other commands stay strict.
+    result = taskbus("tasks", "--ack-wait", "60", url=url)
+    assert result.returncode == 2 and "unrecognized arguments: --ack-wait 60" in result.stderr
+
+
 def test_not_connected_exit_code_and_one_clear_line() -> None:
     url = f"nats://127.0.0.1:{free_port()}"
     result = taskbus("tasks", url=url)

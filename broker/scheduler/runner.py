@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 
 from broker.connection import connect
-from broker.errors import TaskbusError
+from broker.errors import TaskbusError, exit_status
 from broker.scheduler.daemon import Scheduler
 from broker.scheduler.settings import SchedulerSettings
 
@@ -19,7 +19,7 @@ CLOSE_TIMEOUT_S = 2.0
 
 
 def run(settings: SchedulerSettings) -> None:
-    """Run the scheduler until SIGINT/SIGTERM; exits with status 1 if it cannot connect."""
+    """Run the scheduler until SIGINT/SIGTERM; exits with status 3 if it cannot connect."""
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -29,7 +29,7 @@ def run(settings: SchedulerSettings) -> None:
         asyncio.run(serve(settings))
     except TaskbusError as exc:
         log.error("%s", exc)
-        raise SystemExit(1) from None
+        raise SystemExit(exit_status(exc)) from None
 
 
 async def serve(settings: SchedulerSettings) -> None:

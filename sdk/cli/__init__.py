@@ -26,7 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sdk.cli.parser import build_parser
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra  # a daemon's own options (taskbus executor --ack-wait 60 ...)
     if getattr(args, "handler", None) is None:
         parser.print_help(sys.stderr)
         return USAGE

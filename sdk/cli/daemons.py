@@ -56,13 +56,13 @@ def executor(args: argparse.Namespace) -> int:
         argv += ["--pool", args.pool]
     if args.work_dir:
         argv += ["--work-dir", args.work_dir]
-    return _run_module("executor", "executor", connect_settings(args, "taskbus-executor"), argv)
+    settings = connect_settings(args, "taskbus-executor")
+    return _run_module("executor", "executor", settings, [*argv, *args.extra])
 
 
 def scheduler(args: argparse.Namespace) -> int:
-    return _run_module(
-        "broker.scheduler", "scheduler", connect_settings(args, "taskbus-scheduler"), []
-    )
+    settings = connect_settings(args, "taskbus-scheduler")
+    return _run_module("broker.scheduler", "scheduler", settings, list(args.extra))
 
 
 def console(args: argparse.Namespace) -> int:

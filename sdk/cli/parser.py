@@ -81,8 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slots", type=_positive, help="runs at once")
     p.add_argument("--pool", help=f"the pool to take runs from (default {names.DEFAULT_POOL})")
     p.add_argument("--work-dir", help="where runs are unpacked and environments cached")
+    p.set_defaults(passthrough=True)
+    p.epilog = "Every option of `python -m executor --help` is accepted too (e.g. --ack-wait)."
 
-    command("scheduler", daemons.scheduler, "run the cron scheduler daemon")
+    p = command("scheduler", daemons.scheduler, "run the cron scheduler daemon")
+    p.set_defaults(passthrough=True)
+    p.epilog = "Every option of `python -m broker.scheduler --help` is accepted too."
 
     p = command("console", daemons.console, "open the live console")
     p.add_argument("--web", action="store_true", help="serve it in a browser instead")
