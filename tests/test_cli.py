@@ -3,14 +3,20 @@ executor where runs must finish); --json output parsed, exit codes and error lin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from broker import store
+from broker.connection import Bus
+from broker.models import RunRecord
 from broker.server import free_port
+from broker.status import RunStatus
 from sdk.cli import main
 from tests.helpers import REPO, Daemon, daemon_env, make_zip
 
@@ -168,3 +174,36 @@ def test_user_commands_end_to_end(nats_url: str, executor: Daemon, tmp_path: Pat
     assert killed.returncode == 0 and killed.stdout.rstrip().endswith(": killed")
     only_killed = json.loads(taskbus("tasks", "--killed", "--json", url=nats_url).stdout)
     assert [t["id"] for t in only_killed] == [cron["id"]]
+
+
+async def test_a_continuous_task_from_the_cli_runs_again_and_again_until_killed(
+    bus: Bus, nats_url: str, executor: Daemon, start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    start_daemon("broker.scheduler", "--url", nats_url)
+    hello = tmp_path / "hello.zip"
+    hello.write_bytes(make_zip({"main.py": "print('again')\n"}))
+    up = await asyncio.to_thread(taskbus, "upload", str(hello), "--wait", url=nats_url)
+    assert up.returncode == 0, up.stderr
+    misuse = await asyncio.to_thread(
+        taskbus, "run", "hello", "--name", "loop", "--continuous", "--wait", url=nats_url
+    )
+    assert misuse.returncode == 2 and "--continuous runs until `taskbus kill`" in misuse.stderr
+
+    made = await asyncio.to_thread(
+        taskbus, "run", "hello", "--name", "loop", "--continuous", "--json", url=nats_url
+    )
+    assert made.returncode == 0, made.stderr
+    task = json.loads(made.stdout)
+    assert task["type"] == "Continuous Run" and task["active"] is True
+    successes: set[str] = set()
+    async with asyncio.timeout(60):
+        async for key, run in store.watch(bus.runs, RunRecord, f"{task['id']}.>"):
+            if run is not None and run.status is RunStatus.SUCCESS:
+                successes.add(key)
+            if len(successes) >= 3:
+                break
+    killed = await asyncio.to_thread(taskbus, "kill", task["id"], url=nats_url)
+    assert killed.returncode == 0, killed.stderr
+    final = json.loads((await asyncio.to_thread(taskbus, "tasks", "--killed", "--json",
+                                                url=nats_url)).stdout)  # fmt: skip
+    assert [t["id"] for t in final] == [task["id"]]

@@ -66,8 +66,17 @@ def orchestrations(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     json_args = _json_args(args.args)
+    if args.continuous and (args.wait or args.follow or args.timeout is not None):
+        raise ValueError(
+            "--continuous runs until `taskbus kill`: it takes no --wait, --follow or --timeout "
+            "(follow a run with `taskbus logs TASK_ID -f`)"
+        )
     with _client(args) as client:
         orch = client.get_orchestration(args.orchestration)
+        if args.continuous:
+            task = orch.run_continuously(args.name, json_args, args.debug)
+            _emit(args, task, task.to_dict())
+            return OK
         task = orch.run_once(args.name, json_args, args.timeout, args.debug)
         if not (args.wait or args.follow):
             _emit(args, task, task.to_dict())

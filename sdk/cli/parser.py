@@ -110,12 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", help="only this workspace")
     _json(p)
 
-    p = command("run", commands.run, "run an orchestration once")
+    p = command("run", commands.run, "run an orchestration once (or continuously)")
     p.add_argument("orchestration", metavar="ORCH", help="orchestration id or name")
     p.add_argument("--name", required=True, help="the task's name")
     p.add_argument("--args", help="json_args: a JSON object, or @file holding one")
     p.add_argument("--timeout", type=int, help="seconds the run may take")
     p.add_argument("--debug", action="store_true", help="run in debug mode")
+    p.add_argument(
+        "--continuous",
+        action="store_true",
+        help="start a new run each time one ends (back-off after failures) until `taskbus kill`",
+    )
     p.add_argument("--wait", action="store_true", help="wait for the run; exit 1 unless success")
     p.add_argument(
         "--follow", "-f", action="store_true", help="print the run's logs live (implies --wait)"
