@@ -186,7 +186,8 @@ async def record_skipped_run(
         finished_at=now,
         updated_at=now,
     )
-    if await store.create(bus.runs, names.run_key(task.id, run_id), record, bus.publisher):
+    key = names.run_key(task.id, run_id)
+    if await store.create(bus.runs, key, record, bus.publisher, ttl_s=bus.settings.run_retention_s):
         return record
     return None
 

@@ -31,6 +31,8 @@ DEFAULT_POOL = "default"
 MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication key (short-term guard; records are idempotent)
 # A KV create(): the write wins only while the key has no message ("0") — as nats-py sends it.
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+# Per-message TTL in seconds (nats-server 2.11+; nats-py creates KV streams allowing it).
+TTL = "Nats-TTL"
 
 
 def runq_subject(pool: str) -> str:
@@ -67,6 +69,7 @@ ENV_CREDS = "TASKBUS_CREDS"  # path to a NATS .creds file
 ENV_WORKSPACE = "TASKBUS_WORKSPACE"
 ENV_DATA_DIR = "TASKBUS_DATA_DIR"
 ENV_REPLICAS = "TASKBUS_REPLICAS"  # 1 embedded, 3 in a cluster
+ENV_RUN_RETENTION_DAYS = "TASKBUS_RUN_RETENTION_DAYS"  # finished runs' records kept this long
 # Set by the executor for every task run (the in-task contract of DESIGN.md).
 ENV_TASK_ID = "TASKBUS_TASK_ID"
 ENV_RUN_ID = "TASKBUS_RUN_ID"
@@ -92,6 +95,11 @@ HEARTBEAT_INTERVAL_S = 2.0
 EXECUTOR_TTL_S = 3 * HEARTBEAT_INTERVAL_S
 # De-duplication window of the run queue: covers a scheduler restart and a catch-up burst.
 RUNQ_DUPLICATE_WINDOW_S = 120.0
+# A finished run's record expires this long after it finished (a per-message TTL set with its
+# final status; pending and running records never expire). Without it the runs bucket, and
+# every console start, grows with every fire for ever. Four times the logs' age: a record is
+# small, and history outlives the log lines.
+RUN_RETENTION_S = 30 * 24 * 3600.0
 # Logs are kept a week or up to 1 GiB, whichever is hit first (limits retention).
 LOGS_MAX_AGE_S = 7 * 24 * 3600.0
 LOGS_MAX_BYTES = 1 << 30

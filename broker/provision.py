@@ -36,6 +36,7 @@ async def _ensure_stream(js: JetStreamContext, config: js_api.StreamConfig) -> N
         "max_bytes": config.max_bytes,
         "max_msgs_per_subject": config.max_msgs_per_subject,
         "duplicate_window": config.duplicate_window or None,
+        "allow_msg_ttl": config.allow_msg_ttl,  # can be switched on, never off
     }
     wanted = current.evolve(
         **{key: value for key, value in limits.items() if value is not None},
@@ -60,6 +61,7 @@ async def _ensure_kv(js: JetStreamContext, config: js_api.KeyValueConfig) -> Any
             max_bytes=config.max_bytes,
             max_msgs_per_subject=config.history,
             num_replicas=config.replicas,
+            allow_msg_ttl=True,  # as nats-py creates a bucket; stores made before may lack it
         ),
     )
     return await js.key_value(config.bucket)

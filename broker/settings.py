@@ -38,6 +38,8 @@ class ConnectSettings:
     # Client pings find a silently dropped connection: nats-py's default (120 s, 2 missed)
     # takes minutes; daemons that fence on connectivity use a few seconds.
     ping_interval_s: float | None = None
+    # How long a finished run's record is kept (its writer sets it as the record's TTL).
+    run_retention_s: float = names.RUN_RETENTION_S
 
     @classmethod
     def from_env(cls, url: str | None = None, **overrides: object) -> ConnectSettings:
@@ -51,6 +53,7 @@ class ConnectSettings:
             "token": env.get(names.ENV_TOKEN) or None,
             "creds_file": env.get(names.ENV_CREDS) or None,
             "replicas": int(env.get(names.ENV_REPLICAS, "1")),
+            "run_retention_s": _retention_s(env.get(names.ENV_RUN_RETENTION_DAYS)),
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)  # type: ignore[arg-type]
@@ -68,6 +71,21 @@ class ConnectSettings:
             if value:
                 env[key] = value
         return env
+
+
+def _retention_s(days: str | None) -> float:
+    if not days:
+        return names.RUN_RETENTION_S
+    try:
+        value = float(days) * 86400
+    except ValueError:
+        value = 0.0
+    if not value >= 1:  # also NaN; the server's TTL granularity is a second
+        raise ValueError(
+            f"{names.ENV_RUN_RETENTION_DAYS}={days!r} is not a number of days (at least a "
+            f"second, e.g. 30 or 0.5); unset it to keep finished runs 30 days"
+        )
+    return value
 
 
 def default_data_dir() -> Path:

@@ -45,31 +45,41 @@ async def get(kv: KeyValue, key: str, kind: type[R]) -> tuple[R, int] | None:
 
 
 async def create(
-    kv: KeyValue, key: str, record: Record, publisher: Publisher | None = None
+    kv: KeyValue,
+    key: str,
+    record: Record,
+    publisher: Publisher | None = None,
+    *,
+    ttl_s: float | None = None,
 ) -> bool:
     """Write ``record`` only if ``key`` holds nothing; False when it already exists.
 
     With a ``publisher`` the usual case (a new key) costs one pipelined publish instead of a
     request; a refused one goes on through nats-py's ``create``, which tells a live key from a
-    deleted one (a tombstone, which a create may replace).
+    deleted one (a tombstone, which a create may replace). ``ttl_s``: the record expires then.
     """
     payload = encode(record)
     if publisher is not None:
         ack = await publisher.publish(
-            names.kv_subject(kv._name, key),
-            payload,
-            {names.EXPECTED_LAST_SUBJECT_SEQ: "0"},
-            check=False,
+            names.kv_subject(kv._name, key), payload, _headers(0, ttl_s), check=False
         )
         if ack.error is None:
             return True
         if ack.error.err_code != WRONG_LAST_SEQUENCE:
             raise ack.error.exception()
     try:
-        await kv.create(key, payload)
+        await kv.create(key, payload, msg_ttl=ttl_s)
     except KeyWrongLastSequenceError:
         return False
     return True
+
+
+def _headers(last: int, ttl_s: float | None) -> dict[str, str]:
+    """A compare-and-set write's headers: the revision it replaces (0: none), and a TTL."""
+    headers = {names.EXPECTED_LAST_SUBJECT_SEQ: str(last)}
+    if ttl_s is not None:
+        headers[names.TTL] = str(max(1, round(ttl_s)))
+    return headers
 
 
 async def put(kv: KeyValue, key: str, record: Record) -> int:
@@ -78,13 +88,23 @@ async def put(kv: KeyValue, key: str, record: Record) -> int:
 
 
 async def update(
-    kv: KeyValue, key: str, kind: type[R], mutate: Callable[[R], R | None]
+    kv: KeyValue,
+    key: str,
+    kind: type[R],
+    mutate: Callable[[R], R | None],
+    *,
+    publisher: Publisher | None = None,
+    ttl: Callable[[R], float | None] | None = None,
 ) -> R | None:
     """Compare-and-set: apply ``mutate`` to the current record until the write wins.
 
     ``mutate`` returns the new record, or None to leave the record as it is (then the current
-    one is returned). Returns None when the key does not exist.
+    one is returned). Returns None when the key does not exist. With a ``publisher`` the write
+    is a pipelined publish; ``ttl`` (which needs one) gives the new record's time to live in
+    seconds, or None for none (e.g. only once a run has finished).
     """
+    if ttl is not None and publisher is None:
+        raise ValueError("a TTL is written through a publisher")
     for _ in range(CAS_ATTEMPTS):
         current = await get(kv, key, kind)
         if current is None:
@@ -93,12 +113,21 @@ async def update(
         changed = mutate(record)
         if changed is None:
             return record
-        try:
-            await kv.update(key, encode(changed), last=revision)
-        except KeyWrongLastSequenceError:
-            log.debug("conflict on %s/%s, retrying", kv._name, key)
-            continue
-        return changed
+        if publisher is None:
+            try:
+                await kv.update(key, encode(changed), last=revision)
+            except KeyWrongLastSequenceError:
+                log.debug("conflict on %s/%s, retrying", kv._name, key)
+                continue
+            return changed
+        headers = _headers(revision, ttl(changed) if ttl is not None else None)
+        subject = names.kv_subject(kv._name, key)
+        ack = await publisher.publish(subject, encode(changed), headers, check=False)
+        if ack.error is None:
+            return changed
+        if ack.error.err_code != WRONG_LAST_SEQUENCE:
+            raise ack.error.exception()
+        log.debug("conflict on %s/%s, retrying", kv._name, key)
     raise RuntimeError(f"gave up updating {key} after {CAS_ATTEMPTS} conflicting writes")
 
 

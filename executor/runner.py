@@ -537,7 +537,10 @@ class RunJob:
             declined = new is None
             return new
 
-        written = await store.update(self.ctx.bus.runs, self.key, RunRecord, apply)
+        bus = self.ctx.bus
+        written = await store.update(
+            bus.runs, self.key, RunRecord, apply, publisher=bus.publisher, ttl=_retention(bus)
+        )
         if written is None or declined:
             return None
         self.record = written
@@ -553,6 +556,12 @@ class RunJob:
 
 
 _background: set[asyncio.Future[None]] = set()
+
+
+def _retention(bus: Bus) -> Callable[[RunRecord], float | None]:
+    """A finished run's record expires after the retention period; an active one never."""
+    retention_s = bus.settings.run_retention_s
+    return lambda run: retention_s if run.status in RUN_TERMINAL else None
 
 
 async def _none() -> None:
