@@ -127,13 +127,13 @@ async def connect(
     nc.options["max_reconnect_attempts"] = -1 if reconnect_forever else 60
     nc.options["reconnect_time_wait"] = 2
     js = nc.jetstream()
+    publisher = Publisher(nc)
     try:
         handles = await _provision_when_ready(js, settings)
+        await publisher.start()
     except Exception:
         await nc.close()
         raise
-    publisher = Publisher(nc)
-    await publisher.start()
     bus = Bus(settings=settings, nc=nc, js=js, publisher=publisher, **handles)
     bus_ref.append(bus)
     return bus

@@ -102,7 +102,7 @@ async def enqueue_fires(
     sends: list[tuple[str, bytes, dict[str, str]] | None] = []
     for index, ack in enumerate(creates):
         if isinstance(ack, PubAck) and ack.error is not None:
-            if ack.error.err_code == WRONG_LAST_SEQUENCE:
+            if ack.error.err_code in WRONG_LAST_SEQUENCE:
                 refused.append(index)
             else:
                 outcomes[index] = ack.error.exception()
@@ -112,12 +112,14 @@ async def enqueue_fires(
     for index, ack in enumerate(await _send_all(bus, outcomes, sends)):
         if isinstance(ack, PubAck):
             outcomes[index] = ack.error.exception() if ack.error else (records[index], True)
-    for index in refused:
-        task, at = fires[index]
-        try:
-            outcomes[index] = await enqueue_run(bus, task, instant=at)
-        except Exception as exc:
-            outcomes[index] = exc
+    again = await asyncio.gather(
+        *(enqueue_run(bus, fires[index][0], instant=fires[index][1]) for index in refused),
+        return_exceptions=True,
+    )
+    for index, outcome in zip(refused, again, strict=True):
+        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+            raise outcome
+        outcomes[index] = outcome
     return [outcome if outcome is not None else RuntimeError("not sent") for outcome in outcomes]
 
 
@@ -129,13 +131,18 @@ async def _send_all(
     """Send every message (None: skip), then await every answer; a failure is recorded in
     ``outcomes`` and its answer is None."""
     futures: dict[int, asyncio.Future[PubAck]] = {}
-    for index, message in enumerate(messages):
-        if message is None:
-            continue
-        try:
-            futures[index] = await bus.publisher.send(*message)
-        except Exception as exc:  # the connection is closed: no point sending the rest
-            outcomes[index] = exc
+    try:
+        for index, message in enumerate(messages):
+            if message is None:
+                continue
+            try:
+                futures[index] = await bus.publisher.send(*message)
+            except Exception as exc:  # this one is not sent (the connection is closed)
+                outcomes[index] = exc
+    except BaseException:  # cancelled while sending: nobody will await what was sent
+        for future in futures.values():
+            future.cancel()
+        raise
     answers: list[PubAck | None] = [None] * len(messages)
     results = await asyncio.gather(*futures.values(), return_exceptions=True)
     for index, result in zip(futures, results, strict=True):

@@ -22,7 +22,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 ACK_TIMEOUT_S = 5.0  # nats-py's JetStream default: a stream leader this slow is in trouble
-WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code when an expected-last-sequence check fails
+# JetStream's err_codes when an expected-last-sequence check fails: the sequence is not the
+# expected one (10071), or another such write to the subject is still being applied (10164,
+# two writers racing on a replicated stream); nats-py maps both to KeyWrongLastSequenceError.
+WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 _NO_RESPONDERS = "503"
 
 
@@ -89,6 +92,7 @@ class Publisher:
         """Publish without waiting: the future resolves to the acknowledgement (an error
         answer in ``PubAck.error``), or fails with ``nats.errors.TimeoutError``. Many sends
         then one ``gather`` keep a burst in one pipeline, without a task per message."""
+        assert self._prefix, "Publisher.start() first"
         token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[PubAck] = loop.create_future()

@@ -65,7 +65,7 @@ async def create(
         )
         if ack.error is None:
             return True
-        if ack.error.err_code != WRONG_LAST_SEQUENCE:
+        if ack.error.err_code not in WRONG_LAST_SEQUENCE:
             raise ack.error.exception()
     try:
         await kv.create(key, payload, msg_ttl=ttl_s)
@@ -125,7 +125,7 @@ async def update(
         ack = await publisher.publish(subject, encode(changed), headers, check=False)
         if ack.error is None:
             return changed
-        if ack.error.err_code != WRONG_LAST_SEQUENCE:
+        if ack.error.err_code not in WRONG_LAST_SEQUENCE:
             raise ack.error.exception()
         log.debug("conflict on %s/%s, retrying", kv._name, key)
     raise RuntimeError(f"gave up updating {key} after {CAS_ATTEMPTS} conflicting writes")

@@ -198,9 +198,16 @@ async def test_pipelined_publishes_are_acknowledged_each(bus: Bus) -> None:
 async def test_a_pipelined_publish_raises_what_js_publish_would(bus: Bus) -> None:
     with pytest.raises(nats.js.errors.NoStreamResponseError):
         await bus.publisher.publish("taskbus.no.stream.here", b"", {})
-    silent = Publisher(bus.nc, timeout_s=0.2)  # never started: no inbox, so no answer arrives
-    with pytest.raises(nats.errors.TimeoutError):
-        await silent.publish(names.runq_subject("timeout"), b"{}", {})
+    impatient = Publisher(bus.nc, timeout_s=0.2)
+    await impatient.start()
+    listener = await bus.nc.subscribe("taskbus.no.ack.here")  # a responder that never acks
+    try:
+        with pytest.raises(nats.errors.TimeoutError):
+            await impatient.publish("taskbus.no.ack.here", b"{}", {})
+        assert (await listener.next_msg(timeout=5)).data == b"{}"
+    finally:
+        await listener.unsubscribe()
+    assert not impatient._waiting  # nothing left behind by the timeout
 
 
 async def test_create_through_the_publisher_refuses_a_live_key_and_replaces_a_deleted_one(

@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from broker import catalog, dispatch, names, store
-from broker.connection import Bus
+from broker.connection import Bus, connect
 from broker.errors import InvalidSchedule, OrchestrationNotReady
 from broker.models import OrchestrationRecord, RunRecord, SchedulerMark, TaskRecord, utcnow
 from broker.server import EmbeddedServer
@@ -246,6 +246,36 @@ async def test_a_killed_and_restarted_scheduler_follows_each_missed_policy(
         assert run.status is RunStatus.KILLED and run.started_at is None
     mark = await store.get(bus.scheduler, names.SCHEDULER_WATERMARK, SchedulerMark)
     assert mark is not None and mark[0].last_instant >= t3
+
+
+async def test_fires_whose_requests_never_went_out_are_sent_after_a_restart(
+    bus: Bus, nats_url: str, start_daemon: Callable[..., Daemon]
+) -> None:
+    """With the run queue gone, fires create their pending records but cannot publish their
+    requests; the scheduler stopped then (its grace running out) must not move the watermark
+    past them, and once the queue is back the restarted one publishes every one of them:
+    no run stays pending for ever."""
+    orch = await orchestration(bus)
+    daemon = await start_scheduler(start_daemon, nats_url, "--shutdown-grace", "0.5")
+    await bus.js.delete_stream(names.RUNQ_STREAM)  # after the scheduler provisioned it
+    async with RunLog(bus) as log:
+        task = await scheduled(bus, orch, EVERY_SECOND)
+        await log.wait_for("two stranded fires", lambda: len(log.of(task.id)) >= 2, 10)
+        assert daemon.stop() == 0
+        stranded = log.of(task.id)
+        assert all(run.status is RunStatus.PENDING for run in stranded)
+        mark = await store.get(bus.scheduler, names.SCHEDULER_WATERMARK, SchedulerMark)
+        assert mark is None or mark[0].last_instant < min(r.instant for r in stranded if r.instant)
+
+        requests: list[str] = []
+        await (await connect(bus.settings)).close()  # provisions the run queue again
+        sub = await bus.js.subscribe(names.runq_subject(names.DEFAULT_POOL), durable="probe")
+        await start_scheduler(start_daemon, nats_url)
+        async with asyncio.timeout(20):
+            while not {r.run_id for r in stranded} <= set(requests):
+                msg = await sub.next_msg(timeout=20)
+                requests.append(msgspec.json.decode(msg.data)["run_id"])
+        await catalog.set_task_flags(bus, task.id, killed=True)
 
 
 # --- Pause, resume, kill, new tasks: within a second ----------------------------------------------

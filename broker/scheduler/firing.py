@@ -102,7 +102,8 @@ class Firing:
         failed: list[tuple[TaskRecord, datetime]] = []
         size = self.settings.max_concurrent_fires
         for start in range(0, len(fires), size):
-            chunk = fires[start : start + size]
+            # A task killed or deleted while earlier chunks were in flight fires no more.
+            chunk = [fire for fire in fires[start : start + size] if self._is_armed(fire[0].id)]
             outcomes = await dispatch.enqueue_fires(self.bus, chunk)
             for (task, instant), outcome in zip(chunk, outcomes, strict=True):
                 if isinstance(outcome, Exception):
@@ -156,7 +157,12 @@ class Firing:
     async def skip(self, task: TaskRecord, instant: datetime, reason: str) -> None:
         record = await dispatch.record_skipped_run(self.bus, task, instant, reason)
         if record is None:
-            return  # that instant already has a record (a peer's, or ours before a restart)
+            # That instant already has a record: a peer's, or ours from before a restart. If
+            # it is still pending, its request may never have gone out (stopped between the
+            # two steps): publish it, as a fire would (de-duplicated; an executor that took it
+            # already terminates the copy). Anything else is left as it is.
+            await dispatch.enqueue_run(self.bus, task, instant=instant)
+            return
         self.stats["overlap" if reason == policy.OVERLAP else "missed"] += 1
         log.info(
             "⊘ skip task=%s instant=%s run=%s reason=%s",

@@ -51,6 +51,12 @@ class SchedulerSettings:
         parser.add_argument("--on-time-s", type=float, default=cls.on_time_s)
         parser.add_argument("--max-concurrent-fires", type=int, default=cls.max_concurrent_fires)
         parser.add_argument("--missed-records-cap", type=int, default=cls.missed_records_cap)
+        parser.add_argument(
+            "--shutdown-grace",
+            type=float,
+            default=cls.shutdown_grace_s,
+            help="seconds fires in flight may take after SIGTERM (default %(default)s)",
+        )
         parser.add_argument("--log-level", default=cls.log_level, help="DEBUG, INFO, WARNING")
         args = parser.parse_args(argv)
         level = args.log_level.upper()
@@ -69,5 +75,6 @@ class SchedulerSettings:
             on_time_s=args.on_time_s,
             max_concurrent_fires=max(1, args.max_concurrent_fires),
             missed_records_cap=max(1, args.missed_records_cap),
+            shutdown_grace_s=max(0.0, args.shutdown_grace),
             log_level=level,
         )
