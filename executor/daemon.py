@@ -1,7 +1,7 @@
 """The executor daemon: takes runs and packaging jobs from the bus and reports on itself.
 
 ``run(settings)`` connects (reconnecting for ever), then, in one task group:
-- a heartbeat ``ExecutorRecord`` in the executors bucket (bucket-wide TTL) every interval;
+- a heartbeat ``ExecutorRecord`` in the executors bucket every interval (``executor.heartbeat``);
 - the run-queue intake: one ``fetch(1)`` long-poll at a time while a slot is free (a
   ``fetch(n>1)`` holds its first message until the batch fills or the poll expires; a
   ``fetch(1)`` returns the moment one arrives), each run in its own task;
@@ -10,11 +10,7 @@
   a message there), re-checked after a reconnect (in a task of its own, never inside the
   client's reconnect callback);
 - fencing: when no heartbeat put has been confirmed by the server for half the ack wait, the
-  executor kills its own runs (with a short grace), so they are gone well before the queue
-  could redeliver them elsewhere (at the earliest an ack wait after the last ``in_progress``).
-  This does not trust ``is_connected``: a silently dropped connection keeps it true for as
-  long as pings take to notice. Heartbeats are put at least six times per ack wait, each
-  bounded by a timeout, so a dead connection never stalls the loop.
+  executor kills its own runs (``executor.heartbeat`` says why and how).
 
 SIGINT/SIGTERM: stop taking work, let running runs finish for ``shutdown_grace_s``, then kill
 them (recorded as ``killed``, reason "executor shut down"); a second signal kills at once.
@@ -26,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -42,21 +37,15 @@ from nats.js import api as js_api
 
 from broker import names, store
 from broker.connection import Bus, connect
-from broker.models import (
-    ExecutorRecord,
-    PackageRequest,
-    RunControl,
-    RunRequest,
-    TaskRecord,
-    decode,
-    utcnow,
-)
+from broker.models import PackageRequest, RunControl, RunRequest, TaskRecord, decode
 from executor.artifacts import Artifacts
+from executor.context import Context
 from executor.control import keep_alive, kill_reason, quietly
 from executor.environments import Environment, Environments
+from executor.heartbeat import Heartbeat
 from executor.packaging import package
 from executor.process import Launcher, Spawner
-from executor.runner import Context, RunJob
+from executor.runner import RunJob
 from executor.settings import ExecutorSettings
 from executor.zygotes import ZygotePool, base_environment
 
@@ -113,6 +102,7 @@ class Executor:
             base_env=base_env,
         )
         self.jobs: dict[str, RunJob] = {}
+        self.heartbeat = Heartbeat(settings, bus, self.jobs)
         self.packaged = 0
         self._stop = anyio.Event()
         self._stop_reason = ""
@@ -121,12 +111,9 @@ class Executor:
         self._waiting_scopes: set[anyio.CancelScope] = set()
         self._active = 0
         self._idle = anyio.Event()  # set when the last piece of work ends
-        self._confirmed_at = time.monotonic()  # the last heartbeat the server stored
-        self._fenced = False
         self._services: anyio.abc.TaskGroup | None = None
         self._zygotes = ZygotePool(base_env)
         self._spawner = Spawner()
-        self._started_at = utcnow()
         self._work: anyio.abc.TaskGroup | None = None
         self._packaging = anyio.CancelScope()
 
@@ -181,7 +168,7 @@ class Executor:
         bus.on_reconnect.append(self._reconnected)
         if settings.zygote:
             await self._zygotes.warm(sys.executable)
-        await self._beat()
+        await self.heartbeat.beat()
         log.info(
             "executor %s ready: pool %r, %d slots, work dir %s, %s",
             settings.id, settings.pool, settings.slots, settings.work_dir,
@@ -190,8 +177,8 @@ class Executor:
         try:
             async with anyio.create_task_group() as services:
                 self._services = services
-                services.start_soon(self._heartbeat_loop)
-                services.start_soon(self._fence_loop)
+                services.start_soon(self.heartbeat.beat_loop)
+                services.start_soon(self.heartbeat.fence_loop)
                 async with anyio.create_task_group() as work:
                     self._work = work
                     work.start_soon(self._intake, runq, self._slots, self._take_run)
@@ -289,7 +276,7 @@ class Executor:
         key = names.run_key(request.task_id, request.run_id)
         existing = self.jobs.get(key)
         if existing is not None:
-            existing.msg = msg  # redelivered while it runs here: answer the newest delivery
+            existing.claim.msg = msg  # redelivered while it runs here: answer the newest delivery
             return
         job = self.jobs[key] = RunJob(self.ctx, msg, request)
         try:
@@ -323,65 +310,7 @@ class Executor:
                 return
         await quietly(msg.nak())  # shut down mid-way: another executor takes it over
 
-    # --- heartbeat, kills, fencing -----------------------------------------------------------
-    @property
-    def _beat_interval_s(self) -> float:
-        return min(self.settings.heartbeat_interval_s, self.settings.ack_wait_s / 6)
-
-    async def _beat(self) -> None:
-        """Put the heartbeat; once the server confirmed it, note the time it was sent."""
-        settings = self.settings
-        record = ExecutorRecord(
-            id=settings.id,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            pool=settings.pool,
-            slots=settings.slots,
-            running=sorted(self.jobs),
-            started_at=self._started_at,
-            heartbeat_at=utcnow(),
-        )
-        sent = time.monotonic()
-        with anyio.fail_after(max(0.5, self._beat_interval_s)):
-            await store.put(self.bus.executors, settings.id, record)
-        self._confirmed_at = sent
-        if self._fenced:
-            self._fenced = False
-            log.info("heartbeats confirmed again after the fence")
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await anyio.sleep(self._beat_interval_s)
-            try:
-                await self._beat()
-            except (nats.errors.Error, TimeoutError) as exc:
-                log.warning("heartbeat failed: %s", exc or type(exc).__name__)
-
-    async def _fence_loop(self) -> None:
-        """Kill our runs once the server has confirmed no heartbeat for half the ack wait (a
-        run claimed since then counts from its claim, itself a confirmed write)."""
-        ack_wait = self.settings.ack_wait_s
-        limit = ack_wait / 2
-        while True:
-            await anyio.sleep(min(0.25, ack_wait / 8))
-            now = time.monotonic()
-            doomed = [
-                job for job in self.jobs.values()
-                if job.kill_reason is None and job.claimed_at is not None  # not yet ours: no
-                and now - max(self._confirmed_at, job.claimed_at) > limit
-            ]  # fmt: skip
-            if not doomed:
-                continue
-            self._fenced = True
-            log.warning("no heartbeat confirmed by NATS for %.1f s: killing %d runs (fencing)",
-                        now - self._confirmed_at, len(doomed))  # fmt: skip
-            for job in doomed:
-                job.request_kill(
-                    f"fenced: no contact with NATS for over {limit:g} s, so the run may be "
-                    f"retried elsewhere",
-                    grace_s=min(self.settings.kill_grace_s, ack_wait / 10),
-                )
-
+    # --- kills -------------------------------------------------------------------------------
     async def _on_task(self, msg: Msg) -> None:
         task_id = msg.subject.rsplit(".", 1)[-1]
         jobs = [job for job in self.jobs.values() if job.task_id == task_id]

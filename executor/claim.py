@@ -1,0 +1,269 @@
+"""This executor's claim on one run: taking its RunRequest, and every write fenced on it after.
+
+Taking: the run record decides. Terminal → a duplicate delivery, ack. Killed task or a kill
+request → ``killed``. Orchestration still packaging → nak with a delay; packaging failed →
+``failure`` with its error. ``running`` under another executor → that executor was lost (its
+ack wait passed without ``in_progress``): the attempt is recorded and retried if the request
+allows, else ``failure``/"executor lost". Otherwise compare-and-set to ``running`` with this
+executor's id and the attempt: every later write is fenced on that (status, executor, attempt),
+so a run taken over elsewhere is never overwritten by a stale executor.
+
+Running what was taken is ``executor.runner``'s part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+
+from broker import names, store
+from broker.connection import Bus
+from broker.models import (
+    ExecutorRecord,
+    LogBatch,
+    OrchestrationRecord,
+    RunControl,
+    RunRecord,
+    RunRequest,
+    TaskRecord,
+    decode,
+    utcnow,
+)
+from broker.status import RUN_TERMINAL, OrchestrationStatus, RunStatus
+from executor.context import Context
+from executor.control import kill_reason
+from executor.logstream import LogStream
+
+log = logging.getLogger(__name__)
+
+
+class Claim:
+    """One RunRequest's hold on its run record: the delivery to ack or nak, the record as last
+    written, and the (status, executor, attempt) every write after the claim is fenced on."""
+
+    def __init__(self, ctx: Context, msg: Msg, request: RunRequest) -> None:
+        self.ctx = ctx
+        self.msg = msg  # the latest delivery: in_progress and the final ack go to it
+        self.request = request
+        self.key = names.run_key(request.task_id, request.run_id)
+        self.record: RunRecord | None = None
+        self.attempt = 0
+        self.claimed_at: float | None = None  # monotonic; the claim was a confirmed write
+        self.lost = False  # found taken over elsewhere: publish and record nothing more
+        self.first_seq = 1
+        self.note = ""
+        self.orchestration: OrchestrationRecord | None = None
+
+    def ours(self, record: RunRecord) -> bool:
+        return (
+            record.status is RunStatus.RUNNING
+            and record.executor == self.ctx.settings.id
+            and record.attempt == self.attempt
+        )
+
+    # --- taking ------------------------------------------------------------------------------
+    async def take(self, requested_kill: Callable[[], str | None]) -> bool:
+        """True once the run is claimed here; else the request is settled (ack, nak or term).
+        ``requested_kill``: the kill asked of the run so far, read once its records are in."""
+        ctx, request = self.ctx, self.request
+        bus = ctx.bus
+        orchestration = ctx.ready_orchestrations.get(request.orchestration_id)
+        run_found, task_found, control_found, orch_found = await asyncio.gather(
+            store.get(bus.runs, self.key, RunRecord),
+            store.get(bus.tasks, request.task_id, TaskRecord),
+            store.get(bus.control, self.key, RunControl),
+            _none() if orchestration else store.get(
+                bus.orchestrations, request.orchestration_id, OrchestrationRecord
+            ),
+        )  # fmt: skip
+        if run_found is None:
+            log.warning("⊘ %s has no run record; dropping its request", self.key)
+            await self.settle(self.msg.term)
+            return False
+        run = self.record = run_found[0]
+        if run.status in RUN_TERMINAL:
+            log.info("  %s already %s; duplicate delivery acked", self.key, run.status)
+            await self.settle(self.msg.ack)
+            return False
+        if orchestration is None and orch_found is not None:
+            orchestration = orch_found[0]
+            if orchestration.status is OrchestrationStatus.READY:
+                ctx.ready_orchestrations[orchestration.id] = orchestration
+        self.orchestration = orchestration
+        task = task_found[0] if task_found else None
+        kill = (
+            "the task was deleted"
+            if task is None
+            else kill_reason(task, control_found[0] if control_found else None)
+        ) or requested_kill()
+        if run.status is RunStatus.RUNNING and not await self._previous_lost(run):
+            return False
+        if kill:
+            return await self._end_untaken(RunStatus.KILLED, f"{kill} before the run started")
+        if orchestration is None:
+            return await self._end_untaken(
+                RunStatus.FAILURE, f"orchestration {request.orchestration_id} no longer exists"
+            )
+        if orchestration.status in (
+            OrchestrationStatus.PENDING_PACKAGING,
+            OrchestrationStatus.PACKAGING,
+        ):
+            delay = min(0.05 * 2 ** (self.msg.metadata.num_delivered - 1), 5.0)
+            log.debug("%s waits for packaging of %s (%.2fs)", self.key, orchestration.id, delay)
+            await self.settle(lambda: self.msg.nak(delay=delay))
+            return False
+        if orchestration.status is OrchestrationStatus.ERROR:
+            return await self._end_untaken(
+                RunStatus.FAILURE,
+                f"orchestration {orchestration.name!r} failed packaging: {orchestration.error}",
+            )
+        return await self._claim(run)
+
+    async def _previous_lost(self, run: RunRecord) -> bool:
+        """A redelivered run another executor had: False (nak) if that one is still alive."""
+        bus = self.ctx.bus
+        owner = (
+            await store.get(bus.executors, run.executor, ExecutorRecord) if run.executor else None
+        )
+        if owner is not None and self.key in owner[0].running:
+            log.info("  %s still runs on live executor %s; later", self.key, run.executor)
+            await self.settle(lambda: self.msg.nak(delay=self.ctx.settings.ack_wait_s / 2))
+            return False
+        self.first_seq = await _last_log_seq(bus, self.request.task_id, self.request.run_id) + 1
+        self.note = (
+            f"attempt {run.attempt} was lost with executor {run.executor or '?'} "
+            f"(no heartbeat, no ack); "
+        )
+        return True
+
+    async def _claim(self, run: RunRecord) -> bool:
+        settings = self.ctx.settings
+        attempt = run.attempt
+        if run.status is RunStatus.RUNNING:
+            if run.attempt >= 1 + self.request.retries:
+                self.note += "no retries left"
+                log.info("↯ %s attempt %d lost with %s", self.key, run.attempt, run.executor)
+                return await self._end_untaken(RunStatus.FAILURE, "executor lost")
+            attempt = run.attempt + 1
+            self.note += f"retrying as attempt {attempt} of {1 + self.request.retries}"
+            log.info("↻ %s attempt %d lost with %s; retrying", self.key, run.attempt, run.executor)
+        expected = (run.status, run.attempt)
+        now = utcnow()
+
+        def mutate(record: RunRecord) -> RunRecord | None:
+            if (record.status, record.attempt) != expected:
+                return None
+            return msgspec.structs.replace(
+                record, status=RunStatus.RUNNING, attempt=attempt, executor=settings.id, pid=0,
+                exit_code=None, reason="", started_at=now, finished_at=None, updated_at=now,
+            )  # fmt: skip
+
+        if await self.write(mutate) is None:
+            log.info("  %s was taken by another executor first", self.key)
+            await self.settle(lambda: self.msg.nak(delay=settings.ack_wait_s))
+            return False
+        self.attempt = attempt
+        self.claimed_at = time.monotonic()
+        return True
+
+    async def _end_untaken(self, status: RunStatus, reason: str) -> bool:
+        """End a run that will not start here (killed first, failed packaging, lost)."""
+        assert self.record is not None
+        expected = (self.record.status, self.record.attempt)
+        now = utcnow()
+        logs = self.log_stream()
+        if self.note:
+            logs.taskbus(self.note)
+        logs.taskbus(f"{status}: {reason}")
+        await logs.close()
+
+        def mutate(record: RunRecord) -> RunRecord | None:
+            if (record.status, record.attempt) != expected:
+                return None
+            return msgspec.structs.replace(
+                record, status=status, reason=reason, finished_at=now, updated_at=now
+            )
+
+        if await self.write(mutate) is not None:
+            log.info("⊘ %s %s: %s", self.key, status, reason)
+            self.ctx.stats[str(status)] += 1
+        await self.settle(self.msg.ack)
+        return False
+
+    # --- the run's log and records -----------------------------------------------------------
+    def log_stream(self) -> LogStream:
+        settings = self.ctx.settings
+        assert self.record is not None
+        # De-duplication ids name the writer: a stale executor's retries never collide with
+        # its replacement's batches, which continue the same sequence numbers.
+        writer = f"{settings.id}#{self.attempt or self.record.attempt}"
+        stream = LogStream(
+            self.ctx.bus, self.request.task_id, self.request.run_id,
+            first_seq=self.first_seq, max_bytes=settings.max_log_bytes,
+            linger_s=settings.log_linger_s, batch_lines=settings.log_batch_lines,
+            writer=writer, owned=lambda: not self.lost,
+        )  # fmt: skip
+        stream.start()
+        return stream
+
+    async def write(self, mutate: Callable[[RunRecord], RunRecord | None]) -> RunRecord | None:
+        """Compare-and-set (``store.update``); None when ``mutate`` declines (the record is no
+        longer what this executor expects) or the record is gone."""
+        declined = False
+
+        def apply(record: RunRecord) -> RunRecord | None:
+            nonlocal declined
+            new = mutate(record)
+            declined = new is None
+            return new
+
+        bus = self.ctx.bus
+        written = await store.update(
+            bus.runs, self.key, RunRecord, apply, publisher=bus.publisher, ttl=_retention(bus)
+        )
+        if written is None or declined:
+            return None
+        self.record = written
+        return written
+
+    async def settle(self, action: Callable[[], object]) -> None:
+        try:
+            result = action()
+            if asyncio.iscoroutine(result):
+                await result
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("could not ack/nak %s: %s", self.key, exc)
+
+
+def _retention(bus: Bus) -> Callable[[RunRecord], float | None]:
+    """A finished run's record expires after the retention period; an active one never."""
+    retention_s = bus.settings.run_retention_s
+    return lambda run: retention_s if run.status in RUN_TERMINAL else None
+
+
+async def _none() -> None:
+    return None
+
+
+async def _last_log_seq(bus: Bus, task_id: str, run_id: str) -> int:
+    """The sequence of the last stored line of a run (0: none), to continue its log."""
+    try:
+        msg = await bus.js.get_last_msg(
+            names.LOGS_STREAM, names.logs_subject(task_id, run_id), direct=True
+        )
+    except NotFoundError:
+        return 0
+    except (nats.errors.Error, TimeoutError) as exc:
+        log.warning("could not read the log of %s.%s: %s", task_id, run_id, exc)
+        return 0
+    if not msg.data:
+        return 0
+    lines = decode(LogBatch, msg.data).lines
+    return lines[-1].seq if lines else 0
