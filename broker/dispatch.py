@@ -23,7 +23,7 @@ from broker.models import (
     encode,
     utcnow,
 )
-from broker.publisher import WRONG_LAST_SEQUENCE, PubAck
+from broker.publisher import PubAck
 from broker.status import RunStatus
 
 # Run ids for scheduled fires are uuid5(task id, instant): two schedulers agree on them.
@@ -90,11 +90,7 @@ async def enqueue_fires(
         bus,
         outcomes,
         [
-            (
-                names.kv_subject(names.RUNS, names.run_key(record.task_id, record.run_id)),
-                encode(record),
-                {names.EXPECTED_LAST_SUBJECT_SEQ: "0"},
-            )
+            store.create_message(names.RUNS, names.run_key(record.task_id, record.run_id), record)
             for record in records
         ],
     )
@@ -102,7 +98,7 @@ async def enqueue_fires(
     sends: list[tuple[str, bytes, dict[str, str]] | None] = []
     for index, ack in enumerate(creates):
         if isinstance(ack, PubAck) and ack.error is not None:
-            if ack.error.err_code in WRONG_LAST_SEQUENCE:
+            if ack.error.wrong_last_sequence:
                 refused.append(index)
             else:
                 outcomes[index] = ack.error.exception()

@@ -35,6 +35,11 @@ class ApiError(msgspec.Struct):
     err_code: int = 0
     description: str = ""
 
+    @property
+    def wrong_last_sequence(self) -> bool:
+        """A compare-and-set refused: the subject is not at the expected sequence."""
+        return self.err_code in WRONG_LAST_SEQUENCE
+
     def exception(self) -> nats.js.errors.APIError:
         """nats-py's exception for this error (the class ``js.publish`` would raise)."""
         try:

@@ -19,7 +19,7 @@ from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from broker import names
 from broker.models import Record, decode, encode
-from broker.publisher import WRONG_LAST_SEQUENCE, Publisher
+from broker.publisher import Publisher
 
 if TYPE_CHECKING:
     from broker.connection import Bus
@@ -58,20 +58,25 @@ async def create(
     request; a refused one goes on through nats-py's ``create``, which tells a live key from a
     deleted one (a tombstone, which a create may replace). ``ttl_s``: the record expires then.
     """
-    payload = encode(record)
+    subject, payload, headers = create_message(kv._name, key, record, ttl_s)
     if publisher is not None:
-        ack = await publisher.publish(
-            names.kv_subject(kv._name, key), payload, _headers(0, ttl_s), check=False
-        )
+        ack = await publisher.publish(subject, payload, headers, check=False)
         if ack.error is None:
             return True
-        if ack.error.err_code not in WRONG_LAST_SEQUENCE:
+        if not ack.error.wrong_last_sequence:
             raise ack.error.exception()
     try:
         await kv.create(key, payload, msg_ttl=ttl_s)
     except KeyWrongLastSequenceError:
         return False
     return True
+
+
+def create_message(
+    bucket: str, key: str, record: Record, ttl_s: float | None = None
+) -> tuple[str, bytes, dict[str, str]]:
+    """What a ``create()`` publishes (subject, payload, headers), for a pipelined sender."""
+    return names.kv_subject(bucket, key), encode(record), _headers(0, ttl_s)
 
 
 def _headers(last: int, ttl_s: float | None) -> dict[str, str]:
@@ -125,7 +130,7 @@ async def update(
         ack = await publisher.publish(subject, encode(changed), headers, check=False)
         if ack.error is None:
             return changed
-        if ack.error.err_code not in WRONG_LAST_SEQUENCE:
+        if not ack.error.wrong_last_sequence:
             raise ack.error.exception()
         log.debug("conflict on %s/%s, retrying", kv._name, key)
     raise RuntimeError(f"gave up updating {key} after {CAS_ATTEMPTS} conflicting writes")
