@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import nats.errors
 import pytest
 
 import sdk
-from broker import store
+from broker import catalog, names, store
 from broker.connection import Bus, connect
 from broker.models import RunRecord
 from broker.server import EmbeddedServer
 from broker.settings import ConnectSettings
 from tests.helpers import Daemon, make_zip, start_cluster, wait_for_executors
+from tests.test_scheduler import EVERY_SECOND, RunLog, scheduled, second, start_scheduler
 
 HELLO = make_zip({"main.py": "import sdk\nprint('args', sdk.task_args())\n"})
 
@@ -76,5 +78,40 @@ async def test_runs_survive_a_node_dying(
             await wait_until_answering(bus)
             await wait_until_answering(await wl._connected())  # the SDK's own connection too
             assert await run_batch(4) == ["success"] * 4
+    finally:
+        await bus.close()
+
+
+@pytest.mark.timeout(240)
+async def test_two_schedulers_on_different_nodes_fire_each_instant_once(
+    cluster: list[EmbeddedServer], start_daemon: Callable[..., Daemon]
+) -> None:
+    """compose.yaml's HA shape: both schedulers fire every instant of 20 seconds-level tasks
+    (each tick a small burst through the pipelined path), racing for each run record's
+    create() on an R3 bucket from different nodes; the bus keeps exactly one run per instant
+    and one request per run."""
+    urls = ",".join(server.url for server in cluster)
+    bus = await connect(ConnectSettings.from_env(urls, replicas=3))
+    try:
+        for index in (1, 2):
+            await start_scheduler(start_daemon, cluster[index].url)
+        orch = await catalog.upload_orchestration(bus, HELLO, name="hello", file_name="h.zip")
+        async with RunLog(bus) as log:
+            tasks = [await scheduled(bus, orch, EVERY_SECOND) for _ in range(20)]
+
+            def fired(count: int) -> bool:
+                return all(len(log.of(task.id)) >= count for task in tasks)
+
+            await log.wait_for("6 instants of every task", lambda: fired(6), 60)
+            for task in tasks:
+                await catalog.set_task_flags(bus, task.id, killed=True)
+        total = 0
+        for task in tasks:
+            instants = [run.instant for run in log.of(task.id)]
+            assert None not in instants and len(set(instants)) == len(instants), task.id
+            first = second(task.created_at) + timedelta(seconds=1)
+            assert instants == [first + timedelta(seconds=n) for n in range(len(instants))]
+            total += len(instants)
+        assert (await bus.js.stream_info(names.RUNQ_STREAM)).state.messages == total
     finally:
         await bus.close()
