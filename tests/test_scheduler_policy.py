@@ -153,3 +153,14 @@ def test_timetable_orders_rearms_and_disarms() -> None:
     for n in range(1000):  # churn: stale entries are compacted away
         table.arm("x", T0 + seconds(n))
     assert len(table._heap) < 200
+
+
+def test_a_quickly_ended_continuous_run_is_restarted_a_minimum_interval_after_its_start() -> None:
+    quick = run(1, RunStatus.SUCCESS, ran_s=0.05)
+    assert policy.continuous_ready_at([quick], 0.0, 1.0) == T0 + seconds(11)  # started + 1 s
+    slow = run(1, RunStatus.SUCCESS, ran_s=5)
+    assert policy.continuous_ready_at([slow], 0.0, 1.0) == T0 + seconds(15)  # at its end
+    failed = run(1, RunStatus.FAILURE, ran_s=0.05)
+    assert policy.continuous_ready_at([failed], 4.0, 1.0) == T0 + seconds(14.05)  # back-off
+    never_started = RunRecord(task_id="t", run_id="r", status=RunStatus.KILLED, created_at=T0)
+    assert policy.continuous_ready_at([never_started], 0.0, 1.0) == T0 + seconds(1)

@@ -89,11 +89,14 @@ async def test_continuous_task_backs_off_on_failures_resets_and_stops_on_kill(
     failure, success = RunStatus.FAILURE, RunStatus.SUCCESS
     assert statuses == [failure, failure, failure, success, failure]
     gaps = []
-    for previous, current in itertools.pairwise(history[:6]):
-        assert previous.finished_at is not None
-        gaps.append((current.created_at - previous.finished_at).total_seconds())
-    # 1 s, 2 s, 4 s after 1, 2, 3 consecutive failures; at once after a success; 1 s again.
-    for gap, expected in zip(gaps, [1, 2, 4, 0, 1], strict=True):
+    for index, (previous, current) in enumerate(itertools.pairwise(history[:6])):
+        # After the success (run 4): no back-off, but 1 s after its start at the soonest (the
+        # minimum interval); otherwise the back-off counts from the run's end.
+        since = previous.started_at if index == 3 else previous.finished_at
+        assert since is not None
+        gaps.append((current.created_at - since).total_seconds())
+    # 1 s, 2 s, 4 s after 1, 2, 3 consecutive failures; 1 s after a success's start; 1 s again.
+    for gap, expected in zip(gaps, [1, 2, 4, 1, 1], strict=True):
         assert expected - 0.05 <= gap <= expected + 1.0, gaps
     assert await catalog.status_of(bus, await catalog.get_task(bus, task.id)) == "killed"
 

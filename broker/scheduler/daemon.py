@@ -363,8 +363,13 @@ class Scheduler:
             return
         when = utcnow()
         if runs:
-            when = policy.ended_at(runs[0]) + timedelta(seconds=self._delay_s(runs))
+            when = self._ready_at(runs)
         self._arm(task_id, when)
+
+    def _ready_at(self, runs: list[RunRecord]) -> datetime:
+        """When the next run of a continuous task whose runs (newest first) are these may
+        start; the newest has ended."""
+        return policy.continuous_ready_at(runs, self._delay_s(runs), self.settings.min_interval_s)
 
     def _delay_s(self, runs: list[RunRecord]) -> float:
         return policy.continuous_delay_s(
@@ -380,7 +385,7 @@ class Scheduler:
         if previous is not None:
             if previous.status in RUN_ACTIVE:
                 return
-            ready_at = policy.ended_at(previous) + timedelta(seconds=self._delay_s(runs))
+            ready_at = self._ready_at(runs)
             if ready_at > now:
                 self._arm(task.id, ready_at)
                 return

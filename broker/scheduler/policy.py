@@ -14,8 +14,9 @@ of them, and one record summarising any older ones.
 
 Continuous tasks start a new run when the previous one ends, after a back-off that doubles with
 each consecutive failure (``backoff_min_s`` → ``backoff_max_s``); a successful run, or one that
-ran at least ``healthy_run_s``, resets it. The next run's id is derived from the previous run's
-id, so two schedulers create it once.
+ran at least ``healthy_run_s``, resets it. Successive runs start at least ``min_interval_s``
+apart, so a task that exits at once does not run in a hot loop. The next run's id is derived
+from the previous run's id, so two schedulers create it once.
 """
 
 from __future__ import annotations
@@ -107,6 +108,18 @@ def continuous_delay_s(
     if failures == 0:
         return 0.0
     return float(min(backoff_min_s * 2 ** (failures - 1), backoff_max_s))
+
+
+def continuous_ready_at(
+    newest_first: Sequence[RunRecord], delay_s: float, min_interval_s: float
+) -> datetime:
+    """When a continuous task's next run may start, after its newest (ended) run: the back-off
+    after that run's end, and never sooner than ``min_interval_s`` after that run started (a
+    task that exits at once is restarted at most that often, not in a hot loop)."""
+    newest = newest_first[0]
+    after_end = ended_at(newest) + timedelta(seconds=delay_s)
+    started = newest.started_at or newest.created_at
+    return max(after_end, started + timedelta(seconds=min_interval_s))
 
 
 def run_seconds(run: RunRecord) -> float:

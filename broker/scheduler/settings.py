@@ -33,6 +33,9 @@ class SchedulerSettings:
     backoff_min_s: float = 1.0
     backoff_max_s: float = 300.0
     healthy_run_s: float = 60.0
+    # ... and successive runs start at least this far apart, so a task that exits at once
+    # (success or not) is not restarted in a hot loop of tens of runs a second.
+    min_interval_s: float = 1.0
     # SIGINT/SIGTERM: fires in flight get this long to finish before the process exits.
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
