@@ -22,7 +22,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     # The terminal belongs to the UI: library logs would tear it, so only errors, to stderr.
     logging.basicConfig(level=logging.ERROR if not args.web else logging.INFO)
-    settings = ConnectSettings.from_env(url=args.url)
+    try:
+        settings = ConnectSettings.from_env(url=args.url)
+    except ValueError as exc:  # a bad TASKBUS_* variable: a usage error, not a traceback
+        parser.error(str(exc))
     run_console(settings, web=args.web, host=args.host, port=args.port)
 
 

@@ -71,7 +71,15 @@ class ExecutorSettings:
 
     @classmethod
     def from_cli(cls, argv: Sequence[str] | None = None) -> ExecutorSettings:
-        args = parser().parse_args(argv)
+        cli = parser()
+        args = cli.parse_args(argv)
+        try:
+            return cls._from_args(args)
+        except ValueError as exc:  # a bad TASKBUS_* variable: a usage error, not a traceback
+            cli.error(str(exc))
+
+    @classmethod
+    def _from_args(cls, args: argparse.Namespace) -> ExecutorSettings:
         return cls.from_env(
             url=args.url,
             slots=args.slots,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +22,7 @@ from broker.connection import Bus
 from broker.models import RunRecord, TaskRecord, utcnow
 from broker.settings import ConnectSettings
 from broker.status import RunStatus, TaskKind
-from tests.helpers import Daemon, wait_for_executors
+from tests.helpers import Daemon, daemon_env, wait_for_executors
 from tests.test_executor import run_once, start_executor, upload, wait_run
 
 RETENTION_S = 2.0
@@ -83,3 +85,16 @@ async def test_a_skipped_fire_record_expires_too(bus: Bus) -> None:
     assert skipped is not None and skipped.status is RunStatus.KILLED
 
     await wait_expired(bus, names.run_key(task.id, skipped.run_id))
+
+
+@pytest.mark.parametrize("module", ["executor", "broker.scheduler", "sdk.cli"])
+def test_a_bad_retention_variable_is_a_usage_error_everywhere(module: str) -> None:
+    env = {**daemon_env(), names.ENV_RUN_RETENTION_DAYS: "a month"}
+    argv = ["tasks"] if module == "sdk.cli" else []
+    done = subprocess.run(
+        [sys.executable, "-m", module, *argv, "--url", "nats://127.0.0.1:1"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "TASKBUS_RUN_RETENTION_DAYS='a month' is not a number of days" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -65,14 +65,17 @@ class SchedulerSettings:
         level = args.log_level.upper()
         if not isinstance(logging.getLevelName(level), int):
             parser.error(f"unknown --log-level {args.log_level!r}: use DEBUG, INFO or WARNING")
-        connect = ConnectSettings.from_env(
-            args.url,
-            user=args.user,
-            password=args.password,
-            token=args.token,
-            creds_file=args.creds,
-            name="taskbus-scheduler",
-        )
+        try:
+            connect = ConnectSettings.from_env(
+                args.url,
+                user=args.user,
+                password=args.password,
+                token=args.token,
+                creds_file=args.creds,
+                name="taskbus-scheduler",
+            )
+        except ValueError as exc:  # a bad TASKBUS_* variable: a usage error, not a traceback
+            parser.error(str(exc))
         return cls(
             connect=connect,
             on_time_s=args.on_time_s,
