@@ -100,6 +100,9 @@ RUNQ_DUPLICATE_WINDOW_S = 120.0
 # every console start, grows with every fire for ever. Four times the logs' age: a record is
 # small, and history outlives the log lines.
 RUN_RETENTION_S = 30 * 24 * 3600.0
+# When a record expires the server leaves a delete marker, itself kept this long: live watchers
+# (console, scheduler) see the expiry as a deletion; a watch started later never sees the run.
+RUNS_EXPIRY_MARKER_S = 3600.0
 # Logs are kept a week or up to 1 GiB, whichever is hit first (limits retention).
 LOGS_MAX_AGE_S = 7 * 24 * 3600.0
 LOGS_MAX_BYTES = 1 << 30

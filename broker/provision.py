@@ -37,6 +37,7 @@ async def _ensure_stream(js: JetStreamContext, config: js_api.StreamConfig) -> N
         "max_msgs_per_subject": config.max_msgs_per_subject,
         "duplicate_window": config.duplicate_window or None,
         "allow_msg_ttl": config.allow_msg_ttl,  # can be switched on, never off
+        "subject_delete_marker_ttl": config.subject_delete_marker_ttl,
     }
     wanted = current.evolve(
         **{key: value for key, value in limits.items() if value is not None},
@@ -62,6 +63,7 @@ async def _ensure_kv(js: JetStreamContext, config: js_api.KeyValueConfig) -> Any
             max_msgs_per_subject=config.history,
             num_replicas=config.replicas,
             allow_msg_ttl=True,  # as nats-py creates a bucket; stores made before may lack it
+            subject_delete_marker_ttl=config.limit_marker_ttl,
         ),
     )
     return await js.key_value(config.bucket)
@@ -113,7 +115,7 @@ async def provision(js: JetStreamContext, *, replicas: int = 1) -> dict[str, Any
     buckets = {
         "orchestrations": _kv(names.ORCHESTRATIONS, replicas),
         "tasks": _kv(names.TASKS, replicas),
-        "runs": _kv(names.RUNS, replicas),
+        "runs": _kv(names.RUNS, replicas, limit_marker_ttl=names.RUNS_EXPIRY_MARKER_S),
         "executors": _kv(names.EXECUTORS, replicas, ttl=names.EXECUTOR_TTL_S),
         "scheduler": _kv(names.SCHEDULER, replicas),
         "control": _kv(names.CONTROL, replicas, ttl=3600.0),

@@ -29,10 +29,13 @@ RETENTION_S = 2.0
 
 
 async def wait_expired(bus: Bus, key: str, timeout_s: float = 15.0) -> None:
-    """Poll the record (an expiry by TTL sends no watch event) until it is gone."""
+    """Wait for the record's expiry, as a live watcher (the console) sees it: the server's
+    delete marker arrives as a deletion."""
     async with asyncio.timeout(timeout_s):
-        while await store.get(bus.runs, key, RunRecord) is not None:  # noqa: ASYNC110
-            await asyncio.sleep(0.2)
+        async for changed, record in store.watch(bus.runs, RunRecord, key):
+            if changed == key and record is None:
+                break
+    assert await store.get(bus.runs, key, RunRecord) is None
 
 
 def task_record(task_id: str, orchestration_id: str, **fields: Any) -> TaskRecord:
