@@ -140,6 +140,12 @@ def test_user_commands_end_to_end(nats_url: str, executor: Daemon, tmp_path: Pat
     assert done.returncode == 0, done.stderr
     assert any(line.endswith(" n is 6") for line in done.stdout.splitlines()), done.stdout
     assert "success" in done.stderr
+    # --follow --json is JSON Lines: each log line a JSON string, then the task as one object.
+    done = taskbus("run", "hello", "--name", "t2j", "--args", '{"n": 7}', "--follow", "--json",
+                   url=nats_url)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    *lines, final = [json.loads(line) for line in done.stdout.splitlines()]
+    assert any(line.endswith(" n is 7") for line in lines) and final["status"] == "success"
 
     failed_orch = taskbus("upload", str(failing), "--wait", url=nats_url)
     assert failed_orch.returncode == 0, failed_orch.stderr
@@ -147,7 +153,7 @@ def test_user_commands_end_to_end(nats_url: str, executor: Daemon, tmp_path: Pat
     assert done.returncode == 1 and json.loads(done.stdout)["status"] == "failed"
 
     tasks = json.loads(taskbus("tasks", "--json", url=nats_url).stdout)
-    assert [t["name"] for t in tasks] == ["t3", "t2", "t1"]
+    assert [t["name"] for t in tasks] == ["t3", "t2j", "t2", "t1"]
     runs = taskbus("runs", task["id"], "--json", url=nats_url)
     assert runs.returncode == 0
     (run,) = json.loads(runs.stdout)

@@ -87,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
             _print_lines(args, task.last_runs()[0].logs(follow=True))
         status = task.wait()
         task.refresh()
-        if args.json:
-            print(json.dumps(task.to_dict(), indent=2))
+        if args.json:  # after followed lines (one JSON string each), the task on one line too
+            print(json.dumps(task.to_dict(), indent=None if args.follow else 2))
         elif args.follow:
             print(f"task {task.id()} ({task.name()}): {status}", file=sys.stderr)
         else:
