@@ -15,8 +15,9 @@ from broker.server import EmbeddedServer
 from broker.settings import ConnectSettings
 from console.app import TaskbusApp
 from console.clock import Clock
-from console.screens.run_logs import RunLogsScreen
+from console.screens.run_logs import RunLogsScreen, SearchBar
 from console.state import Link
+from console.widgets.key_bar import KeyBar
 from console.widgets.log_view import LogView
 from console.widgets.record_table import RecordTable
 from tests.test_console_support import (
@@ -90,6 +91,14 @@ async def test_scroll_up_stops_follow_and_counts_new_lines(bus: Bus, nats_url: s
         await settled(pilot)
         text = screen_text(app)
         assert view.follow and "new lines" not in text and "new 29" in text
+        # A taller terminal or wrap lowers the scroll maximum: that is not scrolling up.
+        await pilot.resize_terminal(SIZE[0], SIZE[1] + 10)
+        await settled(pilot)
+        await pilot.press("w")
+        await settled(pilot)
+        await pilot.resize_terminal(*SIZE)
+        await settled(pilot)
+        assert view.follow and "new lines" not in screen_text(app)
         # the mouse wheel stops following too
         view.post_message(events.MouseScrollUp(view, 5, 5, 0, -1, 0, False, False, False))
         await wait_for(pilot, lambda: not view.follow)
@@ -125,7 +134,11 @@ async def test_search_highlights_and_n_moves_keeping_context(bus: Bus, nats_url:
     app = make_app(nats_url)
     async with app.run_test(size=SIZE) as pilot:
         view = await open_logs(pilot, data)
-        await pilot.press("slash", *"line 1", "2", "enter")  # "line 12": 12 and 120-129
+        await pilot.press("slash", *"line 1", "2")  # "line 12": 12 and 120-129
+        await settled(pilot)
+        bar, keys = app.screen.query_one(SearchBar), app.screen.query_one(KeyBar)
+        assert bar.region.height == 1 and not bar.region.overlaps(keys.region)  # typing shows
+        await pilot.press("enter")
         await settled(pilot)
         assert view.search is not None and len(view.search.matches) == 11
         assert not view.follow

@@ -24,6 +24,8 @@ from console.screens.task_detail import TaskDetailScreen
 from console.screens.tasks import TasksScreen
 from console.screens.upload import UploadScreen
 from console.state import Link
+from console.widgets.filter_bar import FilterBar
+from console.widgets.key_bar import KeyBar
 from console.widgets.record_table import RecordTable
 from tests.helpers import make_zip
 from tests.test_console_support import (
@@ -114,6 +116,8 @@ async def test_filter_by_status_inverse_and_clear(bus: Bus, nats_url: str) -> No
         await settled(pilot)
         assert table_of(app).keys == [data.etl.id]
         assert "1 of 7 tasks" in screen_text(app)
+        bar, keys = app.screen.query_one(FilterBar), app.screen.query_one(KeyBar)
+        assert bar.region.height == 1 and not bar.region.overlaps(keys.region)  # typing shows
         await pilot.press("enter")  # keeps the filter, back to the table
         assert app.focused is table_of(app)
         await pilot.press("slash", "home", "!", "enter")  # "!status=failed": the inverse
@@ -195,6 +199,12 @@ async def test_run_now_pause_resume_and_greyed_actions(bus: Bus, nats_url: str) 
         # run-once: pause does not apply (greyed), resume is hidden
         assert app.screen.active_bindings["p"].binding.action == "pause"
         assert app.screen.active_bindings["p"].enabled is False
+        table.select_key(data.etl.id)  # run once, finished: nothing left to kill
+        await settled(pilot)
+        assert app.screen.active_bindings["k"].enabled is False
+        table.select_key(data.once.id)  # run once, running: kill applies
+        await settled(pilot)
+        assert app.screen.active_bindings["k"].enabled is True
         table.select_key(data.backup.id)
         await pilot.press("p")
         await wait_for(pilot, lambda: app.state.tasks[data.backup.id].paused)

@@ -31,8 +31,7 @@ STREAM_CYCLE: list[tuple[frozenset[str] | None, str]] = [
 
 class SearchBar(Input):
     DEFAULT_CSS = """
-    SearchBar { dock: bottom; display: none; height: 1; border: none; padding: 0 1;
-                background: $boost; }
+    SearchBar { display: none; height: 1; border: none; padding: 0 1; background: $boost; }
     SearchBar:focus { border: none; }
     SearchBar.-shown { display: block; }
     """

@@ -51,8 +51,10 @@ class TaskActions(_Base):
             return False if action == "resume" else None
         if action == "logs":
             return True if self.logs_target() is not None else None
-        if action in ("run_now", "kill"):
+        if action == "run_now":
             return None if task.killed else True
+        if action == "kill":  # nothing to stop once killed or finished
+            return True if self.ctx.state.is_active(task.id) else None
         pausable = task.kind is not TaskKind.RUN_ONCE and not task.killed
         if action == "pause":
             if task.paused and pausable:

@@ -76,7 +76,7 @@ class UploadScreen(ModalScreen[OrchestrationRecord | None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Static("Upload an orchestration", id="title")
-            yield Label("Path of the .zip (tab completes)")
+            yield Label("Path of the .zip (→ completes)")
             yield Input(placeholder="~/work/hello.zip", id="path", suggester=PathSuggester())
             yield Label("Name (optional; defaults to the file name)")
             yield Input(placeholder=NAME_PLACEHOLDER, id="name")

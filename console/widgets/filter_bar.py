@@ -16,7 +16,6 @@ PLACEHOLDER = (
 class FilterBar(Input):
     DEFAULT_CSS = """
     FilterBar {
-        dock: bottom;
         display: none;
         height: 1;
         border: none;

@@ -170,7 +170,9 @@ class LogView(ScrollView, can_focus=True, inherit_bindings=False):
         super().watch_scroll_y(old_value, new_value)
         if self._syncing:
             return
-        if new_value < old_value and self.follow:
+        # Scrolled up by the user; not a taller viewport (resize, wrap toggled) lowering the
+        # maximum, which moves scroll_y down to it and must keep following.
+        if new_value < old_value and self.follow and new_value < self.max_scroll_y:
             self.follow = False
             self.unseen = 0
         elif not self.follow and new_value >= self.max_scroll_y and new_value > old_value:
