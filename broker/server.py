@@ -6,6 +6,7 @@ ready" line, and stops it with SIGTERM (JetStream flushes its store on the way o
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -76,6 +77,7 @@ class ServerSettings:
     config_file: Path | None = None  # a full nats-server config (cluster, auth) instead
     extra_args: tuple[str, ...] = ()
     die_with_parent: bool = False  # see die_with_parent(); for `taskbus up` and `server`
+    log_file: Path | None = None  # the server's output is appended here too (`taskbus up`)
 
 
 class EmbeddedServer:
@@ -85,6 +87,7 @@ class EmbeddedServer:
         self.settings = settings
         self.port = settings.port or free_port(settings.host)
         self.process: subprocess.Popen[str] | None = None
+        self._stopped: subprocess.Popen[str] | None = None  # the process stop() ended
         self._pump_thread: threading.Thread | None = None
         self._tail: deque[str] = deque(maxlen=40)
 
@@ -104,6 +107,8 @@ class EmbeddedServer:
         return [*cmd, *self.settings.extra_args]
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> EmbeddedServer:
+        """Start the server (again, after it exited: same port, same store)."""
+        self.stop()  # a previous process that exited: its pipe and pump thread released
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             self.command(),
@@ -126,12 +131,19 @@ class EmbeddedServer:
 
     def _pump(self, ready: threading.Event) -> None:
         assert self.process is not None and self.process.stderr is not None
-        for line in self.process.stderr:
-            line = line.rstrip()
-            self._tail.append(line)
-            if READY_LINE in line:
-                ready.set()
-            log.debug("nats-server: %s", line)
+        log_file = self.settings.log_file
+        if log_file is not None:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+        with log_file.open("a") if log_file is not None else contextlib.nullcontext() as copy:
+            for line in self.process.stderr:
+                if copy is not None:
+                    copy.write(line)
+                    copy.flush()
+                line = line.rstrip()
+                self._tail.append(line)
+                if READY_LINE in line:
+                    ready.set()
+                log.debug("nats-server: %s", line)
 
     def _failure(self) -> str:
         tail = "\n".join(self._tail)
@@ -142,10 +154,16 @@ class EmbeddedServer:
             )
         return f"nats-server did not become ready on {self.url}. Its last output:\n{tail}"
 
+    def wait(self) -> int:
+        """Block until the server process exits (at once after ``stop()``); its exit code."""
+        process = self.process or self._stopped
+        return 0 if process is None else process.wait()
+
     def stop(self) -> None:
         process, self.process = self.process, None
         if process is None:
             return
+        self._stopped = process
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
         try:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from broker import names
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def split_urls(value: str) -> list[str]:
@@ -57,6 +61,20 @@ class ConnectSettings:
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **overrides: object) -> ConnectSettings:
+        """The options ``broker.options.add_connection_options`` added (``--url --user
+        --password --token --creds``); the environment fills what was not given, as in
+        ``from_env``. Raises ``ValueError`` for a bad ``TASKBUS_*`` variable."""
+        return cls.from_env(
+            getattr(args, "url", None),
+            user=getattr(args, "user", None),
+            password=getattr(args, "password", None),
+            token=getattr(args, "token", None),
+            creds_file=getattr(args, "creds", None),
+            **overrides,
+        )
 
     def environment(self) -> dict[str, str]:
         """The URL and credentials as the environment variables ``from_env`` reads: how a

@@ -1,31 +1,41 @@
-"""``python -m console --url URL [--web] [--host H] [--port P]``."""
+"""``python -m console [--url URL] [--user U --password P | --token T | --creds FILE] [--web]``:
+the console alone (``taskbus console`` takes the same options)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 
+from broker.options import add_connection_options
 from broker.settings import ConnectSettings
 from console import run_console
+from console.cli import add_web_options
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
         prog="python -m console", description="The Taskbus console (a full-screen terminal UI)."
     )
-    parser.add_argument(
-        "--url", default=None, help="NATS URL(s), comma-separated (default: TASKBUS_URL)"
-    )
-    parser.add_argument("--web", action="store_true", help="serve it in a browser instead")
-    parser.add_argument("--host", default="127.0.0.1", help="with --web: address to bind")
-    parser.add_argument("--port", type=int, default=8000, help="with --web: port to bind")
-    args = parser.parse_args(argv)
+    add_connection_options(p)
+    add_web_options(p)
+    return p
+
+
+def settings_from(argv: Sequence[str] | None = None) -> tuple[ConnectSettings, argparse.Namespace]:
+    """The connection the command line (and the environment) describe, and the options."""
+    cli = parser()
+    args = cli.parse_args(argv)
+    try:
+        return ConnectSettings.from_args(args, name="taskbus-console"), args
+    except ValueError as exc:  # a bad TASKBUS_* variable: a usage error, not a traceback
+        cli.error(str(exc))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings, args = settings_from(argv)
     # The terminal belongs to the UI: library logs would tear it, so only errors, to stderr.
     logging.basicConfig(level=logging.ERROR if not args.web else logging.INFO)
-    try:
-        settings = ConnectSettings.from_env(url=args.url)
-    except ValueError as exc:  # a bad TASKBUS_* variable: a usage error, not a traceback
-        parser.error(str(exc))
     run_console(settings, web=args.web, host=args.host, port=args.port)
 
 

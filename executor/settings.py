@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker import names
+from broker.options import add_connection_options
 from broker.settings import ConnectSettings, default_data_dir
 
 
@@ -55,16 +56,25 @@ class ExecutorSettings:
         return self.env_dir or self.work_dir / "envs"
 
     @classmethod
-    def from_env(cls, **overrides: object) -> ExecutorSettings:
+    def from_env(
+        cls, *, args: argparse.Namespace | None = None, **overrides: object
+    ) -> ExecutorSettings:
+        """The environment (and the connection options in ``args``), then ``overrides``."""
         url = overrides.pop("url", None)
         # Pings find a silently dropped connection: a few per ack wait (fencing itself rests on
         # confirmed heartbeats, see executor.daemon).
         ack_wait = overrides.get("ack_wait_s") or names.RUNQ_ACK_WAIT_S
-        connect = ConnectSettings.from_env(
-            url=str(url) if url else None,
-            name="taskbus-executor",
-            ping_interval_s=min(5.0, max(1.0, float(ack_wait) / 6)),  # type: ignore[arg-type]
-        )
+        ping_interval_s = min(5.0, max(1.0, float(ack_wait) / 6))  # type: ignore[arg-type]
+        if args is not None:
+            connect = ConnectSettings.from_args(
+                args, name="taskbus-executor", ping_interval_s=ping_interval_s
+            )
+        else:
+            connect = ConnectSettings.from_env(
+                url=str(url) if url else None,
+                name="taskbus-executor",
+                ping_interval_s=ping_interval_s,
+            )
         values: dict[str, object] = {"connect": connect}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
@@ -81,7 +91,7 @@ class ExecutorSettings:
     @classmethod
     def _from_args(cls, args: argparse.Namespace) -> ExecutorSettings:
         return cls.from_env(
-            url=args.url,
+            args=args,
             slots=args.slots,
             pool=args.pool,
             work_dir=Path(args.work_dir).expanduser() if args.work_dir else None,
@@ -116,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
         prog="taskbus executor",
         description="Run task runs from the Taskbus run queue on this host.",
     )
-    p.add_argument("--url", help=f"NATS URL(s), comma separated (default ${names.ENV_URL})")
+    add_connection_options(p)
     p.add_argument("--slots", type=_positive_int, help="runs at once (default 4)")
     p.add_argument("--pool", help=f"the pool whose queue to take runs from ({names.DEFAULT_POOL})")
     p.add_argument("--work-dir", help="where zips, environments and run folders are kept")

@@ -17,7 +17,7 @@ from broker.connection import Bus
 from broker.models import RunRecord
 from broker.server import free_port
 from broker.status import RunStatus
-from sdk.cli import main
+from console.cli import main
 from tests.helpers import REPO, Daemon, daemon_env, make_zip
 
 COMMANDS = [
@@ -27,7 +27,7 @@ COMMANDS = [
 
 
 def taskbus(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "sdk.cli", *args]
+    argv = [sys.executable, "-m", "console.cli", *args]
     if url is not None:
         argv += ["--url", url]
     return subprocess.run(

@@ -25,7 +25,7 @@ class Up:
 
     def __init__(self, port: int, data_dir: Path, cwd: Path = REPO) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sdk.cli", "up", "--no-console", "--port", str(port),
+            [sys.executable, "-m", "console.cli", "up", "--no-console", "--port", str(port),
              "--data-dir", str(data_dir), "--slots", "2"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -84,7 +84,7 @@ def test_up_runs_work_and_a_restart_loses_nothing(tmp_path: Path) -> None:
         up.expect(r"executor \S+ ready")
         # A second stack on the same data directory is refused, and the first goes on.
         second = subprocess.run(
-            [sys.executable, "-m", "sdk.cli", "up", "--no-console", "--port", str(free_port()),
+            [sys.executable, "-m", "console.cli", "up", "--no-console", "--port", str(free_port()),
              "--data-dir", str(data_dir)],
             capture_output=True, text=True, env=daemon_env(), cwd=REPO, timeout=60,
         )  # fmt: skip

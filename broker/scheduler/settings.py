@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from broker.options import add_connection_options
 from broker.settings import ConnectSettings
 
 
@@ -46,11 +47,7 @@ class SchedulerSettings:
             prog="python -m broker.scheduler",
             description="The Taskbus cron scheduler: fires scheduled and continuous tasks.",
         )
-        parser.add_argument("--url", help="NATS URL(s), comma separated (default TASKBUS_URL)")
-        parser.add_argument("--user")
-        parser.add_argument("--password")
-        parser.add_argument("--token")
-        parser.add_argument("--creds", help="a NATS .creds file")
+        add_connection_options(parser)
         parser.add_argument("--on-time-s", type=float, default=cls.on_time_s)
         parser.add_argument("--max-concurrent-fires", type=int, default=cls.max_concurrent_fires)
         parser.add_argument("--missed-records-cap", type=int, default=cls.missed_records_cap)
@@ -66,14 +63,7 @@ class SchedulerSettings:
         if not isinstance(logging.getLevelName(level), int):
             parser.error(f"unknown --log-level {args.log_level!r}: use DEBUG, INFO or WARNING")
         try:
-            connect = ConnectSettings.from_env(
-                args.url,
-                user=args.user,
-                password=args.password,
-                token=args.token,
-                creds_file=args.creds,
-                name="taskbus-scheduler",
-            )
+            connect = ConnectSettings.from_args(args, name="taskbus-scheduler")
         except ValueError as exc:  # a bad TASKBUS_* variable: a usage error, not a traceback
             parser.error(str(exc))
         return cls(

@@ -1,4 +1,7 @@
-"""The ``taskbus`` command: parse, build settings, call the library.
+"""The ``taskbus`` user commands: parse, build settings, call the library.
+
+``python -m sdk.cli`` runs them headless; the installed ``taskbus`` script is ``console.cli``,
+which adds the launcher's commands (``up``, ``server``, …) to the same parser.
 
 Exit codes scripts can trust: 0 ok; 1 the work failed (a task run that did not succeed, a
 packaging error, a daemon that could not start); 2 usage or bad input; 3 no server to talk to.
@@ -7,6 +10,7 @@ Every Taskbus error is one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
@@ -22,10 +26,16 @@ def error(message: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from broker.errors import NotConnected, TaskbusError
     from sdk.cli.parser import build_parser
 
-    parser = build_parser()
+    return dispatch(build_parser(), argv)
+
+
+def dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the command's handler, and turn every Taskbus error into one line
+    on stderr and an exit code."""
+    from broker.errors import NotConnected, TaskbusError
+
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passthrough", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from broker.settings import ConnectSettings
 from sdk.cli import FAILED, OK, USAGE, error
-from sdk.cli.parser import connect_settings
 
 if TYPE_CHECKING:
     from sdk.client import Client
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def _client(args: argparse.Namespace) -> Client:
     from sdk.client import Client
 
-    return Client(settings=connect_settings(args))
+    return Client(settings=ConnectSettings.from_args(args, name="taskbus-cli"))
 
 
 def _emit(args: argparse.Namespace, shown: Any, data: Any) -> None:

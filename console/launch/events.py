@@ -16,7 +16,7 @@ from broker.settings import ConnectSettings
 
 
 def _say(text: str) -> None:
-    print(f"{datetime.now():%H:%M:%S} {text}", flush=True)
+    print(f"{datetime.now():%H:%M:%S} {text}", flush=True)  # noqa: T201 (the command's output)
 
 
 async def _task_name(bus: Bus, task_id: str, cache: dict[str, str]) -> str:

@@ -1,0 +1,191 @@
+"""``taskbus up`` (the embedded stack) and ``taskbus server`` (its nats-server alone).
+
+``up`` starts, in order: the nats-server on the data directory, one executor and the
+scheduler as child processes, then the console in the foreground — or, without a console, a
+live line per run event (``console.launch.events``). Each daemon is supervised
+(``console.launch.supervisor``): one that dies is started again with back-off, and its output
+goes to ``<data-dir>/logs/<daemon>.log``. Ctrl+C or SIGTERM stops everything in reverse
+order; the data stays, so the next ``up`` finds it all.
+
+The whole stack is wired here, in one place: the URL and credentials every part gets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import os
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from broker.connection import connect
+from broker.errors import ServerError
+from broker.server import EmbeddedServer, ServerSettings
+from broker.settings import ConnectSettings, default_data_dir
+from console.launch.daemons import child_env
+from console.launch.supervisor import ChildProcess, Supervisor
+from sdk.cli import FAILED, OK, error
+
+SERVER = "nats-server"
+
+
+def up(args: argparse.Namespace) -> int:
+    from console import run_console
+    from console.launch import events
+
+    _on_stop_signals()
+    data_dir = _data_dir(args)
+    logs = data_dir / "logs"
+    in_console = not args.no_console
+
+    def notify(message: str) -> None:
+        if in_console:  # the console owns the terminal; it shows the server or executor lost
+            logs.mkdir(parents=True, exist_ok=True)
+            with (logs / "up.log").open("a") as handle:
+                handle.write(f"taskbus: {message}\n")
+        else:
+            _say(message)
+
+    supervisors = [_start_server(args, notify)]
+    url = _url(supervisors[0])
+    settings = ConnectSettings(urls=[url], name="taskbus-up")
+    env = child_env(settings)
+    _say(f"nats-server listening on {url} (data in {data_dir})")
+    try:
+        for what, argv in (
+            ("executor", ["-m", "executor", "--url", url, "--slots", str(args.slots),
+                          "--work-dir", str(data_dir / "executor")]),
+            ("scheduler", ["-m", "broker.scheduler", "--url", url]),
+        ):  # fmt: skip
+            log_path = logs / f"{what}.log"
+            supervisors.append(Supervisor(what, _child(argv, log_path, env), log_path, notify))
+        _say(f"started executor, scheduler (logs in {logs}); Ctrl+C stops")
+        if in_console:
+            run_console(settings)
+        else:
+            events.run(settings)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _quiet()
+        codes = {supervisor.what: supervisor.stop() for supervisor in reversed(supervisors)}
+        _say("stopped")
+    failed = [what for what, code in codes.items() if code not in (0, -signal.SIGTERM)]
+    if failed:
+        error(f"{', '.join(reversed(failed))} exited with an error; see {logs}")
+        return FAILED
+    return OK
+
+
+def server(args: argparse.Namespace) -> int:
+    _on_stop_signals()
+    supervisor = _start_server(args, _say)
+    _say(
+        f"nats-server listening on {_url(supervisor)} (data in {_data_dir(args)}; "
+        f"its log in {supervisor.log_path})"
+    )
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _quiet()
+        supervisor.stop()
+        _say("server stopped")
+    return OK
+
+
+def _say(message: str) -> None:
+    print(f"taskbus: {message}", flush=True)  # noqa: T201 (the command's output)
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+
+
+def _start_server(args: argparse.Namespace, notify: Callable[[str], None]) -> Supervisor:
+    """Lock the data directory, start the supervised nats-server, provision its resources."""
+    data_dir = _data_dir(args)
+    _lock_data_dir(data_dir)
+    log_path = data_dir / "logs" / f"{SERVER}.log"
+    settings = ServerSettings(
+        data_dir=data_dir, port=args.port, die_with_parent=True, log_file=log_path
+    )
+    server = EmbeddedServer(settings)
+    supervisor = Supervisor(SERVER, server.start, log_path, notify)
+    try:
+        asyncio.run(_provision(server.url))
+    except BaseException:
+        supervisor.stop()
+        raise
+    return supervisor
+
+
+def _url(supervisor: Supervisor) -> str:
+    server = supervisor.daemon
+    assert isinstance(server, EmbeddedServer)
+    return server.url
+
+
+async def _provision(url: str) -> None:
+    bus = await connect(ConnectSettings(urls=[url], name="taskbus-up"))
+    await bus.close()
+
+
+def _child(argv: list[str], log_path: Path, env: dict[str, str]) -> Callable[[], ChildProcess]:
+    """How the supervisor starts (and restarts) ``python -P <argv>``."""
+
+    def start() -> ChildProcess:
+        return ChildProcess(argv, log_path, env)
+
+    return start
+
+
+def _lock_data_dir(data_dir: Path) -> None:
+    """One stack per data directory: a second nats-server on the same JetStream store, or a
+    second executor on the same work dir, would corrupt the first one's state."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = (data_dir / "taskbus.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ServerError(
+            f"{data_dir} is in use by {holder}. Stop that stack first, or give this one its "
+            f"own --data-dir."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"taskbus pid {os.getpid()}")
+    handle.flush()
+    _held_locks.append(handle)  # held until this process exits
+
+
+_held_locks: list[IO[str]] = []
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _on_stop_signals() -> None:
+    """SIGINT, SIGTERM and SIGHUP (the terminal closed) all stop us cleanly (SIGINT even when
+    the shell that started us in the background set it to be ignored)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _terminate)
+
+
+def _quiet() -> None:
+    """While stopping, further signals must not cut the clean-up short."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
