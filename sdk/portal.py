@@ -8,18 +8,24 @@ would hang at exit finalising the portal after its thread was frozen.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, asynccontextmanager
-from typing import Any, TypeVar, TypeVarTuple, Unpack
+from functools import partial
+from typing import Any, Generic, TypeVar, TypeVarTuple, Unpack
 
+import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 _END = object()
+# Ctrl+C: how long to wait for the interrupted call to unwind on the loop (a cancelled read
+# returns at once; this only bounds a clean-up that hangs).
+CANCEL_WAIT_S = 5.0
 _open: weakref.WeakSet[Portal] = weakref.WeakSet()
 
 
@@ -30,6 +36,9 @@ class Portal:
         self._portal: BlockingPortal | None = None
         self._closed = False
         self._on_close = on_close
+        # Async iterators being driven by iterate(): close() closes them before the client's
+        # connection (a loop left by Ctrl+C in its body is not closed until collected).
+        self._iterating: set[AsyncIterator[Any]] = set()
 
     def _running(self) -> BlockingPortal:
         with self._lock:
@@ -43,15 +52,17 @@ class Portal:
 
     def call(self, func: Callable[[Unpack[Ts]], Awaitable[T]], *args: *Ts) -> T:
         """Run ``func(*args)`` on the loop and wait; Ctrl+C in the caller cancels it too."""
-        future = self._running().start_task_soon(func, *args)
+        portal = self._running()
+        call = _Call(func, *args)
         try:
-            return future.result()
+            return portal.start_task_soon(call.run).result()
         except BaseException:
-            future.cancel()
+            call.cancel(portal)
             raise
 
     def iterate(self, items: AsyncIterator[T]) -> Iterator[T]:
         """Drive an async iterator from this thread; closing early closes it on the loop."""
+        self._iterating.add(items)
         try:
             while True:
                 item = self.call(_next, items)
@@ -59,7 +70,8 @@ class Portal:
                     return
                 yield item
         finally:
-            if not self._closed:
+            if not self._closed and items in self._iterating:
+                self._iterating.discard(items)
                 self.call(_aclose, items)
 
     def close(self) -> None:
@@ -73,10 +85,49 @@ class Portal:
         if portal is None or manager is None:
             return
         try:
+            for items in list(self._iterating):
+                self._iterating.discard(items)
+                with contextlib.suppress(Exception):  # it ends with the connection anyway
+                    portal.start_task_soon(_aclose, items).result(CANCEL_WAIT_S)
             if self._on_close is not None:
                 portal.start_task_soon(self._on_close).result()
         finally:
             manager.__exit__(None, None, None)
+
+
+class _Call(Generic[T]):
+    """One call onto the loop that the calling thread can cancel, and wait for, even when
+    Ctrl+C came before it had the call's future (``start_task_soon`` itself blocks until the
+    loop has taken the task). Waiting matters: an async generator the call was advancing
+    cannot be closed before it stops running (``RuntimeError: aclose(): asynchronous
+    generator is already running``)."""
+
+    def __init__(self, func: Callable[[Unpack[Ts]], Awaitable[T]], *args: *Ts) -> None:
+        self._start: Callable[[], Awaitable[T]] = partial(func, *args)
+        self._scope: anyio.CancelScope | None = None
+        self._cancelled = False  # read and written on the loop only
+        self._finished = threading.Event()
+
+    async def run(self) -> T:
+        try:
+            with anyio.CancelScope() as self._scope:
+                if self._cancelled:
+                    self._scope.cancel()
+                return await self._start()
+            raise anyio.get_cancelled_exc_class()("cancelled by the calling thread")
+        finally:
+            self._finished.set()
+
+    def _cancel_on_loop(self) -> None:
+        self._cancelled = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def cancel(self, portal: BlockingPortal) -> None:
+        """Cancel the call and wait (bounded) until it has unwound on the loop."""
+        with contextlib.suppress(Exception):  # the portal is stopping: nothing left to cancel
+            portal.call(self._cancel_on_loop)
+        self._finished.wait(CANCEL_WAIT_S)
 
 
 @asynccontextmanager

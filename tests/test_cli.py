@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -213,3 +214,76 @@ async def test_a_continuous_task_from_the_cli_runs_again_and_again_until_killed(
     final = json.loads((await asyncio.to_thread(taskbus, "tasks", "--killed", "--json",
                                                 url=nats_url)).stdout)  # fmt: skip
     assert [t["id"] for t in final] == [task["id"]]
+
+
+# --- Ctrl+C while following -------------------------------------------------------------------
+CHATTY = """
+import itertools, time
+for i in itertools.count():
+    print("tick", i, flush=True)
+    time.sleep(0.05)
+"""
+FOLLOW_IN_SDK = """
+import sys
+import sdk
+
+with sdk.Client(sys.argv[1]) as client:
+    run = client.get_task_by_id(sys.argv[2]).last_runs()[0]
+    try:
+        for line in run.logs(follow=True):
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    # the client is still usable
+    print("status", run.status(), "lines", len(run.logs()) > 0, flush=True)
+"""
+
+
+def _interrupt_after_first_line(argv: list[str]) -> tuple[int, str, str]:
+    """Start ``argv``, wait for its first output line, SIGINT it as a terminal's Ctrl+C does."""
+    with subprocess.Popen(
+        argv, env=daemon_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    ) as process:  # fmt: skip
+        try:
+            assert process.stdout is not None
+            first = ""
+            while "tick" not in first:  # a line the run printed (not the executor's own)
+                first = process.stdout.readline() or "(end of output)"
+                if first == "(end of output)":
+                    break
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert "tick" in first, first + out + err
+    return process.returncode, first + out, err
+
+
+def test_ctrl_c_while_following_exits_quietly_and_the_client_stays_usable(
+    nats_url: str, executor: Daemon, tmp_path: Path
+) -> None:
+    chatty = tmp_path / "chatty.zip"
+    chatty.write_bytes(make_zip({"main.py": CHATTY}))
+    assert taskbus("upload", str(chatty), "--wait", url=nats_url).returncode == 0
+    made = taskbus("run", "chatty", "--name", "c", "--json", url=nats_url)
+    task_id = json.loads(made.stdout)["id"]
+    cli = [sys.executable, "-m", "console.cli", "--url", nats_url]
+    try:
+        for argv in (
+            [*cli, "logs", task_id, "-f"],
+            [*cli, "run", "chatty", "--name", "followed", "--follow"],
+        ):
+            code, _out, err = _interrupt_after_first_line(argv)
+            assert code == 130, err
+            assert "Traceback" not in err and "RuntimeError" not in err, err
+        code, out, err = _interrupt_after_first_line(
+            [sys.executable, "-c", FOLLOW_IN_SDK, nats_url, task_id]
+        )
+        assert code == 0 and err == "", err
+        assert "interrupted" in out and "status running lines True" in out, out
+    finally:
+        for task in json.loads(taskbus("tasks", "--json", url=nats_url).stdout):
+            taskbus("kill", task["id"], url=nats_url)
