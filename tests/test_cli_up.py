@@ -4,6 +4,7 @@ same data directory finds every orchestration, task, run and log line."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import re
@@ -14,8 +15,12 @@ import threading
 from pathlib import Path
 
 import sdk
-from broker.server import free_port
+from broker.server import EmbeddedServer, ServerSettings, free_port
+from broker.settings import ConnectSettings
+from console.app import TaskbusApp
+from console.state import Link
 from tests.helpers import REPO, daemon_env, make_zip
+from tests.test_console_support import screen_text, wait_for
 
 EXPECT_TIMEOUT_S = 60.0
 
@@ -138,3 +143,52 @@ def test_up_daemons_ignore_packages_in_the_current_directory(tmp_path: Path) -> 
         up.expect(r"executor (?!" + re.escape(executor_id) + r")\S+ ready")
     finally:
         assert up.stop() == 0, "\n".join(up.seen)
+
+
+def _child_pid(parent: int, name: str) -> int:
+    """The pid of ``parent``'s child process called ``name`` (Linux /proc)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            comm = fields[0].split("(", 1)[1]
+            ppid = int(fields[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if comm == name and ppid == parent:
+            return int(stat.parent.name)
+    raise AssertionError(f"no {name} child of {parent}")
+
+
+def test_up_restarts_a_killed_nats_server_and_keeps_its_log(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    up = Up(free_port(), data_dir)
+    try:
+        url = up.expect(r"listening on (nats://\S+)").group(1)
+        up.expect(r"executor \S+ ready")
+        os.kill(_child_pid(up.process.pid, "nats-server"), signal.SIGKILL)
+        up.expect(r"nats-server exited \(code -9\); restarting in 1 s \(see \S+nats-server.log\)")
+        up.expect(r"nats-server started again")
+        # The stack works again: the executor reconnected, a run goes through.
+        with sdk.Client(url) as wl:
+            orch = wl.upload_orchestration(
+                bytes_buffer=make_zip({"main.py": "print('back')\n"}), name="back"
+            ).wait_until_ready(timeout=60)
+            assert orch.run_once("again").wait(timeout=60) == "success"
+    finally:
+        code = up.stop()
+    assert code == 0, "\n".join(up.seen)
+    server_log = (data_dir / "logs" / "nats-server.log").read_text()
+    assert server_log.count("Server is ready") == 2, server_log
+
+
+async def test_the_console_says_why_it_is_disconnected(tmp_path: Path) -> None:
+    server = EmbeddedServer(ServerSettings(data_dir=tmp_path / "nats", port=0)).start()
+    try:
+        app = TaskbusApp(ConnectSettings(urls=[server.url]), freeze_gc=False)
+        async with app.run_test(size=(160, 30)) as pilot:
+            await wait_for(pilot, lambda: app.state.link is Link.CONNECTED)
+            await asyncio.to_thread(server.stop)  # as a killed server of `taskbus up`
+            await wait_for(pilot, lambda: "connection refused" in screen_text(app))
+            assert "reconnecting… (server not running: connection refused)" in screen_text(app)
+    finally:
+        server.stop()

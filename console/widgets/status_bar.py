@@ -55,6 +55,9 @@ class StatusBar(Widget):
             line.append("● connected", style("ok"))
         elif link is Link.RECONNECTING:
             line.append("◌ reconnecting…", style("warn"))
+            why = disconnect_reason(ctx.feed.last_error or state.link_detail)
+            if why:
+                line.append(f" ({why})", style("warn"))
         elif link is Link.DOWN:
             line.append("✕ no server", style("bad"))
         else:
@@ -81,3 +84,13 @@ class StatusBar(Widget):
             line.append(" " * pad)
             line.append(stamp, style("muted"))
         return line
+
+
+def disconnect_reason(error: str) -> str:
+    """Why the connection is down, short: the last error of the connection's attempts."""
+    lowered = error.lower()
+    if "refused" in lowered or "connect call failed" in lowered:
+        return "server not running: connection refused"
+    if "authorization" in lowered:
+        return "the server refused the credentials"
+    return error.splitlines()[0][:60] if error else ""
