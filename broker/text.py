@@ -30,6 +30,7 @@ from functools import lru_cache
 LOG_KEEP = "\t"  # what a log line keeps in a terminal: tabs (see above)
 _CONTROLS = "\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+CONTROL = re.compile(f"[{_CONTROLS}]")  # one character ``printable`` escapes
 # SGR: colours and text attributes only, with the parameter bytes a colour can hold.
 SGR = re.compile(r"\x1b\[[0-9;:]*m")
 
@@ -76,4 +77,4 @@ def printable_ansi(text: str, *, keep: str = "") -> str:
 
 def is_printable(text: str) -> bool:
     """True when ``printable`` would leave ``text`` as it is."""
-    return _pattern("").search(text) is None
+    return CONTROL.search(text) is None

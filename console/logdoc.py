@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from rich.cells import cell_len
 
 from broker.models import LogLine
-from broker.text import SGR, printable_ansi
+from broker.text import CONTROL, SGR, printable_ansi
 
 DEFAULT_MAX_LINES = 500_000
 
@@ -63,14 +63,13 @@ def width_of(text: str) -> int:
 
 
 def width_bound(text: str) -> int:
-    """A cheap upper bound of ``width_of`` (colour codes counted as text, any character as
-    its longest escape): enough to size a horizontal scroll without decoding every line of a
-    burst."""
-    if text.isascii():
-        if text.isprintable():
-            return len(text)
-        return (8 if "\t" in text else 4) * len(text)  # a tab up to 8 cells, "\\x1b" four
-    return 2 * len(text) if text.isprintable() else 6 * len(text)  # "\\u2028": six
+    """A cheap upper bound of ``width_of`` (colour codes counted as text): enough to size a
+    horizontal scroll without decoding every line of a burst."""
+    base = len(text) if text.isascii() else 2 * len(text)
+    if text.isprintable():
+        return base
+    # a control character shows as an escape of at most 6 cells, a tab as at most 8
+    return base + 7 * len(CONTROL.findall(text))
 
 
 class LogDocument:
