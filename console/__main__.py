@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from broker.errors import TaskbusError
 from broker.settings import ConnectSettings
 from console import run_console
 
@@ -26,7 +27,10 @@ def main(argv: list[str] | None = None) -> None:
         settings = ConnectSettings.from_env(url=args.url)
     except ValueError as exc:  # a bad TASKBUS_* variable: a usage error, not a traceback
         parser.error(str(exc))
-    run_console(settings, web=args.web, host=args.host, port=args.port)
+    try:
+        run_console(settings, web=args.web, host=args.host, port=args.port)
+    except TaskbusError as exc:  # e.g. --web on a port in use: one line, the usage code
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
 
 
 if __name__ == "__main__":
