@@ -7,6 +7,7 @@ import argparse
 import logging
 from collections.abc import Sequence
 
+from broker.errors import TaskbusError
 from broker.options import add_connection_options
 from broker.settings import ConnectSettings
 from console import run_console
@@ -36,7 +37,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings, args = settings_from(argv)
     # The terminal belongs to the UI: library logs would tear it, so only errors, to stderr.
     logging.basicConfig(level=logging.ERROR if not args.web else logging.INFO)
-    run_console(settings, web=args.web, host=args.host, port=args.port)
+    try:
+        run_console(settings, web=args.web, host=args.host, port=args.port)
+    except TaskbusError as exc:  # e.g. --web on a port in use: one line, the usage code
+        parser().exit(2, f"python -m console: error: {exc}\n")
 
 
 if __name__ == "__main__":

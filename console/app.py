@@ -19,6 +19,7 @@ from textual.screen import ModalScreen, Screen
 from textual.worker import Worker, WorkerState
 
 from broker.settings import ConnectSettings
+from broker.text import printable
 from console import commands
 from console.clock import Clock
 from console.context import Context
@@ -142,7 +143,9 @@ class TaskbusApp(App[None]):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker is self.feed_worker and event.state is WorkerState.ERROR:
             error = event.worker.error
-            self.notify(f"The connection to NATS failed: {error}", severity="error", markup=False)
+            self.notify(
+                printable(f"The connection to NATS failed: {error}"), severity="error", markup=False
+            )
 
     def check_link(self) -> None:
         """Show the "no server" screen until a first connection succeeds; once the first

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 
 from broker.status import OrchestrationStatus, RunStatus, TaskStatus
+from broker.text import printable
 from console.state import ExecutorHealth
 
 TASK_STYLES = {
@@ -39,8 +40,8 @@ EXECUTOR_STYLES = {
 
 
 def cell(value: object) -> Text:
-    """A table cell from any value, never parsed as markup."""
-    return Text(str(value), no_wrap=True, end="")
+    """A table cell from any value, never parsed as markup, control characters escaped."""
+    return Text(printable(str(value)), no_wrap=True, end="")
 
 
 def yes_no(value: bool) -> str:

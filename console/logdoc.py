@@ -12,38 +12,33 @@ keeps the matches of a search term as lines arrive.
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 
-from rich.ansi import re_ansi
 from rich.cells import cell_len
 
 from broker.models import LogLine
+from broker.text import CONTROL, SGR, printable_ansi
 
 DEFAULT_MAX_LINES = 500_000
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1a\x1c-\x1f\x7f]")
 
 
 def clean(text: str) -> str:
-    """What a terminal would keep of a line: the part after the last carriage return (a
-    progress bar's final state), tabs expanded, control characters other than ESC removed."""
-    text = text.rstrip("\r\n")
-    if "\r" in text:
-        text = text.rsplit("\r", 1)[-1]
-    if "\t" in text:
-        text = _expand_tabs(text)
-    return _CONTROL.sub("", text)
+    """A line ready for ``Text.from_ansi``: the line ending dropped, tabs expanded to spaces
+    the way a terminal counts columns, SGR colours kept for the renderer and every other
+    control character escaped (``\\x1b]52;…``, ``\\r``): shown, never obeyed (broker.text)."""
+    text = printable_ansi(text.rstrip("\r\n"), keep="\t")
+    return _expand_tabs(text) if "\t" in text else text
 
 
 def _expand_tabs(text: str) -> str:
-    """Tabs to spaces, counting columns the way a terminal does (escape codes take none)."""
+    """Tabs to spaces, counting columns the way a terminal does (colour codes take none)."""
     if "\x1b" not in text:
         return text.expandtabs(8)
     out: list[str] = []
     column = 0
     position = 0
-    for match in re_ansi.finditer(text):
+    for match in SGR.finditer(text):
         expanded = (" " * column + text[position : match.start()]).expandtabs(8)[column:]
         out.append(expanded)
         out.append(match.group(0))
@@ -54,10 +49,10 @@ def _expand_tabs(text: str) -> str:
 
 
 def plain(text: str) -> str:
-    """The characters a person sees: ``clean`` without ANSI escape sequences."""
-    if text.isascii() and "\x1b" not in text and "\t" not in text and "\r" not in text:
-        return _CONTROL.sub("", text) if not text.isprintable() else text
-    return re_ansi.sub("", clean(text))
+    """The characters a person sees: ``clean`` without its colour sequences."""
+    if text.isascii() and text.isprintable():
+        return text
+    return SGR.sub("", clean(text))
 
 
 def width_of(text: str) -> int:
@@ -68,9 +63,13 @@ def width_of(text: str) -> int:
 
 
 def width_bound(text: str) -> int:
-    """A cheap upper bound of ``width_of`` (escape codes counted as text): enough to size a
+    """A cheap upper bound of ``width_of`` (colour codes counted as text): enough to size a
     horizontal scroll without decoding every line of a burst."""
-    return len(text) if text.isascii() else 2 * len(text)
+    base = len(text) if text.isascii() else 2 * len(text)
+    if text.isprintable():
+        return base
+    # a control character shows as an escape of at most 6 cells, a tab as at most 8
+    return base + 7 * len(CONTROL.findall(text))
 
 
 class LogDocument:

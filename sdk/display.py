@@ -2,7 +2,9 @@
 
 Every object describes itself as an ordered ``{label: text}`` mapping (``_display()``); a
 single object renders it as a two-column table, a list renders one row per object with the
-list's columns (the reference SDK's columns, API.md).
+list's columns (the reference SDK's columns, API.md). Text tables show control characters
+escaped (``broker.text.printable``: a name cannot retitle or clear a terminal); HTML tables
+are HTML-escaped.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar, overload
 
 import msgspec
+
+from broker.text import printable
 
 NONE = "-"
 
@@ -71,7 +75,8 @@ def html_fields(fields: Mapping[str, str]) -> str:
 
 
 def _one_line(text: str) -> str:
-    return text.replace("\n", "\\n")
+    """One table cell for a terminal: newlines and every other control character escaped."""
+    return printable(text)
 
 
 class Displayable(Protocol):

@@ -13,6 +13,7 @@ from broker import logs, names, store
 from broker.errors import WaitTimeout
 from broker.models import RunRecord
 from broker.status import RUN_TERMINAL, RunStatus
+from broker.text import LOG_KEEP, printable
 from sdk import display
 from sdk.portal import Portal, closing
 
@@ -32,7 +33,9 @@ class TaskRunLogs(list[str]):
     """A run's log lines, each ``"<ISO-8601 time with zone> <message>"``, in order."""
 
     def __repr__(self) -> str:
-        return "\n".join(self) if self else "(no logs yet)"
+        # The items stay as written (data); their terminal form escapes control characters.
+        lines = (printable(line, keep=LOG_KEEP) for line in self)
+        return "\n".join(lines) if self else "(no logs yet)"
 
     def __str__(self) -> str:
         return self.__repr__()

@@ -123,12 +123,16 @@ def test_search_finds_visible_text_only_and_moves_both_ways() -> None:
     assert LogSearch(layout, "31m").matches == []  # escape codes are not text
 
 
-def test_ansi_and_control_characters_are_cleaned_like_a_terminal() -> None:
+def test_colours_render_and_other_control_characters_show_escaped() -> None:
     raw = "\x1b[1;32mok\x1b[0m\tdone [/bold]\x07"
-    assert plain(raw) == "ok      done [/bold]"
+    assert plain(raw) == "ok      done [/bold]\\x07"
     assert Text.from_ansi(clean(raw)).plain == plain(raw)
-    assert plain("progress 10%\rprogress 100%") == "progress 100%"
-    assert width_of("日本") == 4
+    # a carriage return could hide what came before it: shown, not obeyed (SECURITY.md 6)
+    assert plain("progress 10%\rprogress 100%") == "progress 10%\\rprogress 100%"
+    assert plain("osc \x1b]52;c;aGk=\x07 \x9b2J \x1b[2J") == (
+        "osc \\x1b]52;c;aGk=\\x07 \\x9b2J \\x1b[2J"
+    )
+    assert width_of("a\x07") == 5 and width_of("日本") == 4
 
 
 def test_task_summary_matches_task_status() -> None:

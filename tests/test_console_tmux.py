@@ -103,3 +103,48 @@ async def test_real_console_in_tmux_shows_a_running_task_and_its_logs(
         await wait_runs_ended(bus, task.id)
     finally:
         await tmux.run("kill-server")
+
+
+HOSTILE_SCRIPT = """
+ESC, BEL = chr(27), chr(7)
+print(f"osc52 {ESC}]52;c;cHduZWQ={BEL} title {ESC}]2;pwned{BEL}", flush=True)
+print("wipe " + chr(27) + "[2J" + chr(0x9b) + "2J done", flush=True)
+import time
+time.sleep(60)
+"""
+
+
+async def test_real_console_in_tmux_shows_escape_sequences_escaped_and_obeys_none(
+    bus: Bus, nats_url: str, executor: Daemon, tmp_path: Path
+) -> None:
+    orch = await catalog.upload_orchestration(
+        bus, make_zip({"main.py": HOSTILE_SCRIPT}), name="hostile", file_name="h.zip"
+    )
+    await wait_ready(bus, orch.id)
+    tmux = Tmux(tmp_path)
+    env = daemon_env()
+    argv = ["env", "-u", "COLUMNS", "-u", "LINES", f"PYTHONPATH={env['PYTHONPATH']}"]
+    command = shlex.join([*argv, sys.executable, "-m", "console", "--url", nats_url])
+    await tmux.run("new-session", "-d", "-x", "160", "-y", "45", "-s", "console", "-c", str(REPO))
+    # OSC 52 from the pane would land in tmux's paste buffers; titles in #{pane_title}
+    await tmux.run("set-option", "-g", "set-clipboard", "on")
+    await tmux.run("set-option", "-g", "allow-rename", "on")
+    title_before = await tmux.run("display-message", "-p", "-t", "console", "#{pane_title}")
+    await tmux.run("respawn-pane", "-k", "-t", "console", command)
+    try:
+        await tmux.wait_for("connected", "tasks 0")
+        task = await catalog.create_task(
+            bus, orch, name="t\x1b]52;c;cHduZWQ=\x07\x1b]2;pwned\x07\x1b[2J", kind=TaskKind.RUN_ONCE
+        )
+        await tmux.wait_for(r"t\x1b]52;c;cHduZWQ=\x07\x1b]2;pwned\x07\x1b[2J", "running")
+        await tmux.run("send-keys", "-t", "console", "l")  # the newest task's logs
+        text = await tmux.wait_for(r"osc52 \x1b]52;c;cHduZWQ=\x07 title \x1b]2;pwned\x07")
+        text = await tmux.wait_for(r"wipe \x1b[2J\x9b2J done")
+        assert "Tasks" not in text or "Logs" in text  # the screen was not wiped
+        title = await tmux.run("display-message", "-p", "-t", "console", "#{pane_title}")
+        assert "pwned" not in title and title == title_before
+        assert (await tmux.run("list-buffers")).strip() == ""  # nothing reached the clipboard
+        await catalog.set_task_flags(bus, task.id, killed=True)
+        await wait_runs_ended(bus, task.id)
+    finally:
+        await tmux.run("kill-server")

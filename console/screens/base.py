@@ -20,6 +20,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
 from textual.widgets import Static
 
+from broker.text import printable
 from console.context import Context, context_of
 from console.widgets.key_bar import KeyBar
 from console.widgets.status_bar import StatusBar
@@ -140,16 +141,17 @@ class ConsoleScreen(Screen[None]):
         self.query_one(selector, Static).update(text, layout=not fixed)
 
     def act(self, work: Awaitable[object], done: str = "") -> None:
-        """Run an action on the bus; report its failure (or ``done``) as a notification."""
+        """Run an action on the bus; report its failure (or ``done``) as a notification, with
+        the control characters of names in them escaped."""
 
         async def run() -> None:
             try:
                 await work
             except Exception as exc:
-                self.notify(str(exc), title="Failed", severity="error", markup=False)
+                self.notify(printable(str(exc)), title="Failed", severity="error", markup=False)
                 return
             if done:
-                self.notify(done, markup=False)
+                self.notify(printable(done, keep="\n"), markup=False)
             self.redraw()
 
         self.run_worker(run(), group="actions")

@@ -15,6 +15,7 @@ from textual.binding import Binding, BindingType
 from textual.widget import Widget
 from textual.widgets import Input, Static
 
+from broker.text import printable
 from console import query
 from console.format import count
 from console.screens.base import ConsoleScreen
@@ -134,7 +135,7 @@ class ListScreen(ConsoleScreen):
         if self.query_.error:
             parts.append(self.query_.error)
         self.query_one("#summary").set_class(bool(self.query_.error), "-error")
-        self.show("#summary", Text("  ·  ".join(parts)), fixed=True)
+        self.show("#summary", Text(printable("  ·  ".join(parts))), fixed=True)
 
     def set_filter(self, text: str) -> None:
         had_filter = bool(self.query_.text)

@@ -13,6 +13,7 @@ from textual.widgets import Static
 
 from broker.models import OrchestrationRecord
 from broker.status import ORCHESTRATION_SETTLED, OrchestrationStatus
+from broker.text import printable
 from console.cells import ORCHESTRATION_STYLES, cell
 from console.format import DASH, clock_time, short_sha, span
 from console.screens.base import CommandRequested
@@ -105,21 +106,21 @@ class OrchestrationsScreen(ListScreen):
         text = Text(overflow="fold")
         if orch is not None:
             dim = Style(dim=True)
-            text.append(orch.name, style="bold")
+            text.append(printable(orch.name), style="bold")
             text.append(f"  {self.status_text(orch)}  ")
             text.append("id ", dim)
-            text.append(orch.id)
+            text.append(printable(orch.id))
             text.append("  sha ", dim)
-            text.append(orch.sha)
+            text.append(printable(orch.sha))
             text.append("\nentrypoint ", dim)
-            text.append(orch.entrypoint or DASH)
+            text.append(printable(orch.entrypoint) or DASH)
             text.append("  requirements ", dim)
             text.append(f"{len(orch.lock.splitlines())} pinned" if orch.lock else "none")
             if orch.python:
-                text.append(f" (python {orch.python})")
+                text.append(f" (python {printable(orch.python)})")
             if orch.status is OrchestrationStatus.ERROR:
                 text.append("\nerror ", Style(bold=True))
-                text.append(orch.error or "(no message)")
+                text.append(printable(orch.error, keep="\n") or "(no message)")
         self.show("#detail", text)
         detail.display = orch is not None
 
@@ -130,7 +131,8 @@ class OrchestrationsScreen(ListScreen):
     def action_upload(self) -> None:
         def uploaded(record: OrchestrationRecord | None) -> None:
             if record is not None:
-                self.notify(f"Uploaded {record.name} ({short_sha(record.sha)})", markup=False)
+                name = printable(record.name)
+                self.notify(f"Uploaded {name} ({short_sha(record.sha)})", markup=False)
                 self.redraw()
                 self.table.select_key(record.id)
 

@@ -15,6 +15,7 @@ from textual.widget import Widget
 from textual.widgets import Input, Static
 
 from broker.status import RUN_TERMINAL
+from broker.text import printable
 from console.format import DASH, SEP, clock_time, count, duration, short_id
 from console.logdoc import LogDocument
 from console.logtail import LogTail
@@ -79,7 +80,7 @@ class RunLogsScreen(ConsoleScreen):
         self._signature: tuple[object, ...] = ()
 
     def view_name(self) -> str:
-        task = self.ctx.state.task_name(self.task_id)
+        task = printable(self.ctx.state.task_name(self.task_id))
         return SEP.join(("Logs", task, short_id(self.run_id)))
 
     def compose_body(self) -> Iterable[Widget]:
@@ -148,14 +149,14 @@ class RunLogsScreen(ConsoleScreen):
         view = self.view
         dim = Style(dim=True)
         text = Text(no_wrap=True, overflow="ellipsis")
-        text.append(self.ctx.state.task_name(self.task_id), style="bold")
+        text.append(printable(self.ctx.state.task_name(self.task_id)), style="bold")
         text.append(f"  {short_id(self.run_id)}  ")
         if run is None:
             text.append("run record not found", style="italic")
         else:
             text.append(str(run.status), style="bold")
             text.append(f"  try {run.attempt}  ", dim)
-            text.append(run.executor or DASH)
+            text.append(printable(run.executor) or DASH)
             text.append("  ")
             text.append(clock_time(run.started_at, self.ctx.clock.local, date=False))
             text.append(f" +{duration(run.started_at, run.finished_at, now)}")
@@ -163,7 +164,7 @@ class RunLogsScreen(ConsoleScreen):
                 text.append(f"  exit {run.exit_code}")
             if run.reason:
                 text.append("  ")
-                text.append(run.reason)
+                text.append(printable(run.reason))
         text.append(f"  │ {count(view.lines_map.count)} lines", dim)
         if view.search is not None:
             found = view.search.index_of(view.current) if view.current is not None else 0
@@ -222,7 +223,7 @@ class RunLogsScreen(ConsoleScreen):
         if found:
             self.view.find(forward=True)
         elif event.value.strip():
-            self.notify(f"No line contains {event.value.strip()!r}", markup=False)
+            self.notify(f"No line contains {printable(repr(event.value.strip()))}", markup=False)
         self.sync()
 
     def action_find(self, forward: bool) -> None:

@@ -11,6 +11,7 @@ from textual.containers import Center, Vertical
 from textual.screen import Screen
 from textual.widgets import Static
 
+from broker.text import printable
 from console.context import context_of
 from console.widgets.key_bar import KeyBar
 
@@ -42,11 +43,11 @@ class ServerDownScreen(Screen[None]):
         text = Text()
         text.append("Cannot reach a Taskbus server\n\n", style="bold")
         text.append("Tried: ")
-        text.append(urls, style="bold")
+        text.append(printable(urls), style="bold")
         text.append("\n\n")
         if state.link_detail:
             text.append("Reason: ")
-            text.append(state.link_detail)
+            text.append(printable(state.link_detail))
             text.append("\n\n")
         text.append("To start one on this machine, run\n\n")
         text.append("    taskbus up", style="bold")

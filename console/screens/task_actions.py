@@ -11,6 +11,7 @@ from textual.binding import Binding, BindingType
 
 from broker.models import TaskRecord
 from broker.status import TaskKind
+from broker.text import printable
 from console.screens.confirm import ConfirmScreen
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ class TaskActions(_Base):
             return
         body = Text()
         body.append("Kill ")
-        body.append(task.name, style="bold")
+        body.append(printable(task.name), style="bold")
         body.append(f" ({task.kind.label})?\n\n")
         body.append(
             "Its schedule stops for good and a running run is terminated "

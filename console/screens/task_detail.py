@@ -14,6 +14,7 @@ from textual.widgets import Static
 
 from broker.models import RunRecord, TaskRecord
 from broker.status import RunStatus, TaskKind
+from broker.text import printable
 from console.cells import RUN_STYLES, cell
 from console.format import DASH, SEP, clock_time, count, duration, short_id, short_sha, span
 from console.schedule import next_fires
@@ -57,7 +58,7 @@ class TaskDetailScreen(TaskActions, ConsoleScreen):
         self._signature: tuple[object, ...] = ()
 
     def view_name(self) -> str:
-        return SEP.join(("Tasks", self.ctx.state.task_name(self.task_id)))
+        return SEP.join(("Tasks", printable(self.ctx.state.task_name(self.task_id))))
 
     def compose_body(self) -> Iterable[Widget]:
         yield Static(id="spec")
@@ -97,22 +98,22 @@ class TaskDetailScreen(TaskActions, ConsoleScreen):
         state = self.ctx.state
         now = self.ctx.clock.now()
         zone = self.ctx.clock.local
-        text.append(task.name, style="bold")
+        text.append(printable(task.name), style="bold")
         text.append(f"   {task.kind.label} · {state.status_of(task.id)}")
         text.append(f" · {'active' if state.is_active(task.id) else 'inactive'}\n")
         orch = state.orchestrations.get(task.orchestration_id)
         text.append("id ", label)
-        text.append(task.id)
+        text.append(printable(task.id))
         text.append("   orchestration ", label)
         if orch is not None:
-            text.append(orch.name)
+            text.append(printable(orch.name))
             text.append(f" ({orch.status}, sha {short_sha(orch.sha)})")
         else:
-            text.append(task.orchestration_id)
+            text.append(printable(task.orchestration_id))
         text.append("\n")
         if task.kind is TaskKind.SCHEDULED:
             text.append("schedule ", label)
-            text.append(f"{task.schedule} ({task.tz})")
+            text.append(printable(f"{task.schedule} ({task.tz})"))
             fires = (
                 []
                 if task.paused or task.killed
@@ -124,19 +125,20 @@ class TaskDetailScreen(TaskActions, ConsoleScreen):
         text.append("timeout ", label)
         text.append(span(task.timeout_s) if task.timeout_s else "none")
         text.append("   overlap ", label)
-        text.append(task.overlap)
+        text.append(printable(task.overlap))
         text.append("   missed ", label)
-        text.append(task.missed)
+        text.append(printable(task.missed))
         text.append("   retries ", label)
         text.append(str(task.retries))
         text.append("   pool ", label)
-        text.append(task.pool)
+        text.append(printable(task.pool))
         flags = [name for name, on in (("paused", task.paused), ("killed", task.killed)) if on]
         if flags:
             text.append("   flags ", label)
             text.append(", ".join(flags), style="bold")
         text.append("\nargs ", label)
-        text.append(json.dumps(task.json_args, sort_keys=True) if task.json_args else "{}")
+        args = json.dumps(task.json_args, sort_keys=True) if task.json_args else "{}"
+        text.append(printable(args))
         text.append("\ncreated ", label)
         text.append(clock_time(task.created_at, zone))
         text.append("   updated ", label)

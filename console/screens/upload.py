@@ -17,6 +17,7 @@ from textual.suggester import Suggester
 from textual.widgets import Button, Input, Label, Static
 
 from broker.models import OrchestrationRecord
+from broker.text import printable
 from console.context import context_of
 
 
@@ -87,7 +88,7 @@ class UploadScreen(ModalScreen[OrchestrationRecord | None]):
 
     def show_error(self, message: str) -> None:
         error = self.query_one("#error", Static)
-        error.update(Text(message))
+        error.update(Text(printable(message, keep="\n")))
         error.set_class(bool(message), "-shown")
 
     def on_input_changed(self, event: Input.Changed) -> None:

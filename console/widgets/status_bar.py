@@ -9,6 +9,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
 
+from broker.text import printable
 from console.context import context_of
 from console.format import SEP, count
 from console.state import Link
@@ -49,7 +50,7 @@ class StatusBar(Widget):
 
         line = Text(no_wrap=True, overflow="ellipsis", end="")
         line.append(" Taskbus ", style("title"))
-        line.append(f"{SEP.strip()} {self.view}  ")
+        line.append(f"{SEP.strip()} {printable(self.view)}  ")
         link = state.link
         if link is Link.CONNECTED:
             line.append("● connected", style("ok"))
@@ -63,7 +64,7 @@ class StatusBar(Widget):
         else:
             line.append("◌ connecting…", style("warn"))
         if state.server:
-            line.append(f" {state.server}", style("muted"))
+            line.append(f" {printable(state.server)}", style("muted"))
         dropped = ctx.feed.dropped()
         line.append("  dropped ", style("muted"))
         line.append(count(dropped), style("bad" if dropped else "muted"))

@@ -22,7 +22,10 @@ INTERRUPTED = 130
 
 
 def error(message: object) -> None:
-    print(f"taskbus: error: {message}", file=sys.stderr, flush=True)
+    """One line on stderr; names and other user text in ``message`` show escaped."""
+    from broker.text import printable
+
+    print(f"taskbus: error: {printable(str(message))}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from broker.settings import ConnectSettings
+from broker.text import LOG_KEEP, printable
 from sdk.cli import FAILED, OK, USAGE, error
 
 if TYPE_CHECKING:
@@ -83,14 +84,15 @@ def run(args: argparse.Namespace) -> int:
             return OK
         if args.follow:
             if not args.json:
-                print(f"task {task.id()} ({task.name()}): following its run", file=sys.stderr)
+                name = printable(task.name())
+                print(f"task {task.id()} ({name}): following its run", file=sys.stderr)
             _print_lines(args, task.last_runs()[0].logs(follow=True))
         status = task.wait()
         task.refresh()
         if args.json:  # after followed lines (one JSON string each), the task on one line too
             print(json.dumps(task.to_dict(), indent=None if args.follow else 2))
         elif args.follow:
-            print(f"task {task.id()} ({task.name()}): {status}", file=sys.stderr)
+            print(f"task {task.id()} ({printable(task.name())}): {status}", file=sys.stderr)
         else:
             print(task)
     return OK if status == "success" else FAILED
@@ -141,7 +143,7 @@ def logs(args: argparse.Namespace) -> int:
             print(json.dumps(list(chosen.logs(args.limit)), indent=2))
         else:
             for line in chosen.logs(args.limit):
-                print(line)
+                print(printable(line, keep=LOG_KEEP))
     return OK
 
 
@@ -152,8 +154,11 @@ def _pick_run(found: list[TaskRun], run_id: str | None) -> TaskRun | None:
 
 
 def _print_lines(args: argparse.Namespace, lines: Any) -> None:
+    """Log lines as they arrive: JSON strings (exact, JSON escapes control characters) or
+    text with control characters escaped except tabs (``broker.text``: a tab only moves the
+    cursor forward, and ``cut -f`` keeps working)."""
     for line in lines:
-        print(json.dumps(line) if args.json else line, flush=True)
+        print(json.dumps(line) if args.json else printable(line, keep=LOG_KEEP), flush=True)
 
 
 def kill(args: argparse.Namespace) -> int:
@@ -164,7 +169,7 @@ def kill(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"id": task.id(), "name": task.name(), "status": str(status)}))
         else:
-            print(f"task {task.id()} ({task.name()}): {status}")
+            print(f"task {task.id()} ({printable(task.name())}): {status}")
     return OK
 
 
