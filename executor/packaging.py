@@ -86,15 +86,16 @@ def keep_hashes(
     must be one of the user's lines, and when the index lists sha256 hashes, one of the user's
     must be among them (else no file the index offers could ever install)."""
     by_name = {line.name: line for line in wanted}
-    locked = []
     for entry in pinned:
-        mine = by_name.get(entry.name)
-        if mine is None:
+        if entry.name not in by_name:
             raise ResolutionError(
                 f"{entry.requirement.name!r} is needed by another requirement but has no line of "
                 f"its own: with --hash pins every package must be listed with its hash "
                 f"(`uv pip compile --generate-hashes` writes such a file)"
             )
+    locked = []
+    for entry in pinned:
+        mine = by_name[entry.name]
         offered = set(entry.hashes)
         ours = set(mine.hashes)
         if offered and all(h.startswith("sha256:") for h in ours) and not offered & ours:
