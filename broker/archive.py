@@ -87,12 +87,17 @@ def _entry_problem(info: zipfile.ZipInfo) -> str | None:
             f"{shown} uses a compression method Python cannot read ({info.compress_type}); "
             f"zip it with deflate (the default of `zip` and of most tools)."
         )
-    if info.file_size > names.ZIP_RATIO_MIN_BYTES and info.file_size > names.MAX_ZIP_RATIO * max(
-        info.compress_size, 1
-    ):
+    return None
+
+
+def _bomb(info: zipfile.ZipInfo) -> str | None:
+    """Why an entry is a compression-ratio bomb, or None (``names.MAX_ZIP_RATIO``)."""
+    size, packed = info.file_size, max(info.compress_size, 1)
+    if size > names.ZIP_RATIO_MIN_BYTES and size > names.MAX_ZIP_RATIO * packed:
         return (
-            f"{shown} unpacks to {info.file_size} bytes from {info.compress_size} "
-            f"(over {names.MAX_ZIP_RATIO}:1): a zip bomb, not an orchestration."
+            f"{info.orig_filename!r} unpacks to {info.file_size} bytes from "
+            f"{info.compress_size} (over {names.MAX_ZIP_RATIO}:1): a zip bomb, not an "
+            f"orchestration."
         )
     return None
 
@@ -137,6 +142,10 @@ def _check(archive: zipfile.ZipFile, *, max_uncompressed_bytes: int, max_entries
             f"The zip is too large: {total} bytes uncompressed, the limit is "
             f"{max_uncompressed_bytes}. Keep big models or data outside the zip."
         )
+    for info in infos:
+        problem = _bomb(info)
+        if problem:
+            raise InvalidOrchestration(problem)
     if total > names.ZIP_RATIO_MIN_BYTES and total > names.MAX_ZIP_RATIO * max(compressed, 1):
         raise InvalidOrchestration(
             f"The zip unpacks to {total} bytes from {compressed} (over "
