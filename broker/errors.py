@@ -14,6 +14,8 @@
     ├── InvalidSchedule              a cron string, time zone or policy is not valid; also a
     │                                ValueError
     ├── TaskNotFound                 no task with that id; also a LookupError
+    ├── InvalidJsonArgs              json_args too large or too deeply nested; also a ValueError
+    ├── LogsUnavailable              the logs stream is gone from the server
     └── WaitTimeout                  a wait() ran out of time; also a TimeoutError
 """
 
@@ -73,6 +75,14 @@ class InvalidSchedule(TaskbusError, ValueError):
 
 class TaskNotFound(TaskbusError, LookupError):
     """No task has that id."""
+
+
+class InvalidJsonArgs(TaskbusError, ValueError):
+    """json_args are over the size limit or nested too deep to encode; says what to do."""
+
+
+class LogsUnavailable(TaskbusError):
+    """The server has no logs stream (it was deleted): a run's lines cannot be read."""
 
 
 class WaitTimeout(TaskbusError, TimeoutError):

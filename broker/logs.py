@@ -18,6 +18,7 @@ from nats.js.errors import NotFoundError
 
 from broker import names, store
 from broker.connection import Bus
+from broker.errors import LogsUnavailable
 from broker.models import LogBatch, LogLine, RunRecord, decode
 from broker.status import RUN_TERMINAL
 
@@ -27,6 +28,14 @@ log = logging.getLogger(__name__)
 # executor that died mid-run never sends one.
 EOF_GRACE_S = 2.0
 POLL_S = 1.0
+
+
+def _stream_gone() -> LogsUnavailable:
+    return LogsUnavailable(
+        f"The server has no {names.LOGS_STREAM} stream (it was deleted), so the run's log lines "
+        f"are gone. The next provisioning (a `taskbus up` or `taskbus server` start) creates it "
+        f"again for new runs."
+    )
 
 
 def format_line(line: LogLine) -> str:
@@ -45,12 +54,15 @@ async def _batches(
         if start_seq
         else js_api.ConsumerConfig(deliver_policy=js_api.DeliverPolicy.ALL)
     )
-    sub = await bus.js.subscribe(
-        subject,
-        ordered_consumer=True,
-        config=start,
-        inactive_threshold=60.0,
-    )
+    try:
+        sub = await bus.js.subscribe(
+            subject,
+            ordered_consumer=True,
+            config=start,
+            inactive_threshold=60.0,
+        )
+    except NotFoundError:  # no stream holds the subject
+        raise _stream_gone() from None
     try:
         info = await sub.consumer_info()
         delivered = info.delivered.consumer_seq if info.delivered else 0
@@ -150,6 +162,8 @@ async def _batch_at(bus: Bus, subject: str, seq: int | None) -> tuple[int, LogBa
             )
     except NotFoundError:
         return None
+    except nats.errors.NoRespondersError:  # direct gets of a stream that does not exist
+        raise _stream_gone() from None
     if msg.seq is None or msg.data is None:
         return None
     try:

@@ -76,6 +76,9 @@ ENV_RUN_ID = "TASKBUS_RUN_ID"
 ENV_ORCH_ID = "TASKBUS_ORCH_ID"
 ENV_ORCH_SHA = "TASKBUS_ORCH_SHA"
 ENV_ARGS_FILE = "TASKBUS_ARGS_FILE"
+# The package index executors resolve and install requirements from (uv's --default-index);
+# unset, uv's own configuration decides. Never the user's: requirements.txt may not name one.
+ENV_INDEX_URL = "TASKBUS_INDEX_URL"
 
 DEFAULT_PORT = 4222
 DEFAULT_URL = f"nats://127.0.0.1:{DEFAULT_PORT}"
@@ -113,3 +116,19 @@ LOG_LINE_MAX_CHARS = 16 * 1024
 # Zip limits: one upload is checked against these before it reaches the bus.
 MAX_ZIP_UNCOMPRESSED_BYTES = 2 << 30
 MAX_ZIP_ENTRIES = 100_000
+# Compression ratio past which an entry (or the whole zip) is a bomb, not an orchestration:
+# source, text and even sparse data files stay far below 100:1, while a deflate bomb reaches
+# ~1000:1 (1 GiB of zeros in ~1 MB). Entries under the minimum size are exempt: a few KiB
+# of repeated text legitimately compress that well and cost nothing to unpack.
+MAX_ZIP_RATIO = 100
+ZIP_RATIO_MIN_BYTES = 1 << 20
+# requirements.txt travels on the orchestration record (one KV message under the server's
+# 1 MiB max_payload); a real one is a few KiB even with every hash pinned.
+MAX_REQUIREMENTS_BYTES = 256 * 1024
+# json_args travel whole in the task record and in every run request, each one message under
+# the server's 1 MiB max_payload, with room left for the rest of the record. Bigger inputs
+# belong in a connection, an object store or a file the task reads.
+MAX_JSON_ARGS_BYTES = 512 * 1024
+# Nesting deeper than this is refused: Python's json and msgspec recurse once per level (the
+# interpreter stops near 1000), and no real argument is nested a hundred deep.
+MAX_JSON_ARGS_DEPTH = 100

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import site
 import sys
@@ -41,16 +42,19 @@ from pathlib import Path
 import anyio
 import uv
 
+from broker import names, requirements
+from broker.errors import InvalidOrchestration
+
 log = logging.getLogger(__name__)
 
 READY = ".taskbus-ready"
 PTH_NAME = "taskbus_sdk.pth"
 LOCK_POLL_S = 0.02
-ERROR_MAX_CHARS = 1500
 
 
 class EnvironmentBuildError(RuntimeError):
-    """uv could not build the environment; the message carries uv's own reason."""
+    """uv could not build the environment; the message says why in Taskbus's words (uv's own
+    output, which may quote host files, goes to the executor's log only)."""
 
 
 def python_tag() -> str:
@@ -66,12 +70,78 @@ def uv_binary() -> str:
     return str(uv.find_uv_bin())
 
 
-def trim_tool_output(text: str, limit: int = ERROR_MAX_CHARS) -> str:
-    """uv's message without progress noise, short enough to show on an orchestration."""
-    lines = [line.rstrip() for line in text.splitlines()]
-    keep = [line for line in lines if line.strip() and not line.lstrip().startswith("Using ")]
-    message = "\n".join(keep).strip()
-    return message if len(message) <= limit else message[: limit - 1] + "…"
+def index_args(index_url: str | None) -> list[str]:
+    """uv's index options: the operator's ``TASKBUS_INDEX_URL``, else uv's own configuration."""
+    return ["--default-index", index_url] if index_url else []
+
+
+def _mentioned(output: str, lines: list[requirements.Line]) -> list[requirements.Line]:
+    """The requirement lines whose package uv's output names (in line order)."""
+    text = output.lower()
+    found = []
+    for line in lines:
+        spellings = {line.name, line.name.replace("-", "_"), line.requirement.name.lower()}
+        if any(re.search(rf"(?<![\w.-]){re.escape(s)}(?![\w-])", text) for s in spellings):
+            found.append(line)
+    return found
+
+
+def explain_failure(output: str, lines: list[requirements.Line]) -> str:
+    """What went wrong, in Taskbus's words: which requirement lines uv's output concerns and
+    why, with a hint. Never uv's own text: it may quote files of this host (the executor's log
+    has it in full)."""
+    text = output.lower()
+    mentioned = _mentioned(output, lines)
+
+    def which(template: str) -> str:
+        if not mentioned:
+            return ""
+        return "; ".join(
+            f"line {line.number}: " + template.format(name=line.requirement.name, line=line)
+            for line in mentioned
+        )
+
+    if any(
+        marker in text
+        for marker in ("failed to fetch", "error sending request", "request failed after",
+                       "connect error", "dns error", "timed out")
+    ):  # fmt: skip
+        return (
+            "the package index could not be reached; it is the executor operator's setting "
+            f"({names.ENV_INDEX_URL}, else uv's configuration): ask them to check it"
+        )
+    if "hash mismatch" in text or "hashes do not match" in text:
+        detail = which("a file of {name!r} does not match its --hash pins")
+        return (detail or "a downloaded file does not match its --hash pins") + (
+            "; check the hashes (`pip hash FILE`, or `uv pip compile --generate-hashes`)"
+        )
+    if "not found in the package registry" in text or "was not found in" in text:
+        missing = [line for line in mentioned if f"{line.name} was not found" in text] or mentioned
+        if missing:
+            return (
+                "; ".join(
+                    f"line {line.number}: {line.requirement.name!r} was not found on the package "
+                    f"index"
+                    for line in missing
+                )
+                + "; check the spelling (PyPI unless the executor's operator set another index)"
+            )
+    if "no version of" in text or "unsatisfiable" in text or "no solution" in text:
+        detail = which("no version of {name!r} matches {line.requirement!s}")
+        return (
+            (detail or "no set of versions satisfies every requirement together")
+            + "; check the names and versions on the package index (PyPI unless the "
+            "executor's operator set another)"
+        )
+    if any(marker in text for marker in ("failed to build", "and build", "build backend")):
+        detail = which("{name!r} had to be built from source, and its build failed")
+        return (detail or "a package had to be built from source, and its build failed") + (
+            "; pin a version that ships a wheel for this Python"
+        )
+    detail = which("{name!r} is involved")
+    return (
+        f"uv failed{' (' + detail + ')' if detail else ''}; the executor's log has its full output"
+    )
 
 
 def sdk_paths() -> list[str]:
@@ -114,9 +184,11 @@ async def run_tool(*args: str) -> tuple[int, str, str]:
 
 
 class Environments:
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    def __init__(self, root: Path, max_bytes: int, index_url: str | None = None) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        # The operator's index for every resolve and install of this host (None: uv decides).
+        self.index_url = index_url or os.environ.get(names.ENV_INDEX_URL) or None
         self.root.mkdir(parents=True, exist_ok=True)
         self._uv = uv_binary()
 
@@ -163,25 +235,33 @@ class Environments:
 
     async def _build(self, path: Path, lock: str) -> float:
         started = time.monotonic()
+        try:  # the lock is uv's input: a record written by hand must not smuggle options in
+            pinned = requirements.parse(lock, source="the pinned lock")
+        except InvalidOrchestration as exc:
+            raise EnvironmentBuildError(f"{exc}; upload the orchestration again") from None
         # A build that died half-way leaves a folder without the marker.
         await anyio.to_thread.run_sync(shutil.rmtree, path, True)
         code, _, output = await run_tool(
             self._uv, "venv", "--quiet", "--no-progress", "--python", sys.executable, str(path)
         )
         if code != 0:
+            log.warning("uv venv failed (exit %d) for %s:\n%s", code, path.name, output)
             raise EnvironmentBuildError(
-                f"uv could not create a virtualenv: {trim_tool_output(output)}"
+                "uv could not create a virtualenv on the executor; its log has uv's output"
             )
         lock_file = path / "requirements.lock"
-        lock_file.write_text(lock)
+        lock_file.write_text(requirements.render(pinned))
         python = str(path / "bin" / "python")
+        hashes = ["--require-hashes"] if requirements.hashed(pinned) else []
         code, _, output = await run_tool(
-            self._uv, "pip", "sync", "--quiet", "--no-progress", "--python", python, str(lock_file)
-        )
+            self._uv, "pip", "sync", "--quiet", "--no-progress", "--python", python,
+            *hashes, *index_args(self.index_url), str(lock_file),
+        )  # fmt: skip
         if code != 0:
             shutil.rmtree(path, ignore_errors=True)
+            log.warning("uv pip sync failed (exit %d) for %s:\n%s", code, path.name, output)
             raise EnvironmentBuildError(
-                f"installing the pinned requirements failed: {trim_tool_output(output)}"
+                f"installing the pinned requirements failed: {explain_failure(output, pinned)}"
             )
         site_packages = Path(sysconfig.get_path("purelib", vars={"base": str(path)}))
         (site_packages / PTH_NAME).write_text("\n".join(sdk_paths()) + "\n")

@@ -4,7 +4,14 @@ Taken from the packaging queue by any executor. The zip is fetched and extracted
 warms this host's cache), ``requirements.txt`` is resolved by ``uv pip compile`` into a pinned
 lock for this executor's Python, stored on the orchestration record, and its environment is
 built so the first run finds it cached. Any failure ends as ``error`` with a message a user
-can act on (the resolver's own words, without its noise).
+can act on, in Taskbus's words: which requirements.txt line and why. uv's own output may quote
+files of this host, so it goes to the executor's log only.
+
+requirements.txt is checked here again (broker.requirements) before uv sees any of it: the
+SDK's check at upload is for fast feedback, this one is the enforcement. uv gets the text
+rebuilt from the parsed lines, and the operator's index. With ``--hash`` pins the lock keeps
+them (every package of the lock must be one of the user's lines, as in pip's hash-checking
+mode), and environments install it with ``--require-hashes``.
 """
 
 from __future__ import annotations
@@ -18,16 +25,18 @@ from pathlib import Path
 
 import msgspec
 
-from broker import store
+from broker import requirements, store
 from broker.connection import Bus
+from broker.errors import InvalidOrchestration
 from broker.models import OrchestrationRecord, utcnow
 from broker.status import ORCHESTRATION_SETTLED, OrchestrationStatus
 from executor.artifacts import ArtifactError, Artifacts
 from executor.environments import (
     EnvironmentBuildError,
     Environments,
+    explain_failure,
+    index_args,
     run_tool,
-    trim_tool_output,
     uv_binary,
 )
 
@@ -42,20 +51,63 @@ def python_version() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
-async def resolve(requirements: str) -> str:
-    """Pin ``requirements`` for this interpreter: the lock every host installs."""
+async def resolve(text: str, index_url: str | None = None) -> str:
+    """Pin requirements.txt ``text`` for this interpreter: the lock every host installs ("" when
+    it lists nothing). ``InvalidOrchestration`` for a refused line, ``ResolutionError`` when
+    uv cannot resolve it."""
+    lines = requirements.parse(text)
+    if not lines:
+        return ""
+    hashed = requirements.hashed(lines)
     with tempfile.TemporaryDirectory(prefix="taskbus-resolve-") as folder:
         source = Path(folder) / "requirements.txt"
-        source.write_text(requirements)
+        source.write_text(requirements.render(lines, with_hashes=False))
         code, lock, errors = await run_tool(
             uv_binary(), "pip", "compile", str(source), "--python", sys.executable,
             "--no-header", "--no-annotate", "--quiet", "--no-progress",
+            *(["--generate-hashes"] if hashed else []), *index_args(index_url),
         )  # fmt: skip
-        if code != 0:
-            message = trim_tool_output((errors or lock).replace(str(source), "requirements.txt"))
-            raise ResolutionError(message)
+    if code != 0:
+        log.warning("uv pip compile failed (exit %d):\n%s", code, errors or lock)
+        raise ResolutionError(explain_failure(errors or lock, lines))
     # The lock is uv's stdout; with --quiet nothing else is printed on success.
-    return "\n".join(line for line in lock.splitlines() if line.strip()) + "\n"
+    try:
+        pinned = requirements.parse(lock, source="the resolved lock")
+    except InvalidOrchestration as exc:  # uv printed something we would not install
+        log.warning("uv pip compile printed a lock Taskbus refuses (%s):\n%s", exc, lock)
+        raise ResolutionError("the resolver's lock was not plain requirements") from None
+    return requirements.render(keep_hashes(lines, pinned) if hashed else pinned)
+
+
+def keep_hashes(
+    wanted: list[requirements.Line], pinned: list[requirements.Line]
+) -> list[requirements.Line]:
+    """The lock with the user's ``--hash`` pins in place of the index's: every locked package
+    must be one of the user's lines, and when the index lists sha256 hashes, one of the user's
+    must be among them (else no file the index offers could ever install)."""
+    by_name = {line.name: line for line in wanted}
+    for entry in pinned:
+        if entry.name not in by_name:
+            raise ResolutionError(
+                f"{entry.requirement.name!r} is needed by another requirement but has no line of "
+                f"its own: with --hash pins every package must be listed with its hash "
+                f"(`uv pip compile --generate-hashes` writes such a file)"
+            )
+    locked = []
+    for entry in pinned:
+        mine = by_name[entry.name]
+        offered = set(entry.hashes)
+        ours = set(mine.hashes)
+        if offered and all(h.startswith("sha256:") for h in ours) and not offered & ours:
+            raise ResolutionError(
+                f"line {mine.number}: no file of {entry.requirement} on the package index "
+                f"matches its --hash pins; check them (`pip hash FILE`, or `uv pip compile "
+                f"--generate-hashes`)"
+            )
+        locked.append(
+            requirements.Line(number=mine.number, requirement=entry.requirement, hashes=mine.hashes)
+        )
+    return locked
 
 
 async def _set(bus: Bus, orchestration_id: str, **changes: object) -> OrchestrationRecord | None:
@@ -82,14 +134,15 @@ async def package(
     if updated is None or updated.status in ORCHESTRATION_SETTLED:
         return None if updated is None else updated.status
     try:
+        requirements.parse(record.requirements)  # before anything reads the zip or runs uv
         await artifacts.tree(record.sha)
-        if not record.requirements.strip():
-            lock = ""
-        else:
-            lock = await resolve(record.requirements)
+        lock = await resolve(record.requirements, environments.index_url)
+        if lock:
             await _set(bus, orchestration_id, lock=lock, python=python_version())
             environment = await environments.acquire(lock)
             environment.release()
+    except InvalidOrchestration as exc:
+        return await _fail(bus, record, str(exc))
     except ResolutionError as exc:
         return await _fail(bus, record, f"requirements.txt could not be resolved: {exc}")
     except EnvironmentBuildError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import partial
@@ -9,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from broker import catalog, store
-from broker.errors import OrchestrationNotFound, OrchestrationNotReady
+from broker import catalog, names, store
+from broker.errors import InvalidJsonArgs, OrchestrationNotFound, OrchestrationNotReady
 from broker.models import OrchestrationRecord
 from broker.status import OrchestrationStatus, TaskKind
 from sdk import display
@@ -26,6 +27,34 @@ def check_name(name: object, what: str = "task") -> str:
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"The {what} name must be a non-empty string, not {name!r}")
     return name
+
+
+def check_json_args_limits(json_args: object) -> None:
+    """json_args shallow and small enough to travel (``names.MAX_JSON_ARGS_*``), checked
+    without recursion before anything encodes them; what is not a JSON object is left to the
+    catalog's check, which names the bad value."""
+    stack: list[tuple[object, int]] = [(json_args, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list) and depth > names.MAX_JSON_ARGS_DEPTH:
+            raise InvalidJsonArgs(
+                f"json_args are nested more than {names.MAX_JSON_ARGS_DEPTH} levels deep; "
+                f"flatten them."
+            )
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+    try:
+        size = len(json.dumps(json_args, allow_nan=False).encode())
+    except (TypeError, ValueError):
+        return
+    if size > names.MAX_JSON_ARGS_BYTES:
+        raise InvalidJsonArgs(
+            f"json_args are {size} bytes as JSON; at most {names.MAX_JSON_ARGS_BYTES} are "
+            f"allowed (they travel in every run request). Pass a reference instead: a path, URL "
+            f"or key the task reads its data from."
+        )
 
 
 class AsyncOrchestration(display.Shown):
@@ -114,6 +143,7 @@ class AsyncOrchestration(display.Shown):
 
     async def _create(self, name: str, kind: TaskKind, **spec: Any) -> AsyncTask:
         check_name(name)
+        check_json_args_limits(spec.get("json_args"))
         bus = await self._client._connected()
         record = await catalog.create_task(bus, self._record, name=name, kind=kind, **spec)
         runs = await catalog.runs_of(bus, record.id) if kind is TaskKind.RUN_ONCE else []

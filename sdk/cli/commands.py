@@ -46,6 +46,14 @@ def _json_args(raw: str | None) -> dict[str, Any] | None:
         raise ValueError(
             f"--args is not valid JSON ({exc}); give an object such as '{{\"n\": 3}}'"
         ) from None
+    except RecursionError:  # json recurses once per level
+        from broker.errors import InvalidJsonArgs
+        from broker.names import MAX_JSON_ARGS_DEPTH
+
+        raise InvalidJsonArgs(
+            f"--args is nested too deeply to read; at most {MAX_JSON_ARGS_DEPTH} levels are "
+            f"allowed: flatten it"
+        ) from None
     return value  # type: ignore[no-any-return]
 
 
