@@ -13,10 +13,11 @@ from broker import store
 from broker.connection import Bus, connect
 from broker.models import ExecutorRecord, RunRecord, TaskRecord
 from broker.settings import ConnectSettings
+from broker.text import printable
 
 
 def _say(text: str) -> None:
-    print(f"{datetime.now():%H:%M:%S} {text}", flush=True)  # noqa: T201 (the command's output)
+    print(f"{datetime.now():%H:%M:%S} {printable(text)}", flush=True)  # noqa: T201 (the command's output)
 
 
 async def _task_name(bus: Bus, task_id: str, cache: dict[str, str]) -> str:
