@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return NOT_CONNECTED
     except TaskbusError as exc:
         error(exc)
-        return USAGE if isinstance(exc, ValueError | LookupError) else FAILED
+        return USAGE if isinstance(exc, ValueError | TypeError | LookupError) else FAILED
     except (ValueError, TypeError) as exc:  # the library's checks of arguments
         error(exc)
         return USAGE
