@@ -16,11 +16,13 @@ import msgspec
 from broker import archive, cron, dispatch, names, store
 from broker.connection import Bus
 from broker.errors import (
+    InvalidArgument,
     InvalidSchedule,
+    OrchestrationCannotRun,
     OrchestrationNotFound,
-    OrchestrationNotReady,
     OrchestrationUploadFailed,
     TaskNotFound,
+    WrongArgumentType,
 )
 from broker.models import OrchestrationRecord, RunRecord, TaskRecord, utcnow
 from broker.status import MissedPolicy, OrchestrationStatus, Overlap, TaskKind, task_status
@@ -35,7 +37,7 @@ def check_id(value: object, what: str = "task") -> str:
     try:
         return str(uuid.UUID(str(value)))
     except (ValueError, TypeError, AttributeError):
-        raise ValueError(
+        raise InvalidArgument(
             f"{value!r} is not a valid {what} id: ids are UUIDs such as "
             f"'7b5f0e8a-3c1d-4f2e-9a6b-1c2d3e4f5a6b' (list_tasks() or `taskbus tasks` shows "
             f"them)."
@@ -45,14 +47,14 @@ def check_id(value: object, what: str = "task") -> str:
 def check_json_args(json_args: object) -> dict[str, Any]:
     """A JSON object that round-trips, or ``TypeError`` naming the bad value."""
     if not isinstance(json_args, dict):
-        raise TypeError(
+        raise WrongArgumentType(
             f"json_args must be a dict (a JSON object), not {type(json_args).__name__}: "
             f"{json_args!r}"
         )
     try:
         json.dumps(json_args, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise TypeError(
+        raise WrongArgumentType(
             f"json_args must hold only JSON values (str, number, bool, None, list, dict): {exc}"
         ) from None
     return json_args
@@ -62,7 +64,7 @@ def check_timeout(timeout: object) -> int | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
-        raise ValueError(
+        raise InvalidArgument(
             f"timeout must be a positive whole number of seconds or None, not {timeout!r}"
         )
     return timeout
@@ -179,7 +181,7 @@ async def create_task(
     missed_policy = _policy(MissedPolicy, missed, "missed")
     current = await get_orchestration(bus, orchestration.id)
     if current.status is OrchestrationStatus.ERROR:
-        raise OrchestrationNotReady(
+        raise OrchestrationCannotRun(
             f"Orchestration {current.name!r} failed packaging and cannot run: "
             f"{current.error.rstrip('. ')}. Fix it and upload again."
         )

@@ -175,14 +175,14 @@ def _request(
 async def record_skipped_run(
     bus: Bus, task: TaskRecord, instant: datetime, reason: str
 ) -> RunRecord | None:
-    """A fire that will not run (missed, overlap) is still visible in history, as ``killed``
+    """A fire that will not run (missed, overlap) is still visible in history, as ``skipped``
     with the reason; None when that instant already has a record."""
     run_id = run_id_for(task.id, instant)
     now = utcnow()
     record = RunRecord(
         task_id=task.id,
         run_id=run_id,
-        status=RunStatus.KILLED,
+        status=RunStatus.SKIPPED,
         reason=reason,
         instant=instant,
         created_at=now,

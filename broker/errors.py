@@ -3,20 +3,33 @@
 ::
 
     TaskbusError
-    ├── NotConnected                 no server answered at the URL(s) tried
+    ├── CommunicationFailed          the bus could not be reached or did not answer
+    │   ├── NotConnected             no server answered at the URL(s) tried
+    │   └── RequestTimeout           a request got no answer within the client's
+    │                                request_timeout; also a TimeoutError
     ├── ServerError                  the embedded nats-server could not start or stopped
+    ├── InvalidArgument              an argument has a bad value; also a ValueError
+    │   └── InvalidName              a name is empty or not a string
+    ├── WrongArgumentType            an argument has the wrong type; also a TypeError
     ├── OrchestrationMissingFile     upload got neither a path nor a bytes buffer (or a path
     │                                that does not exist); also a ValueError
     ├── InvalidOrchestration         the zip is not a valid orchestration (no main.py, …)
     ├── OrchestrationUploadFailed    the zip could not be stored on the bus
     ├── OrchestrationNotReady        packaging failed, or a wait for ready timed out
-    ├── OrchestrationNotFound        no orchestration with that id or name; also a LookupError
+    │   └── OrchestrationCannotRun   a run_* of an orchestration that failed packaging (also
+    │                                an OrchestrationDeployOneshotFailed)
+    ├── OrchestrationDeployOneshotFailed   a run_* could not create its task (reference name)
+    ├── NotFound                     no entity with that id or name; also a LookupError
+    │   ├── OrchestrationNotFound    no orchestration with that id or name
+    │   └── TaskNotFound             no task with that id
     ├── InvalidSchedule              a cron string, time zone or policy is not valid; also a
     │                                ValueError
-    ├── TaskNotFound                 no task with that id; also a LookupError
     ├── InvalidJsonArgs              json_args too large or too deeply nested; also a ValueError
     ├── LogsUnavailable              the logs stream is gone from the server
     └── WaitTimeout                  a wait() ran out of time; also a TimeoutError
+
+``sdk.object`` gives the reference SDK's names for these (``EntityNotFoundError`` is
+``NotFound``, ``CommunicationError`` is ``CommunicationFailed``, …).
 """
 
 from __future__ import annotations
@@ -26,7 +39,11 @@ class TaskbusError(Exception):
     """The root of every error Taskbus raises on purpose."""
 
 
-class NotConnected(TaskbusError):
+class CommunicationFailed(TaskbusError):
+    """The bus could not be reached, or did not answer in time."""
+
+
+class NotConnected(CommunicationFailed):
     """No NATS server answered at the URL(s) tried."""
 
     def __init__(self, urls: list[str], reason: str) -> None:
@@ -45,8 +62,24 @@ def exit_status(exc: TaskbusError) -> int:
     return 3 if isinstance(exc, NotConnected) else 1
 
 
+class RequestTimeout(CommunicationFailed, TimeoutError):
+    """A request got no answer within the client's ``request_timeout``."""
+
+
 class ServerError(TaskbusError):
     """The embedded nats-server could not be started, or exited."""
+
+
+class InvalidArgument(TaskbusError, ValueError):
+    """An argument has a value the call cannot take; the message says which values it can."""
+
+
+class InvalidName(InvalidArgument):
+    """A name (of a task, an orchestration) is empty or not a string."""
+
+
+class WrongArgumentType(TaskbusError, TypeError):
+    """An argument has the wrong type; the message names the type expected."""
 
 
 class OrchestrationMissingFile(TaskbusError, ValueError):
@@ -65,7 +98,21 @@ class OrchestrationNotReady(TaskbusError):
     """Packaging ended in ``error`` (message has the packager's reason), or a wait timed out."""
 
 
-class OrchestrationNotFound(TaskbusError, LookupError):
+class OrchestrationDeployOneshotFailed(TaskbusError):
+    """A ``run_once`` / ``run_scheduled`` / ``run_continuously`` could not create its task (the
+    reference SDK's name, raised where it raises it)."""
+
+
+class OrchestrationCannotRun(OrchestrationNotReady, OrchestrationDeployOneshotFailed):
+    """A ``run_*`` of an orchestration whose packaging failed."""
+
+
+class NotFound(TaskbusError, LookupError):
+    """No entity (orchestration, task, …) has that id or name: the base of every
+    ``…NotFound`` (the reference SDK's ``EntityNotFoundError``)."""
+
+
+class OrchestrationNotFound(NotFound):
     """No orchestration has that id or name."""
 
 
@@ -73,7 +120,7 @@ class InvalidSchedule(TaskbusError, ValueError):
     """A cron string, time zone, overlap or missed-run policy is not valid."""
 
 
-class TaskNotFound(TaskbusError, LookupError):
+class TaskNotFound(NotFound):
     """No task has that id."""
 
 

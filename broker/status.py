@@ -31,10 +31,18 @@ class RunStatus(StrEnum):
     FAILURE = "failure"
     TIMED_OUT = "timed_out"
     KILLED = "killed"
+    SKIPPED = "skipped"  # a scheduled instant that was not run (its reason: missed, overlap)
 
 
+# SKIPPED is terminal (nothing more happens to the record) but not a failure: nothing ran.
 RUN_TERMINAL = frozenset(
-    {RunStatus.SUCCESS, RunStatus.FAILURE, RunStatus.TIMED_OUT, RunStatus.KILLED}
+    {
+        RunStatus.SUCCESS,
+        RunStatus.FAILURE,
+        RunStatus.TIMED_OUT,
+        RunStatus.KILLED,
+        RunStatus.SKIPPED,
+    }
 )
 RUN_ACTIVE = frozenset({RunStatus.PENDING, RunStatus.RUNNING})
 
@@ -92,6 +100,9 @@ _RUN_TO_TASK = {
     RunStatus.FAILURE: TaskStatus.FAILED,
     RunStatus.TIMED_OUT: TaskStatus.TIMED_OUT,
     RunStatus.KILLED: TaskStatus.KILLED,
+    # Only a scheduled instant is skipped, and a scheduled task's status never comes from its
+    # runs; listed so that the mapping is total.
+    RunStatus.SKIPPED: TaskStatus.KILLED,
 }
 
 

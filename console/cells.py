@@ -25,6 +25,7 @@ RUN_STYLES = {
     RunStatus.RUNNING: "live",
     RunStatus.PENDING: "",
     RunStatus.KILLED: "muted",
+    RunStatus.SKIPPED: "muted",  # an instant not run (missed, overlap): nothing went wrong
 }
 ORCHESTRATION_STYLES = {
     OrchestrationStatus.READY: "ok",

@@ -41,7 +41,7 @@ from broker.models import PackageRequest, RunControl, RunRequest, TaskRecord, de
 from executor.artifacts import Artifacts
 from executor.context import Context
 from executor.control import keep_alive, kill_reason, quietly
-from executor.environments import Environment, Environments
+from executor.environments import Environment, Environments, with_reference_shim
 from executor.heartbeat import Heartbeat
 from executor.packaging import package
 from executor.process import Launcher, Spawner
@@ -91,7 +91,7 @@ class Executor:
     def __init__(self, settings: ExecutorSettings, bus: Bus) -> None:
         self.settings = settings
         self.bus = bus
-        base_env = base_environment()
+        base_env = with_reference_shim(base_environment())  # `import wallaroo` in a task
         self.environments = Environments(settings.env_cache_dir, settings.env_cache_max_bytes)
         self.ctx = Context(
             settings=settings,

@@ -16,7 +16,10 @@ removes an environment in use. Past ``max_bytes`` the least recently used ones g
 
 ``import sdk`` works in every environment: a ``.pth`` file, processed after the venv's own
 site-packages, appends the folders where ``sdk``/``broker`` and their dependencies live, so the
-user's pinned versions come first and the executor's are only a fallback.
+user's pinned versions come first and the executor's are only a fallback. ``import wallaroo``
+works too: the same file moves the reference shim (``sdk/_reference``, a folder holding the SDK
+as a ``wallaroo`` package, which every run gets as the last entry of ``PYTHONPATH``) to the end
+of ``sys.path``, so the real ``wallaroo`` wins when the lock installs it.
 """
 
 from __future__ import annotations
@@ -157,6 +160,43 @@ def sdk_paths() -> list[str]:
     return [p for p in paths if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
 
 
+def reference_shim_dir() -> str:
+    """The folder holding the ``wallaroo`` package that is the SDK under the reference's name."""
+    spec = importlib.util.find_spec("sdk")
+    assert spec is not None and spec.origin is not None  # the executor ships with the SDK
+    return str(Path(spec.origin).parent / "_reference")
+
+
+def with_reference_shim(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the reference shim as the last entry of ``PYTHONPATH``: after the zip's own
+    folder (``sys.path[0]``), so a zip's own ``wallaroo`` package wins."""
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**env, "PYTHONPATH": os.pathsep.join([*paths, reference_shim_dir()])}
+
+
+def pth_text() -> str:
+    """The environment's ``.pth``: the SDK's folders, then (an ``import`` line, run by ``site``
+    after the environment's own site-packages are on the path) the shim moved to the end."""
+    shim = reference_shim_dir()
+    move = f"import sys; sys.path[:] = [p for p in sys.path if p != {shim!r}] + [{shim!r}]"
+    return "\n".join([*sdk_paths(), move]) + "\n"
+
+
+def write_pth(path: Path) -> None:
+    """Write the ``.pth`` of the environment at ``path`` unless it is current (environments
+    built by an older executor get the shim line on their next use)."""
+    pth = Path(sysconfig.get_path("purelib", vars={"base": str(path)})) / PTH_NAME
+    text = pth_text()
+    try:
+        if pth.read_text() == text:
+            return
+    except OSError:
+        pass
+    partial = pth.with_name(f"{PTH_NAME}.{os.getpid()}.partial")
+    partial.write_text(text)
+    os.replace(partial, pth)  # a run starting meanwhile reads the old file or the new one
+
+
 @dataclass(eq=False)
 class Environment:
     """A ready environment, held (shared lock) until ``release()``."""
@@ -208,6 +248,8 @@ class Environments:
                 if not hit:
                     build_s = await self._build(path, lock)
                 fcntl.flock(fd, fcntl.LOCK_SH)
+            if hit:
+                write_pth(path)
             (self.root / f"{key}.used").touch()
         except BaseException:
             os.close(fd)
@@ -263,8 +305,7 @@ class Environments:
             raise EnvironmentBuildError(
                 f"installing the pinned requirements failed: {explain_failure(output, pinned)}"
             )
-        site_packages = Path(sysconfig.get_path("purelib", vars={"base": str(path)}))
-        (site_packages / PTH_NAME).write_text("\n".join(sdk_paths()) + "\n")
+        write_pth(path)
         build_s = time.monotonic() - started
         size = await anyio.to_thread.run_sync(_tree_size, path)
         (path / READY).write_text(json.dumps({"size": size, "build_s": round(build_s, 3)}))

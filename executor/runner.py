@@ -158,6 +158,7 @@ class RunJob:
         env.update({
             names.ENV_URL: ",".join(ctx.settings.connect.urls),
             names.ENV_TASK_ID: request.task_id,
+            names.ENV_WALLAROO_TASK_ID: request.task_id,
             names.ENV_RUN_ID: request.run_id,
             names.ENV_ORCH_ID: request.orchestration_id,
             names.ENV_ORCH_SHA: orchestration.sha,

@@ -240,6 +240,7 @@ class ZygotePool:
 RUN_VARIABLES = frozenset(
     {
         names.ENV_TASK_ID,
+        names.ENV_WALLAROO_TASK_ID,
         names.ENV_RUN_ID,
         names.ENV_ORCH_ID,
         names.ENV_ORCH_SHA,

@@ -15,19 +15,29 @@ from sdk.intask import in_task, task_args
 
 if TYPE_CHECKING:
     from broker.errors import (
+        CommunicationFailed,
+        InvalidArgument,
+        InvalidName,
         InvalidOrchestration,
         InvalidSchedule,
         NotConnected,
+        NotFound,
+        OrchestrationCannotRun,
+        OrchestrationDeployOneshotFailed,
         OrchestrationMissingFile,
         OrchestrationNotFound,
         OrchestrationNotReady,
         OrchestrationUploadFailed,
+        RequestTimeout,
         ServerError,
         TaskbusError,
         TaskNotFound,
         WaitTimeout,
+        WrongArgumentType,
     )
     from broker.status import OrchestrationStatus, RunStatus, TaskStatus
+    from broker.status import TaskStatus as ArbexStatus
+    from sdk import object as object
     from sdk.client import AsyncClient, Client
     from sdk.lists import OrchestrationList, TaskList, TaskRunList
     from sdk.orchestration import AsyncOrchestration, Orchestration
@@ -50,6 +60,7 @@ _LAZY = {
     "OrchestrationStatus": "broker.status",
     "RunStatus": "broker.status",
     "TaskStatus": "broker.status",
+    "ArbexStatus": "broker.status",  # the reference's name for TaskStatus
     "TaskbusError": "broker.errors",
     "NotConnected": "broker.errors",
     "ServerError": "broker.errors",
@@ -61,24 +72,45 @@ _LAZY = {
     "InvalidSchedule": "broker.errors",
     "TaskNotFound": "broker.errors",
     "WaitTimeout": "broker.errors",
+    "CommunicationFailed": "broker.errors",
+    "RequestTimeout": "broker.errors",
+    "InvalidArgument": "broker.errors",
+    "InvalidName": "broker.errors",
+    "WrongArgumentType": "broker.errors",
+    "NotFound": "broker.errors",
+    "OrchestrationCannotRun": "broker.errors",
+    "OrchestrationDeployOneshotFailed": "broker.errors",
 }
+# Where a lazy name is defined under another name.
+_ALIASES = {"ArbexStatus": "TaskStatus"}
+# Submodules reachable as attributes (``sdk.object``, the reference's exception names); not in
+# ``__all__``: ``from sdk import *`` must not shadow the builtin ``object``.
+_SUBMODULES = frozenset({"object"})
 
 __all__ = [
+    "ArbexStatus",
     "AsyncClient",
     "AsyncOrchestration",
     "AsyncTask",
     "AsyncTaskRun",
     "Client",
+    "CommunicationFailed",
+    "InvalidArgument",
+    "InvalidName",
     "InvalidOrchestration",
     "InvalidSchedule",
     "NotConnected",
+    "NotFound",
     "Orchestration",
+    "OrchestrationCannotRun",
+    "OrchestrationDeployOneshotFailed",
     "OrchestrationList",
     "OrchestrationMissingFile",
     "OrchestrationNotFound",
     "OrchestrationNotReady",
     "OrchestrationStatus",
     "OrchestrationUploadFailed",
+    "RequestTimeout",
     "RunStatus",
     "ServerError",
     "Task",
@@ -90,19 +122,22 @@ __all__ = [
     "TaskStatus",
     "TaskbusError",
     "WaitTimeout",
+    "WrongArgumentType",
     "in_task",
     "task_args",
 ]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return import_module(f"sdk.{name}")  # the import sets it as this module's attribute
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'sdk' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
+    value = getattr(import_module(module), _ALIASES.get(name, name))
     globals()[name] = value  # later lookups skip this function
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | _SUBMODULES)

@@ -13,7 +13,7 @@ import anyio
 
 from broker import catalog, names
 from broker.connection import Bus, connect
-from broker.errors import OrchestrationMissingFile
+from broker.errors import InvalidArgument, OrchestrationMissingFile, WrongArgumentType
 from broker.settings import ConnectSettings
 from sdk import intask
 from sdk.lists import OrchestrationList, TaskList
@@ -55,27 +55,56 @@ def read_upload(
     elif bytes_buffer is not None and hasattr(bytes_buffer, "read"):
         data = bytes_buffer.read()
         if not isinstance(data, bytes):
-            raise TypeError("bytes_buffer's read() must return bytes: open the file in 'rb' mode")
+            raise WrongArgumentType(
+                "bytes_buffer's read() must return bytes: open the file in 'rb' mode"
+            )
     else:
-        raise TypeError(f"bytes_buffer must be bytes, not {type(bytes_buffer).__name__}")
+        raise WrongArgumentType(f"bytes_buffer must be bytes, not {type(bytes_buffer).__name__}")
     return data, file_name or "-"
+
+
+def check_request_timeout(request_timeout: object) -> float | None:
+    """Seconds (a positive number) or None."""
+    if request_timeout is None:
+        return None
+    if isinstance(request_timeout, bool) or not isinstance(request_timeout, int | float):
+        raise WrongArgumentType(
+            f"request_timeout must be a number of seconds or None, not "
+            f"{type(request_timeout).__name__}: {request_timeout!r}"
+        )
+    if not request_timeout > 0:
+        raise InvalidArgument(f"request_timeout must be > 0 seconds, not {request_timeout!r}")
+    return float(request_timeout)
 
 
 class AsyncClient:
     """Talks to Taskbus over NATS. Connects on first use (or ``await connect()`` /
-    ``async with``); ``close()`` releases the connection."""
+    ``async with``); ``close()`` releases the connection.
+
+    The reference SDK's keywords are accepted: ``request_timeout`` (seconds) bounds each
+    request of the sync ``Client`` (``RequestTimeout``; waits and follows take their own
+    timeout); ``api_endpoint``, ``auth_endpoint``, ``auth_type`` and ``interactive`` are
+    accepted and ignored (Taskbus connects to NATS at ``url``; ``auth_type`` is ignored by the
+    reference too)."""
 
     def __init__(
         self,
         url: str | None = None,
         workspace: str | None = None,
         *,
+        api_endpoint: str | None = None,
+        auth_endpoint: str | None = None,
+        auth_type: str | None = None,
+        interactive: bool | None = None,
+        request_timeout: float | None = None,
         user: str | None = None,
         password: str | None = None,
         token: str | None = None,
         creds: str | None = None,
         settings: ConnectSettings | None = None,
     ) -> None:
+        del api_endpoint, auth_endpoint, auth_type, interactive  # the reference's; ignored
+        self.request_timeout_s = check_request_timeout(request_timeout)
         self._settings = settings or ConnectSettings.from_env(
             url, user=user, password=password, token=token, creds_file=creds, name="taskbus-sdk"
         )
@@ -197,14 +226,21 @@ class AsyncClient:
 
 
 class Client:
-    """The sync client (see ``AsyncClient``): the same methods, blocking. Connects on first
-    use; a context manager; ``close()`` releases the connection and the background loop."""
+    """The sync client (see ``AsyncClient``, also for the reference's keywords): the same
+    methods, blocking, each bounded by ``request_timeout`` seconds when given. Connects on
+    first use; a context manager; ``close()`` releases the connection and the background
+    loop."""
 
     def __init__(
         self,
         url: str | None = None,
         workspace: str | None = None,
         *,
+        api_endpoint: str | None = None,
+        auth_endpoint: str | None = None,
+        auth_type: str | None = None,
+        interactive: bool | None = None,
+        request_timeout: float | None = None,
         user: str | None = None,
         password: str | None = None,
         token: str | None = None,
@@ -214,13 +250,18 @@ class Client:
         self._a = AsyncClient(
             url,
             workspace,
+            api_endpoint=api_endpoint,
+            auth_endpoint=auth_endpoint,
+            auth_type=auth_type,
+            interactive=interactive,
+            request_timeout=request_timeout,
             user=user,
             password=password,
             token=token,
             creds=creds,
             settings=settings,
         )
-        self._portal = Portal(on_close=self._a.close)
+        self._portal = Portal(on_close=self._a.close, timeout_s=self._a.request_timeout_s)
 
     @property
     def url(self) -> str:

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from broker import names
+from broker.errors import WrongArgumentType
 
 
 def in_task() -> bool:
@@ -27,5 +28,5 @@ def task_args() -> dict[str, Any]:
     with open(path, encoding="utf-8") as file:
         args = json.load(file)
     if not isinstance(args, dict):
-        raise TypeError(f"{names.ENV_ARGS_FILE} ({path}) does not hold a JSON object")
+        raise WrongArgumentType(f"{names.ENV_ARGS_FILE} ({path}) does not hold a JSON object")
     return args

@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from broker import catalog, names, store
-from broker.errors import InvalidJsonArgs, OrchestrationNotFound, OrchestrationNotReady
+from broker.errors import (
+    InvalidJsonArgs,
+    InvalidName,
+    OrchestrationNotFound,
+    OrchestrationNotReady,
+)
 from broker.models import OrchestrationRecord
 from broker.status import OrchestrationStatus, TaskKind
 from sdk import display
@@ -25,7 +30,7 @@ if TYPE_CHECKING:
 
 def check_name(name: object, what: str = "task") -> str:
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"The {what} name must be a non-empty string, not {name!r}")
+        raise InvalidName(f"The {what} name must be a non-empty string, not {name!r}")
     return name
 
 
@@ -151,15 +156,20 @@ class AsyncOrchestration(display.Shown):
 
     async def run_once(
         self,
-        name: str,
+        name: str | None = None,
         json_args: dict[str, Any] | None = None,
         timeout: int | None = None,
         debug: bool = False,
     ) -> AsyncTask:
-        """Run once now (as soon as the orchestration is ready). ``json_args`` must be a
-        JSON object (``{}`` when None); ``timeout`` in whole seconds."""
+        """Run once now (as soon as the orchestration is ready). ``name`` defaults to the
+        orchestration's (the reference allows None); ``json_args`` must be a JSON object
+        (``{}`` when None); ``timeout`` in whole seconds."""
         return await self._create(
-            name, TaskKind.RUN_ONCE, json_args=json_args, timeout=timeout, debug=debug
+            self._record.name if name is None else name,
+            TaskKind.RUN_ONCE,
+            json_args=json_args,
+            timeout=timeout,
+            debug=debug,
         )
 
     async def run_scheduled(
@@ -259,12 +269,12 @@ class Orchestration(display.Shown):
         self._portal.call(self._a.delete)
 
     def wait_until_ready(self, timeout: float | None = None) -> Orchestration:
-        self._portal.call(self._a.wait_until_ready, timeout)
+        self._portal.wait(self._a.wait_until_ready, timeout)
         return self
 
     def run_once(
         self,
-        name: str,
+        name: str | None = None,
         json_args: dict[str, Any] | None = None,
         timeout: int | None = None,
         debug: bool = False,

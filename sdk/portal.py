@@ -2,7 +2,9 @@
 
 The portal thread starts on first use (``sdk.Client().in_task()`` never starts it) and stops
 on ``close()``. A client left open is closed by an ``atexit`` hook: without it the interpreter
-would hang at exit finalising the portal after its thread was frozen.
+would hang at exit finalising the portal after its thread was frozen. ``call()`` is bounded by
+the client's ``request_timeout`` (``RequestTimeout``); ``wait()`` and ``iterate()``, for waits
+and follows that take their own timeout, are not.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any, Generic, TypeVar, TypeVarTuple, Unpack
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from broker.errors import RequestTimeout
+
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
@@ -30,7 +34,12 @@ _open: weakref.WeakSet[Portal] = weakref.WeakSet()
 
 
 class Portal:
-    def __init__(self, on_close: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        self.timeout_s = timeout_s  # bounds each call(); None: unbounded
         self._lock = threading.Lock()
         self._manager: AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
@@ -51,7 +60,15 @@ class Portal:
             return self._portal
 
     def call(self, func: Callable[[Unpack[Ts]], Awaitable[T]], *args: *Ts) -> T:
-        """Run ``func(*args)`` on the loop and wait; Ctrl+C in the caller cancels it too."""
+        """Run ``func(*args)`` on the loop and wait, at most ``timeout_s`` (then
+        ``RequestTimeout``); Ctrl+C in the caller cancels it too."""
+        timeout_s = self.timeout_s
+        if timeout_s is None:
+            return self.wait(func, *args)
+        return self.wait(_bounded, timeout_s, lambda: func(*args))
+
+    def wait(self, func: Callable[[Unpack[Ts]], Awaitable[T]], *args: *Ts) -> T:
+        """``call()`` without the request timeout: for waits that take their own timeout."""
         portal = self._running()
         call = _Call(func, *args)
         try:
@@ -65,7 +82,7 @@ class Portal:
         self._iterating.add(items)
         try:
             while True:
-                item = self.call(_next, items)
+                item = self.wait(_next, items)
                 if item is _END:
                     return
                 yield item
@@ -143,6 +160,15 @@ async def _aclose(items: AsyncIterator[Any]) -> None:
     aclose = getattr(items, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+async def _bounded(timeout_s: float, call: Callable[[], Awaitable[T]]) -> T:
+    with anyio.move_on_after(timeout_s):
+        return await call()
+    raise RequestTimeout(
+        f"The server did not answer within request_timeout={timeout_s:g} s. Check that it is "
+        f"running and reachable, or create the client with a longer request_timeout."
+    )
 
 
 async def _next(items: AsyncIterator[Any]) -> Any:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import anyio
 
 from broker import logs, names, store
-from broker.errors import WaitTimeout
+from broker.errors import InvalidArgument, WaitTimeout
 from broker.models import RunRecord
 from broker.status import RUN_TERMINAL, RunStatus
 from broker.text import LOG_KEEP, printable
@@ -25,7 +25,7 @@ def check_limit(limit: object) -> int | None:
     if limit is None:
         return None
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise ValueError(f"limit must be a whole number >= 0 or None, not {limit!r}")
+        raise InvalidArgument(f"limit must be a whole number >= 0 or None, not {limit!r}")
     return limit
 
 
@@ -235,7 +235,7 @@ class TaskRun(display.Shown):
         return self._portal.call(self._a._read, check_limit(limit))
 
     def wait(self, timeout: float | None = None) -> RunStatus:
-        return self._portal.call(self._a.wait, timeout)
+        return self._portal.wait(self._a.wait, timeout)
 
     def to_dict(self) -> dict[str, Any]:
         return self._a.to_dict()

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from broker import catalog, cron, store
-from broker.errors import TaskNotFound, WaitTimeout
+from broker.errors import InvalidArgument, TaskNotFound, WaitTimeout
 from broker.models import RunRecord, TaskRecord, utcnow
 from broker.status import TASK_TERMINAL, RunStatus, TaskKind, TaskStatus, task_status
 from sdk import display
@@ -24,8 +24,13 @@ RUN_FILTERS = ("all", *RunStatus)
 
 
 def check_run_filter(status: object) -> str:
+    """``"all"`` for None or ``"all"`` (every run, as in the reference), else a run status."""
+    if status is None:
+        return "all"
     if status not in RUN_FILTERS:
-        raise ValueError(f"status must be one of {', '.join(RUN_FILTERS)}; got {status!r}")
+        raise InvalidArgument(
+            f"status must be None or one of {', '.join(RUN_FILTERS)}; got {status!r}"
+        )
     return str(status)
 
 
@@ -122,7 +127,7 @@ class AsyncTask(display.Shown):
 
     async def _set_paused(self, paused: bool) -> AsyncTask:
         if self._record.kind is TaskKind.RUN_ONCE:
-            raise ValueError(
+            raise InvalidArgument(
                 f"Task {self.name()!r} runs once: only scheduled and continuous tasks can be "
                 f"paused or resumed (kill() stops a run-once task)."
             )
@@ -131,9 +136,10 @@ class AsyncTask(display.Shown):
         return self
 
     async def last_runs(
-        self, limit: int | None = None, status: str = "all"
+        self, limit: int | None = None, status: str | None = None
     ) -> TaskRunList[AsyncTaskRun]:
-        """Runs newest first, optionally only those with ``status``, at most ``limit``."""
+        """Runs newest first, at most ``limit``; only those with ``status`` unless it is None
+        or ``"all"`` (a run status such as ``"skipped"``; else ``InvalidArgument``)."""
         wanted = check_run_filter(status)
         limit = check_limit(limit)
         bus = await self._client._connected()
@@ -296,12 +302,14 @@ class Task(display.Shown):
         self._portal.call(self._a.resume)
         return self
 
-    def last_runs(self, limit: int | None = None, status: str = "all") -> TaskRunList[TaskRun]:
+    def last_runs(
+        self, limit: int | None = None, status: str | None = None
+    ) -> TaskRunList[TaskRun]:
         runs = self._portal.call(self._a.last_runs, limit, status)
         return TaskRunList(TaskRun(r, self._portal) for r in runs)
 
     def wait(self, timeout: float | None = None) -> TaskStatus:
-        return self._portal.call(self._a.wait, timeout)
+        return self._portal.wait(self._a.wait, timeout)
 
     def to_dict(self) -> dict[str, Any]:
         return self._a.to_dict()

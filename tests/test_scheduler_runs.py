@@ -135,7 +135,7 @@ async def test_overlap_forbid_records_skipped_fires_while_a_run_is_active(
     assert len(real) == 1, runs  # every later fire was refused while it ran
     assert real[0].started_at is not None and real[0].status is RunStatus.KILLED
     for skipped in runs[1:]:
-        assert skipped.reason == "overlap" and skipped.status is RunStatus.KILLED
+        assert skipped.reason == "overlap" and skipped.status is RunStatus.SKIPPED
         assert skipped.started_at is None
         assert skipped.instant is not None
         assert skipped.run_id == dispatch.run_id_for(task.id, skipped.instant)

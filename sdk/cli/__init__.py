@@ -59,7 +59,7 @@ def dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None)
         return NOT_CONNECTED
     except TaskbusError as exc:
         error(exc)
-        return USAGE if isinstance(exc, ValueError | LookupError) else FAILED
+        return USAGE if isinstance(exc, ValueError | TypeError | LookupError) else FAILED
     except (ValueError, TypeError) as exc:  # the library's checks of arguments
         error(exc)
         return USAGE
