@@ -39,7 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 from broker import names
 from executor.cgroups import Cgroups, RunCgroup
 from executor.environments import sdk_paths
-from executor.uids import UidPool, can_switch_uids
+from executor.uids import UidPool, can_switch_uids, sweep
 from executor.zygote import confine
 
 log = logging.getLogger(__name__)
@@ -248,6 +248,11 @@ class Isolation:
                 path = os.path.join(root, name)
                 if os.lstat(path).st_nlink == 1:
                     os.lchown(path, uid, uid)
+
+    def sweep(self, space: RunSpace) -> None:
+        """SIGKILL every process left running as the run's UID (without cgroups)."""
+        if space.uid is not None:
+            sweep(space.uid)
 
     def close_space(self, space: RunSpace) -> None:
         shutil.rmtree(space.private, ignore_errors=True)

@@ -227,6 +227,8 @@ class RunJob:
                 limit = describe_bytes(space.cgroup.memory_limit_bytes or 0)
                 outcome = Outcome(RunStatus.FAILURE, outcome.exit_code,
                                   f"out of memory (limit {limit})")  # fmt: skip
+        else:  # no cgroup: what detached from the group still runs as the run's UID
+            ctx.isolation.sweep(space)
         await asyncio.wait([r.closed for r in readers], timeout=PIPE_DRAIN_S)
         for reader in readers:
             reader.close()

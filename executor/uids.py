@@ -51,12 +51,18 @@ def parse_range(text: str) -> range:
 
 
 def processes_of(uid: int) -> list[int]:
+    """Processes whose real UID is ``uid`` (from their status: /proc/<pid> itself belongs to
+    root once a process changed UID, as it is no longer dumpable)."""
     found = []
+    wanted = f"Uid:\t{uid}\t"
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if entry.stat(follow_symlinks=False).st_uid == uid:
-                    found.append(int(entry.name))
+            with contextlib.suppress(OSError), open(f"/proc/{entry.name}/status") as status:
+                for line in status:
+                    if line.startswith("Uid:"):
+                        if line.startswith(wanted):
+                            found.append(int(entry.name))
+                        break
     return found
 
 
