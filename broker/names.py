@@ -95,11 +95,6 @@ PKGQ_ACK_WAIT_S = 60.0
 # missed beats means lost.
 HEARTBEAT_INTERVAL_S = 2.0
 EXECUTOR_TTL_S = 3 * HEARTBEAT_INTERVAL_S
-# Each heartbeat record expires (per-message TTL) one ack wait after it was written, so a run
-# of a dead executor, redelivered at the latest an ack wait after its last in_progress, finds
-# the heartbeat gone by then; the bucket-wide TTL only bounds records written without one.
-# A claimer that still finds the owner's heartbeat looks again after this long.
-LOST_RECHECK_S = HEARTBEAT_INTERVAL_S / 2
 # --- Runs' isolation -------------------------------------------------------------------------
 # UIDs for runs when the executor may switch (like systemd's DynamicUser, below its 61184+).
 DEFAULT_RUN_UIDS = "61000-61183"
