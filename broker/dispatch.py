@@ -166,6 +166,8 @@ def _request(
         json_args=task.json_args,
         timeout_s=task.timeout_s,
         retries=task.retries,
+        memory_limit_bytes=task.memory_limit_bytes,
+        cpu_limit=task.cpu_limit,
         requested_at=now,
     )
     headers = {names.MSG_ID: msg_id_for(task.id, run_id, instant)}

@@ -57,6 +57,8 @@ class TaskRecord(Record, frozen=True, kw_only=True):
     retries: int = 0  # extra attempts after an executor is lost
     pool: str = "default"
     workspace: str = ""
+    memory_limit_bytes: int | None = None  # the run's memory cap (cgroup, else RLIMIT_AS)
+    cpu_limit: float | None = None  # CPUs the run may use (1.5: 150 ms per 100 ms)
     killed: bool = False
     paused: bool = False
     created_at: datetime
@@ -117,6 +119,8 @@ class RunRequest(Record, frozen=True, kw_only=True):
     json_args: dict[str, Any] = {}
     timeout_s: int | None = None
     retries: int = 0
+    memory_limit_bytes: int | None = None
+    cpu_limit: float | None = None
     requested_at: datetime
 
 

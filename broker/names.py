@@ -80,6 +80,8 @@ ENV_ARGS_FILE = "TASKBUS_ARGS_FILE"
 # The package index executors resolve and install requirements from (uv's --default-index);
 # unset, uv's own configuration decides. Never the user's: requirements.txt may not name one.
 ENV_INDEX_URL = "TASKBUS_INDEX_URL"
+# The executor's run UID pool, FIRST-LAST or "none" (its --run-uids).
+ENV_RUN_UIDS = "TASKBUS_RUN_UIDS"
 
 DEFAULT_PORT = 4222
 DEFAULT_URL = f"nats://127.0.0.1:{DEFAULT_PORT}"
@@ -97,6 +99,16 @@ PKGQ_ACK_WAIT_S = 60.0
 # missed beats means lost.
 HEARTBEAT_INTERVAL_S = 2.0
 EXECUTOR_TTL_S = 3 * HEARTBEAT_INTERVAL_S
+# --- Runs' isolation -------------------------------------------------------------------------
+# UIDs for runs when the executor may switch (like systemd's DynamicUser, below its 61184+).
+DEFAULT_RUN_UIDS = "61000-61183"
+# Host-wide flocks that keep two executors on one host from handing out the same UID.
+RUN_UID_LOCK_DIR = "/run/taskbus-uids"
+RUN_UID_PROBE_TIMEOUT_S = 30.0  # the start-up probe imports the SDK as a run UID
+CGROUP_POLL_S = 0.01  # freezing and emptying a cgroup take milliseconds
+CPU_PERIOD_US = 100_000  # CFS period; a cpu_limit of 1.5 is a quota of 150 ms per 100 ms
+# A run's processes must all be gone this long after SIGKILL (kill grace + this, issue 10).
+KILL_SETTLE_S = 2.0
 # De-duplication window of the run queue: covers a scheduler restart and a catch-up burst.
 RUNQ_DUPLICATE_WINDOW_S = 120.0
 # A finished run's record expires this long after it finished (a per-message TTL set with its

@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import time
 import uuid
 import zipfile
@@ -82,11 +83,16 @@ class Artifacts:
         self.scratch = scratch
         for folder in (self.zips, self.trees, self.runs.parent, self.scratch):
             folder.mkdir(parents=True, exist_ok=True)
+        # Runs reach their working copy (0711: traverse, not list), never the caches, which
+        # they use through it (hardlinks): zips and trees are the executor's alone.
+        for folder, mode in ((self.zips, 0o700), (self.trees, 0o700), (self.runs.parent, 0o711)):
+            os.chmod(folder, mode)
         self._owner_fd = _hold_root_lock(self.runs.parent / f"{owner}.lock")
         remove_stale_roots(self.runs.parent, keep=owner)
         if self.runs.exists():  # only if this id was used before by a process now gone
             shutil.rmtree(self.runs, ignore_errors=True)
-        self.runs.mkdir()
+        self.runs.mkdir(mode=0o711)
+        os.chmod(self.runs, 0o711)
         self._locks: dict[str, asyncio.Lock] = {}
         self._spares: dict[str, list[RunFolder]] = {}
         self._entries: dict[str, int] = {}  # entries per tree, once copied
@@ -138,6 +144,7 @@ class Artifacts:
                 entrypoint = archive.find_entrypoint(handle.namelist())
             skip = re.compile(re.escape(str(staging / entrypoint)) + "$")
             compileall.compile_dir(staging, quiet=2, workers=1, rx=skip)
+            _read_only_to_others(staging)
             try:
                 os.rename(staging, tree)
             except OSError:
@@ -273,6 +280,20 @@ def _remove_if_unheld(lock: Path, root: Path) -> None:
         lock.unlink(missing_ok=True)
     finally:
         os.close(fd)
+
+
+def _read_only_to_others(root: Path) -> None:
+    """Every file and folder of a cached tree is readable and never group/other-writable,
+    whatever modes the zip carried: runs (under other UIDs) share its inodes through hardlinks.
+    The trees folder itself is the executor's alone."""
+    for folder, dirs, files in os.walk(root):
+        for names_, readable in ((dirs, 0o555), (files, 0o444)):
+            for name in names_:
+                path = os.path.join(folder, name)
+                mode = stat.S_IMODE(os.lstat(path).st_mode)
+                wanted = (mode | readable) & ~0o022
+                if mode != wanted:
+                    os.chmod(path, wanted)
 
 
 def _fill_run_folder(tree: Path, folder: RunFolder) -> None:

@@ -43,11 +43,12 @@ from executor.context import Context
 from executor.control import keep_alive, kill_reason, quietly
 from executor.environments import Environment, Environments, with_reference_shim
 from executor.heartbeat import Heartbeat
+from executor.isolation import Isolation, allowed_environment
 from executor.packaging import package
 from executor.process import Launcher, Spawner
 from executor.runner import RunJob
 from executor.settings import ExecutorSettings
-from executor.zygotes import ZygotePool, base_environment
+from executor.zygotes import ZygotePool
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +92,26 @@ class Executor:
     def __init__(self, settings: ExecutorSettings, bus: Bus) -> None:
         self.settings = settings
         self.bus = bus
-        base_env = with_reference_shim(base_environment())  # `import wallaroo` in a task
+        os.umask(os.umask(0o022) | 0o022)  # caches never group/other-writable
+        # Zygotes and runs see no executor secret (a forked run's /proc/self/environ is its
+        # zygote's): the allowlist, not os.environ; plus `import wallaroo` in a task.
+        base_env = with_reference_shim(allowed_environment(os.environ))
         self.environments = Environments(settings.env_cache_dir, settings.env_cache_max_bytes)
+        scratch = scratch_dir(settings)
+        artifacts = Artifacts(bus, settings.work_dir, scratch, settings.id)
+        self.isolation = Isolation.start(
+            owner=settings.id, scratch=scratch, work_dir=settings.work_dir,
+            env_dir=settings.env_cache_dir, run_uids=settings.run_uid_range,
+            use_cgroups=settings.cgroups,
+        )  # fmt: skip
         self.ctx = Context(
             settings=settings,
             bus=bus,
-            artifacts=Artifacts(bus, settings.work_dir, scratch_dir(settings), settings.id),
+            artifacts=artifacts,
             environments=self.environments,
             launcher_for=self.launcher_for,
             base_env=base_env,
+            isolation=self.isolation,
         )
         self.jobs: dict[str, RunJob] = {}
         self.heartbeat = Heartbeat(settings, bus, self.jobs)
@@ -170,9 +182,9 @@ class Executor:
             await self._zygotes.warm(sys.executable)
         await self.heartbeat.beat()
         log.info(
-            "executor %s ready: pool %r, %d slots, work dir %s, %s",
+            "executor %s ready: pool %r, %d slots, work dir %s, %s; isolation: %s",
             settings.id, settings.pool, settings.slots, settings.work_dir,
-            "zygote launcher" if settings.zygote else "spawn launcher",
+            "zygote launcher" if settings.zygote else "spawn launcher", self.isolation.summary,
         )  # fmt: skip
         try:
             async with anyio.create_task_group() as services:
@@ -198,6 +210,7 @@ class Executor:
             await quietly(bus.executors.delete(settings.id))
             self._zygotes.close()
             self.ctx.artifacts.close(keep_runs=settings.keep_run_dirs)
+            self.isolation.close()
             stats = self.ctx.stats
             runs = sum(stats.values())
             detail = ", ".join(f"{count} {status}" for status, count in sorted(stats.items()))

@@ -21,7 +21,9 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+from executor.zygote import confine
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -43,6 +45,9 @@ class Launch:
     env: Mapping[str, str]
     stdout_fd: int  # write ends of the output pipes; the launcher does not close them
     stderr_fd: int
+    # Where the child goes before user code runs: cgroups, mounts, rlimits, its run UID
+    # (``executor.zygote.confine``; built by ``executor.isolation``).
+    confine: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Child(Protocol):
@@ -112,6 +117,12 @@ class Spawner:
     """Fork+exec a fresh interpreter for every run."""
 
     async def launch(self, launch: Launch) -> Child:
+        spec = dict(launch.confine)
+
+        def prepare() -> None:
+            confine(spec)
+            _die_with_executor()  # after the UID switch, which clears the parent-death signal
+
         # A plain Popen (~0.4 ms): asyncio's subprocess API would add its child watcher.
         process = subprocess.Popen(  # noqa: ASYNC220
             [launch.python, str(launch.script)],
@@ -122,7 +133,7 @@ class Spawner:
             env=dict(launch.env),
             start_new_session=True,
             close_fds=True,
-            preexec_fn=_die_with_executor,
+            preexec_fn=prepare,
         )
         return SpawnedChild(process)
 

@@ -19,13 +19,14 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
+from datetime import timedelta
 
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 
 from broker import names, store
+from broker.limits import describe_bytes
 from broker.models import RunRecord, RunRequest, utcnow
 from broker.status import RunStatus
 from executor.artifacts import ArtifactError, RunFolder, remove_tree
@@ -33,6 +34,7 @@ from executor.claim import Claim
 from executor.context import Context
 from executor.control import keep_alive
 from executor.environments import Environment, EnvironmentBuildError
+from executor.isolation import ARGS_NAME, CREDS_NAME, RunSpace, allowed_environment, public_urls
 from executor.logstream import LogStream, PipeReader
 from executor.outcome import Outcome, outcome_of
 from executor.process import Child, Launch, signal_group, stop_group
@@ -100,28 +102,30 @@ class RunJob:
         if not preparing.done():  # killed while the environment or files were being prepared
             await self._end(logs, Outcome(RunStatus.KILLED, None, self.kill_reason or ""), None)
             try:
-                folder, environment, _ = await preparing
-                await self._cleanup(folder, environment)
+                folder, environment, space = await preparing
+                await self._cleanup(folder, environment, space)
             except Exception as exc:
                 log.debug("preparing %s failed after its kill: %r", self.key, exc)
             return
         try:
-            folder, environment, args_file = preparing.result()
-        except (ArtifactError, EnvironmentBuildError, OSError) as exc:
+            folder, environment, space = preparing.result()
+        except (ArtifactError, EnvironmentBuildError, OSError, RuntimeError) as exc:
             await self._end(logs, Outcome(RunStatus.FAILURE, None, str(exc)), None)
             return
         try:
-            await self._run_process(logs, folder, environment, args_file)
+            await self._run_process(logs, folder, environment, space)
         finally:
-            await self._cleanup(folder, environment)
+            await self._cleanup(folder, environment, space)
 
-    async def _prepare(self, logs: LogStream) -> tuple[RunFolder, Environment | None, Path]:
-        """The run's environment, working copy and arguments file; what was acquired is let go
-        again when a later step fails."""
-        ctx, orchestration = self.ctx, self.claim.orchestration
+    async def _prepare(self, logs: LogStream) -> tuple[RunFolder, Environment | None, RunSpace]:
+        """The run's environment, working copy and private space (UID, HOME, TMPDIR, 0600
+        arguments file, credential, cgroup); what was acquired is let go again when a later
+        step fails."""
+        ctx, orchestration, request = self.ctx, self.claim.orchestration, self.request
         assert orchestration is not None
         environment: Environment | None = None
         folder: RunFolder | None = None
+        space: RunSpace | None = None
         try:
             tree = await ctx.artifacts.tree(orchestration.sha)
             if orchestration.lock:
@@ -134,19 +138,30 @@ class RunJob:
                         f"environment {short}: cache miss, built in {environment.build_s:.2f} s"
                     )
             folder = await ctx.artifacts.make_run_folder(tree, orchestration.sha)
-            args_file = ctx.artifacts.args_file(self.key)
-            args_file.write_text(json.dumps(self.request.json_args))
+            space = ctx.isolation.open(
+                self.key,
+                memory_limit_bytes=request.memory_limit_bytes,
+                cpu_limit=request.cpu_limit,
+            )
+            ctx.isolation.give(folder.path, space)
+            space.write_private(ARGS_NAME, json.dumps(request.json_args))
+            deadline = (
+                utcnow() + timedelta(seconds=request.timeout_s) if request.timeout_s else None
+            )
+            creds = ctx.run_credentials(request, deadline)
+            if creds is not None:
+                space.creds = space.write_private(CREDS_NAME, creds)
         except BaseException:
-            await asyncio.shield(self._cleanup(folder, environment))
+            await asyncio.shield(self._cleanup(folder, environment, space))
             raise
-        return folder, environment, args_file
+        return folder, environment, space
 
     async def _run_process(
         self,
         logs: LogStream,
         folder: RunFolder,
         environment: Environment | None,
-        args_file: os.PathLike[str],
+        space: RunSpace,
     ) -> None:
         ctx, request, orchestration = self.ctx, self.request, self.claim.orchestration
         assert orchestration is not None
@@ -154,24 +169,28 @@ class RunJob:
             await self._end(logs, Outcome(RunStatus.KILLED, None, self.kill_reason), None)
             return
         script = folder.path / orchestration.entrypoint
-        env = dict(ctx.base_env)
+        env = allowed_environment(ctx.base_env)
         env.update({
-            names.ENV_URL: ",".join(ctx.settings.connect.urls),
+            names.ENV_URL: public_urls(ctx.settings.connect.urls),
             names.ENV_TASK_ID: request.task_id,
             names.ENV_WALLAROO_TASK_ID: request.task_id,
             names.ENV_RUN_ID: request.run_id,
             names.ENV_ORCH_ID: request.orchestration_id,
             names.ENV_ORCH_SHA: orchestration.sha,
-            names.ENV_ARGS_FILE: os.fspath(args_file),
+            names.ENV_ARGS_FILE: os.fspath(space.args_file),
             "PYTHONUNBUFFERED": "1",
+            "HOME": os.fspath(space.home),
+            "TMPDIR": os.fspath(space.tmp),
         })  # fmt: skip
+        if space.creds is not None:
+            env[names.ENV_CREDS] = os.fspath(space.creds)
         python = environment.python if environment else sys.executable
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
             child = await ctx.launcher_for(environment).launch(
                 Launch(python=python, script=script, cwd=script.parent, env=env,
-                       stdout_fd=out_w, stderr_fd=err_w)
+                       stdout_fd=out_w, stderr_fd=err_w, confine=space.confine)
             )  # fmt: skip
         except Exception as exc:
             os.close(out_r)
@@ -197,11 +216,20 @@ class RunJob:
         )  # fmt: skip
         recorder = asyncio.ensure_future(self._record_pid(child.pid))
         try:
-            outcome = await self._supervise(child)
+            outcome = await self._supervise(child, space)
         finally:
             recorder.cancel()
-        # The run is over: leftover processes of its group go too, then the pipes drain.
+        # The run is over: every process it started goes too, then the pipes drain.
         signal_group(child.pid, signal.SIGKILL)
+        if space.cgroup is not None:
+            if not await space.cgroup.kill(names.KILL_SETTLE_S):
+                log.warning("%s: processes left in its cgroup after SIGKILL", self.key)
+            if space.cgroup.oom_killed() and outcome.status is not RunStatus.KILLED:
+                limit = describe_bytes(space.cgroup.memory_limit_bytes or 0)
+                outcome = Outcome(RunStatus.FAILURE, outcome.exit_code,
+                                  f"out of memory (limit {limit})")  # fmt: skip
+        else:  # no cgroup: what detached from the group still runs as the run's UID
+            ctx.isolation.sweep(space)
         await asyncio.wait([r.closed for r in readers], timeout=PIPE_DRAIN_S)
         for reader in readers:
             reader.close()
@@ -224,7 +252,7 @@ class RunJob:
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("could not record pid of %s: %s", self.key, exc)
 
-    async def _supervise(self, child: Child) -> Outcome:
+    async def _supervise(self, child: Child, space: RunSpace) -> Outcome:
         timeout = self.request.timeout_s
         exited = asyncio.ensure_future(child.wait())
         killed = asyncio.ensure_future(self._kill.wait())
@@ -241,6 +269,8 @@ class RunJob:
                 status, reason = RunStatus.KILLED, self.kill_reason or "killed"
             else:
                 status, reason = RunStatus.TIMED_OUT, f"timeout {timeout}s"
+            if space.cgroup is not None:  # detached processes get the grace too
+                space.cgroup.signal(signal.SIGTERM)
             await stop_group(child, self.kill_grace_s)
             return Outcome(status, await exited, reason)
         except Exception as exc:  # the zygote that forked it died: its exit code is unknown
@@ -305,11 +335,16 @@ class RunJob:
                  f" ({outcome.reason})" if outcome.reason else "", elapsed)  # fmt: skip
         self.ctx.stats[str(outcome.status)] += 1
 
-    async def _cleanup(self, folder: RunFolder | None, env: Environment | None) -> None:
+    async def _cleanup(
+        self, folder: RunFolder | None, env: Environment | None, space: RunSpace | None
+    ) -> None:
         if env is not None:
             env.release()
         artifacts = self.ctx.artifacts
-        artifacts.args_file(self.key).unlink(missing_ok=True)
+        if space is not None:
+            if space.cgroup is not None:
+                await space.cgroup.kill(names.KILL_SETTLE_S)
+            self.ctx.isolation.close_space(space)
         if folder is None:
             return
         changed = artifacts.changed_links(folder)

@@ -13,6 +13,7 @@ from pathlib import Path
 from broker import names
 from broker.options import add_connection_options
 from broker.settings import ConnectSettings, default_data_dir
+from executor.uids import parse_range
 
 
 def _default_id() -> str:
@@ -50,6 +51,19 @@ class ExecutorSettings:
     keep_run_dirs: bool = False  # keep each run's working copy after it ends (debugging)
     # Packaging resolves requirements for this executor's interpreter.
     package: bool = True  # take PackageRequests (an executor may leave that to others)
+    # Where the executor may switch UIDs, each run gets one of these ("none": share ours).
+    run_uids: str = field(default_factory=lambda: os.environ.get(names.ENV_RUN_UIDS) or
+                          names.DEFAULT_RUN_UIDS)  # fmt: skip
+    cgroups: bool = True  # a cgroup per run where the host allows (else a subreaper + sweeps)
+
+    def __post_init__(self) -> None:
+        self.run_uid_range  # noqa: B018 (a bad range is refused when the settings are made)
+
+    @property
+    def run_uid_range(self) -> range | None:
+        if self.run_uids.strip().lower() in ("none", "off", ""):
+            return None
+        return parse_range(self.run_uids)
 
     @property
     def env_cache_dir(self) -> Path:
@@ -104,6 +118,8 @@ class ExecutorSettings:
             zygote=False if args.no_zygote else None,
             package=False if args.no_packaging else None,
             keep_run_dirs=True if args.keep_run_dirs else None,
+            run_uids=args.run_uids,
+            cgroups=False if args.no_cgroups else None,
         )
 
 
@@ -139,4 +155,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-zygote", action="store_true", help="spawn every run afresh")
     p.add_argument("--no-packaging", action="store_true", help="leave packaging to others")
     p.add_argument("--keep-run-dirs", action="store_true", help="keep run folders")
+    p.add_argument(
+        "--run-uids",
+        help=f"UIDs for runs, FIRST-LAST, or none to run them as the executor's user "
+        f"(default {names.DEFAULT_RUN_UIDS}; used when the executor is root or has CAP_SETUID)",
+    )
+    p.add_argument("--no-cgroups", action="store_true", help="no cgroup per run")
     return p

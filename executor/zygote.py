@@ -21,6 +21,14 @@ When the executor's end of the socket closes (the executor exited or was killed)
 SIGKILLs the process groups of the children it still has, then exits: no user process outlives
 its executor (the run may already be retried elsewhere).
 
+Confinement (``confine``, also used by the spawn launcher): before user code runs, the child
+joins its run's cgroups, gets a mount namespace where folders an unprivileged UID cannot
+traverse (e.g. a 0700 /root holding the interpreter) are covered by an empty tmpfs with only
+the paths a run needs bound back in, gets its rlimits, and drops to its run UID (setgroups([]),
+setgid, setuid, no_new_privs). The zygote itself runs as the executor's user, a child
+subreaper (orphans of its runs are re-parented to it, not to init), with no secret in its
+environment (a forked child's /proc/self/environ shows the zygote's).
+
 Messages, zygote → executor: ``{"ready": pid}``, ``{"id": n, "pid": p}`` or
 ``{"id": n, "error": text}``, ``{"exit": p, "code": c}``.
 """
@@ -38,7 +46,71 @@ import signal
 import socket
 import sys
 
+TYPE_CHECKING = False  # typing is not imported at run time: it would cost every run
+if TYPE_CHECKING:
+    from typing import Any
+
 MAX_MESSAGE = 1 << 20
+_PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_NO_NEW_PRIVS = 38
+_CLONE_NEWNS = 0x00020000
+_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
+_libc_handle: list[object] = []
+
+
+def _libc() -> Any:
+    """libc through ctypes, loaded once (in the zygote before it forks: not per run)."""
+    if not _libc_handle:
+        import ctypes
+        import ctypes.util
+
+        _libc_handle.append(ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True))
+    return _libc_handle[0]
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        import ctypes
+
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def confine(spec: dict[str, object]) -> None:
+    """Put this (forked, not yet exec'd or run) process where its run belongs; see above."""
+    for procs in spec.get("cgroups") or ():  # type: ignore[attr-defined]
+        with open(str(procs), "w") as handle:
+            handle.write(str(os.getpid()))
+    expose = spec.get("expose")
+    if expose:
+        libc = _libc()
+        _check(libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+        _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "mount --make-rprivate /")
+        for hide, keeps in expose:  # type: ignore[attr-defined]
+            held = [(keep, os.open(keep, os.O_PATH | os.O_CLOEXEC)) for keep in keeps]
+            _check(
+                libc.mount(b"tmpfs", hide.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
+                           b"mode=0755,size=64k"),
+                f"mount tmpfs on {hide}",
+            )  # fmt: skip
+            for keep, fd in held:
+                os.makedirs(keep, mode=0o755, exist_ok=True)
+                source = f"/proc/self/fd/{fd}".encode()
+                _check(libc.mount(source, keep.encode(), None, _MS_BIND | _MS_REC, None),
+                       f"bind {keep}")  # fmt: skip
+                os.close(fd)
+    limit = spec.get("rlimit_as")
+    if limit:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))  # type: ignore[call-overload]
+    uid = spec.get("uid")
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(int(uid))  # type: ignore[call-overload]
+        os.setuid(int(uid))  # type: ignore[call-overload]
+        if spec.get("expose") or _libc_handle:
+            _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
 
 def _send(sock: socket.socket, message: dict[str, object]) -> None:
@@ -102,6 +174,8 @@ def serve(sock: socket.socket) -> tuple[dict[str, object], list[int]]:
                 _kill_all(live)  # the executor is gone: so are its runs
                 sys.exit(0)
             request = json.loads(data)
+            if (request.get("confine") or {}).get("expose"):
+                _libc()  # loaded once here, not in every child
             try:
                 pid = os.fork()
             except OSError as exc:
@@ -130,6 +204,11 @@ def become(request: dict[str, object], fds: list[int]) -> None:
     """Turn this forked child into ``python <script>``; never returns."""
     os.setsid()
     out_fd, err_fd = fds
+    try:
+        confine(request.get("confine") or {})  # type: ignore[arg-type]
+    except Exception as exc:
+        os.write(err_fd, f"taskbus: could not confine the run: {exc}\n".encode())
+        os._exit(126)
     os.dup2(out_fd, 1)
     os.dup2(err_fd, 2)
     os.close(out_fd)
@@ -194,6 +273,8 @@ def shutdown(code: int) -> None:
 
 if __name__ == "__main__":
     control = socket.socket(fileno=int(sys.argv[1]))
+    if "--subreaper" in sys.argv[2:]:
+        _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     job = serve(control)
     del control
     become(*job)

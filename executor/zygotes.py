@@ -15,7 +15,6 @@ import contextlib
 import itertools
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -24,7 +23,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker import names
 from executor.process import Launch, signal_group
 
 log = logging.getLogger(__name__)
@@ -81,7 +79,7 @@ class Zygote:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
                 process = subprocess.Popen(  # noqa: ASYNC220 (awaited through the socket)
-                    [self.python, str(ZYGOTE_SCRIPT), str(theirs.fileno())],
+                    [self.python, str(ZYGOTE_SCRIPT), str(theirs.fileno()), "--subreaper"],
                     pass_fds=[theirs.fileno()],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
@@ -169,6 +167,7 @@ class Zygote:
                 "script": str(launch.script),
                 "cwd": str(launch.cwd),
                 "env": dict(launch.env),
+                "confine": dict(launch.confine),
             }
         ).encode()
         while True:
@@ -235,21 +234,3 @@ class ZygotePool:
     def close(self) -> None:
         for python in list(self._zygotes):
             self.discard(python)
-
-
-RUN_VARIABLES = frozenset(
-    {
-        names.ENV_TASK_ID,
-        names.ENV_WALLAROO_TASK_ID,
-        names.ENV_RUN_ID,
-        names.ENV_ORCH_ID,
-        names.ENV_ORCH_SHA,
-        names.ENV_ARGS_FILE,
-    }
-)
-
-
-def base_environment() -> dict[str, str]:
-    """The environment every run starts from: the executor's, less another run's variables
-    (connection settings such as TASKBUS_USER stay: the SDK inside a task needs them)."""
-    return {k: v for k, v in os.environ.items() if k not in RUN_VARIABLES}

@@ -31,6 +31,9 @@ def make_zip(files: Mapping[str, str | bytes]) -> bytes:
 def daemon_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    # Tasks of most tests write into the test's own (0700) folders: their runs share the
+    # executor's UID; tests of isolated runs pass --run-uids.
+    env.setdefault("TASKBUS_RUN_UIDS", "none")
     return env
 
 

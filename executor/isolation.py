@@ -1,0 +1,292 @@
+"""What keeps a run to itself (SECURITY.md properties 2 and 3).
+
+Every run gets:
+- an allowlisted environment (``run_environment``): PATH, LANG/LC_*, TZ, PYTHONPATH, the
+  in-task TASKBUS_* variables, HOME and TMPDIR — never the executor's credentials;
+- a private directory ``<scratch>/<uuid>`` (0700, the run's UID) holding its HOME, TMPDIR, the
+  0600 arguments file and, when ``Context.run_credentials`` gives one, ``run.creds``; removed
+  after the run;
+- where the executor may switch UIDs (root or CAP_SETUID): a UID of its own from a pool
+  (``executor.uids``), so it cannot read the executor's files, /proc/<executor>/environ or
+  another run's private directory, nor write the shared trees and virtualenvs (owned by the
+  executor, never group/other-writable). Its working copy is chowned to it (hardlinked inodes
+  shared with the cached tree are not: those stay read-only to it). Folders on the way to the
+  interpreter, the SDK or the work dir that other users cannot traverse (a 0700 /root holding
+  pyenv) are covered in the run's own mount namespace by an empty tmpfs with only those paths
+  bound back: the rest of such a folder stays invisible to the run;
+- a cgroup of its own (``executor.cgroups``) with its memory and CPU limits; without cgroups,
+  the memory limit is an RLIMIT_AS and the CPU limit is not enforced.
+
+What the host allows is decided once at start (a confined probe process must import the SDK as
+a run UID) and said in one log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from broker import names
+from executor.cgroups import Cgroups, RunCgroup
+from executor.environments import sdk_paths
+from executor.uids import UidPool, can_switch_uids, sweep
+from executor.zygote import confine
+
+log = logging.getLogger(__name__)
+
+ALLOWED_ENV = frozenset({"PATH", "LANG", "TZ", "PYTHONPATH"})
+ALLOWED_ENV_PREFIXES = ("LC_",)
+ARGS_NAME = "args.json"
+CREDS_NAME = "run.creds"
+
+
+def allowed_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The executor's variables a run may see: locale, PATH, TZ, PYTHONPATH (for ``sdk``)."""
+    return {
+        key: value for key, value in environ.items()
+        if key in ALLOWED_ENV or key.startswith(ALLOWED_ENV_PREFIXES)
+    }  # fmt: skip
+
+
+def public_urls(urls: Iterable[str]) -> str:
+    """Server URLs without any user:password in them (comma separated)."""
+    cleaned = []
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.username or parts.password:
+            host = parts.hostname or ""
+            netloc = f"{host}:{parts.port}" if parts.port else host
+            url = urlunsplit(parts._replace(netloc=netloc))
+        cleaned.append(url)
+    return ",".join(cleaned)
+
+
+def exposures(paths: Iterable[Path]) -> list[tuple[str, list[str]]]:
+    """For paths a run needs that sit under a folder other users cannot traverse: (that
+    folder, the needed paths under it), the folder being the highest such ancestor."""
+    hides: dict[str, set[str]] = {}
+    for path in paths:
+        try:
+            real = Path(os.path.realpath(path))
+            if not real.exists():
+                continue
+        except OSError:
+            continue
+        for ancestor in reversed(real.parents):  # "/" first
+            if ancestor == Path("/"):
+                continue
+            if not os.stat(ancestor).st_mode & stat.S_IXOTH:
+                hides.setdefault(str(ancestor), set()).add(str(real))
+                break
+    found = []
+    for hide, keeps in sorted(hides.items()):
+        top = [k for k in sorted(keeps) if not any(k.startswith(o + "/") for o in keeps if o != k)]
+        found.append((hide, top))
+    return found
+
+
+@dataclass
+class RunSpace:
+    """One run's private directory, UID and cgroup; ``close()`` gives them back."""
+
+    private: Path
+    uid: int | None
+    cgroup: RunCgroup | None
+    confine: dict[str, Any] = field(default_factory=dict)
+    creds: Path | None = None
+
+    @property
+    def home(self) -> Path:
+        return self.private / "home"
+
+    @property
+    def tmp(self) -> Path:
+        return self.private / "tmp"
+
+    @property
+    def args_file(self) -> Path:
+        return self.private / ARGS_NAME
+
+    def write_private(self, name: str, text: str) -> Path:
+        """A 0600 file of the run's own in its private directory."""
+        path = self.private / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            if self.uid is not None:
+                os.fchown(fd, self.uid, self.uid)
+            with os.fdopen(fd, "w") as handle:
+                fd = -1
+                handle.write(text)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        return path
+
+
+class Isolation:
+    """What this host allows for runs, decided once at start."""
+
+    def __init__(
+        self,
+        *,
+        scratch: Path,
+        pool: UidPool | None,
+        cgroups: Cgroups | None,
+        expose: list[tuple[str, list[str]]],
+        summary: str,
+    ) -> None:
+        self.scratch = scratch
+        self.pool = pool
+        self.cgroups = cgroups
+        self.expose = expose
+        self.summary = summary
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        owner: str,
+        scratch: Path,
+        work_dir: Path,
+        env_dir: Path,
+        run_uids: range | None,
+        use_cgroups: bool = True,
+    ) -> Isolation:
+        scratch.mkdir(parents=True, exist_ok=True)
+        os.chmod(scratch, 0o711)  # runs reach their own folder, list nobody's
+        cgroups, cgroup_note = Cgroups.probe(owner) if use_cgroups else (None, "cgroups off")
+        if cgroups is None:
+            cgroup_note += (
+                ": kill and timeout end the run's process group, its UID's processes and "
+                "orphans re-parented to the launcher; memory limits are RLIMIT_AS, CPU limits "
+                "are not enforced"
+            )
+        pool: UidPool | None = None
+        expose: list[tuple[str, list[str]]] = []
+        if run_uids is None:
+            uid_note = "runs share the executor's UID (--run-uids none)"
+        elif not can_switch_uids():
+            uid_note = "runs share the executor's UID (it is neither root nor has CAP_SETUID)"
+        else:
+            pool = UidPool(run_uids)
+            expose = exposures([
+                Path(sys.base_prefix), Path(sys.prefix), Path(sys.executable).parent,
+                *map(Path, sdk_paths()),
+                *(Path(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p),
+                work_dir, env_dir, scratch,
+            ])  # fmt: skip
+            problem = _probe(pool, expose)
+            if problem is None:
+                uid_note = f"runs get their own UID from {run_uids.start}-{run_uids.stop - 1}"
+            else:
+                pool, expose = None, []
+                uid_note = f"runs share the executor's UID (a run UID {problem})"
+        if pool is None:
+            uid_note += (
+                ", so a run can read what the executor's user can (its credential files, "
+                "/proc/<executor>/environ) and write its caches; everything else still applies"
+            )
+        summary = f"{uid_note}; {cgroup_note}"
+        return cls(scratch=scratch, pool=pool, cgroups=cgroups, expose=expose, summary=summary)
+
+    def open(
+        self, key: str, *, memory_limit_bytes: int | None, cpu_limit: float | None
+    ) -> RunSpace:
+        uid = self.pool.acquire() if self.pool is not None else None
+        private = self.scratch / uuid.uuid4().hex
+        cgroup = None
+        try:
+            private.mkdir(mode=0o700)
+            for sub in ("home", "tmp"):
+                (private / sub).mkdir(mode=0o700)
+            if uid is not None:
+                for folder in (private, private / "home", private / "tmp"):
+                    os.chown(folder, uid, uid)
+            spec: dict[str, Any] = {}
+            if self.cgroups is not None:
+                cgroup = self.cgroups.create(
+                    key, memory_limit_bytes=memory_limit_bytes, cpu_limit=cpu_limit
+                )
+                spec["cgroups"] = cgroup.procs_files
+            elif memory_limit_bytes is not None:
+                spec["rlimit_as"] = memory_limit_bytes
+            if uid is not None:
+                spec["uid"] = uid
+                if self.expose:
+                    spec["expose"] = self.expose
+        except BaseException:
+            shutil.rmtree(private, ignore_errors=True)
+            if cgroup is not None:
+                cgroup.remove()
+            if uid is not None and self.pool is not None:
+                self.pool.release(uid)
+            raise
+        return RunSpace(private=private, uid=uid, cgroup=cgroup, confine=spec)
+
+    def give(self, folder: Path, space: RunSpace) -> None:
+        """Hand a working copy to the run: its folders and copied files become the run's, the
+        inodes it shares with the cached tree (hardlinks) stay the executor's, read-only."""
+        uid = space.uid
+        if uid is None:
+            return
+        os.chown(folder, uid, uid)
+        os.chmod(folder, 0o700)
+        for root, dirs, files in os.walk(folder):
+            for name in dirs:
+                os.lchown(os.path.join(root, name), uid, uid)
+            for name in files:
+                path = os.path.join(root, name)
+                if os.lstat(path).st_nlink == 1:
+                    os.lchown(path, uid, uid)
+
+    def sweep(self, space: RunSpace) -> None:
+        """SIGKILL every process left running as the run's UID (without cgroups)."""
+        if space.uid is not None:
+            sweep(space.uid)
+
+    def close_space(self, space: RunSpace) -> None:
+        shutil.rmtree(space.private, ignore_errors=True)
+        if space.cgroup is not None:
+            space.cgroup.remove()
+        if space.uid is not None and self.pool is not None:
+            self.pool.release(space.uid)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+        if self.cgroups is not None:
+            self.cgroups.close()
+
+
+def _probe(pool: UidPool, expose: list[tuple[str, list[str]]]) -> str | None:
+    """Start ``python -c 'import sdk'`` confined as a run UID: None if it works, else why."""
+    uid = pool.acquire()
+    spec: dict[str, Any] = {"uid": uid, "expose": expose}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", "import sdk"],
+            preexec_fn=lambda: confine(spec),
+            env=allowed_environment(os.environ),
+            cwd="/",
+            capture_output=True,
+            timeout=names.RUN_UID_PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"cannot be set up here: {exc}"
+    finally:
+        pool.release(uid)
+    if result.returncode != 0:
+        reason = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
+        return f"cannot start the interpreter and import sdk: {reason[0]}"
+    return None
