@@ -27,8 +27,8 @@ from typing import Any
 import nkeys
 
 from broker import tokens
+from broker.errors import CredentialError
 from broker.roles import ISSUABLE, Role, template
-from broker.tokens import CredentialError
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,10 @@ _ACCOUNT_LIMITS = {
     "consumer": -1,
     "max_ack_pending": -1,
 }
-_SYSTEM_LIMITS = {key: _ACCOUNT_LIMITS[key] for key in ("subs", "data", "payload", "imports",
-                                                         "exports", "wildcards", "conn", "leaf")}
+_SYSTEM_LIMITS = {
+    key: _ACCOUNT_LIMITS[key]
+    for key in ("subs", "data", "payload", "imports", "exports", "wildcards", "conn", "leaf")
+}
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -76,7 +78,6 @@ def _user_claims(
             "issuer_account": account,
             "tags": sorted(set(tags)),
         },  # no permissions or limits: a scoped key's user gets its role's template
-
     }
     if expires_at is not None:
         claims["exp"] = int(expires_at)
@@ -178,7 +179,8 @@ class Authority:
         operator = tokens.new_key(tokens.OPERATOR)
         account = tokens.new_key(tokens.ACCOUNT)
         system = tokens.new_key(tokens.ACCOUNT)
-        for name, key in (("operator.nk", operator), ("account.nk", account), ("system.nk", system)):
+        seeds = (("operator.nk", operator), ("account.nk", account), ("system.nk", system))
+        for name, key in seeds:
             _write_private(self.root / name, tokens.seed(key) + "\n")
         scopes = []
         for role in Role:

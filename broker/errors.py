@@ -3,7 +3,11 @@
 ::
 
     TaskbusError
-    ├── NotConnected                 no server answered at the URL(s) tried
+    ├── NotConnected                 no server answered at the URL(s) tried, or it refused
+    │                                the credential
+    ├── PermissionDenied             the server refused an action to this credential; also a
+    │                                PermissionError
+    ├── CredentialError              a credential file or key cannot be read or used
     ├── ServerError                  the embedded nats-server could not start or stopped
     ├── OrchestrationMissingFile     upload got neither a path nor a bytes buffer (or a path
     │                                that does not exist); also a ValueError
@@ -27,14 +31,28 @@ class TaskbusError(Exception):
 class NotConnected(TaskbusError):
     """No NATS server answered at the URL(s) tried."""
 
-    def __init__(self, urls: list[str], reason: str) -> None:
+    def __init__(self, urls: list[str], reason: str, hint: str | None = None) -> None:
         self.urls = urls
         joined = ", ".join(urls)
-        super().__init__(
-            f"Could not connect to NATS at {joined}: {reason}. Start a local stack with "
-            f"`taskbus up` (or only the server with `taskbus server`), or point --url / "
-            f"TASKBUS_URL at a running server."
-        )
+        if hint is None:
+            hint = (
+                "Start a local stack with `taskbus up` (or only the server with `taskbus "
+                "server`), or point --url / TASKBUS_URL at a running server."
+            )
+        super().__init__(f"Could not connect to NATS at {joined}: {reason}. {hint}")
+
+
+class PermissionDenied(TaskbusError, PermissionError):
+    """The server refused an action to the credential in use (its role does not allow it)."""
+
+    def __init__(self, action: str, credential: str, allowed_by: str) -> None:
+        self.action = action
+        self.credential = credential
+        super().__init__(f"Permission denied: {credential} may not {action}. {allowed_by}")
+
+
+class CredentialError(TaskbusError):
+    """A credential file or key cannot be read, or is not what it should be."""
 
 
 def exit_status(exc: TaskbusError) -> int:

@@ -67,6 +67,8 @@ ENV_PASSWORD = "TASKBUS_PASSWORD"
 ENV_TOKEN = "TASKBUS_TOKEN"
 ENV_CREDS = "TASKBUS_CREDS"  # path to a NATS .creds file
 ENV_WORKSPACE = "TASKBUS_WORKSPACE"
+# The run role's signing key at an executor: with it each run gets its own credential.
+ENV_RUN_SIGNING_KEY = "TASKBUS_RUN_SIGNING_KEY"
 ENV_DATA_DIR = "TASKBUS_DATA_DIR"
 ENV_REPLICAS = "TASKBUS_REPLICAS"  # 1 embedded, 3 in a cluster
 ENV_RUN_RETENTION_DAYS = "TASKBUS_RUN_RETENTION_DAYS"  # finished runs' records kept this long
@@ -76,6 +78,9 @@ ENV_RUN_ID = "TASKBUS_RUN_ID"
 ENV_ORCH_ID = "TASKBUS_ORCH_ID"
 ENV_ORCH_SHA = "TASKBUS_ORCH_SHA"
 ENV_ARGS_FILE = "TASKBUS_ARGS_FILE"
+
+# Under the data directory: the authority `taskbus up` creates (keys, JWTs, creds/<role>.creds).
+AUTH_DIR = "auth"
 
 DEFAULT_PORT = 4222
 DEFAULT_URL = f"nats://127.0.0.1:{DEFAULT_PORT}"

@@ -157,8 +157,14 @@ def template(role: Role) -> dict[str, Any]:
 
 
 def describe(subject: str) -> str:
-    """What a refused subject would have done, in a user's words."""
+    """What a refused subject would have done, in a user's words (nats-py reports the subject
+    lower-cased, so prefixes are compared without case)."""
     n = names
+    low = subject.lower()
+
+    def after(prefix: str) -> str | None:
+        return subject[len(prefix) :] if low.startswith(prefix.lower()) else None
+
     for bucket, what in (
         (n.TASKS, "task"),
         (n.RUNS, "run"),
@@ -168,23 +174,25 @@ def describe(subject: str) -> str:
         (n.SCHEDULER, "scheduler mark"),
     ):
         kv = names.kv_subject(bucket, "")
-        if subject.startswith(kv):
-            return f"write the {what} record {subject[len(kv) :]!r}"
-        if subject.startswith(f"{API}.DIRECT.GET.{_kv_stream(bucket)}.{kv}"):
-            key = subject.split(kv, 1)[1]
+        if (key := after(kv)) is not None:
+            return f"write the {what} record {key!r}"
+        if (key := after(f"{API}.DIRECT.GET.{_kv_stream(bucket)}.{kv}")) is not None:
             return f"read the {what} record {key!r}"
-        if subject.startswith(f"{API}.CONSUMER.CREATE.{_kv_stream(bucket)}"):
+        if after(f"{API}.CONSUMER.CREATE.{_kv_stream(bucket)}") is not None:
             return f"list or watch {what} records"
-    if subject.startswith(f"{API}.STREAM.DELETE.") or subject.startswith(f"{API}.STREAM.PURGE."):
-        return f"delete or purge the stream {subject.rsplit('.', 1)[-1]!r}"
-    if subject.startswith(f"{API}.CONSUMER.MSG.NEXT."):
-        return "take messages from a work queue"
-    if subject.startswith(f"{API}.CONSUMER.CREATE.{n.LOGS_STREAM}"):
-        return "read log lines"
-    if subject.startswith(n.LOGS_SUBJECTS[:-1]):
-        return "publish log lines"
-    if subject.startswith(n.RUNQ_SUBJECTS[:-1]):
-        return "publish run requests"
-    if subject.startswith(f"{API}."):
-        return f"call the JetStream API {subject[len(API) + 1 :]!r}"
+    for prefix in (f"{API}.STREAM.DELETE.", f"{API}.STREAM.PURGE."):
+        if (stream := after(prefix)) is not None:
+            return f"delete or purge the stream {stream!r}"
+    for prefix, action in (
+        (f"{API}.CONSUMER.MSG.NEXT.", "take messages from a work queue"),
+        (f"{API}.CONSUMER.CREATE.{n.LOGS_STREAM}", "read log lines"),
+        (f"{API}.DIRECT.GET.{n.LOGS_STREAM}", "read log lines"),
+        (n.LOGS_SUBJECTS[:-1], "publish log lines"),
+        (n.RUNQ_SUBJECTS[:-1], "publish run requests"),
+        ("_INBOX.", "subscribe to another client's replies"),
+    ):
+        if after(prefix) is not None:
+            return action
+    if (call := after(f"{API}.")) is not None:
+        return f"call the JetStream API {call!r}"
     return f"use the subject {subject!r}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from broker import names
 
@@ -42,8 +43,13 @@ class ConnectSettings:
     run_retention_s: float = names.RUN_RETENTION_S
 
     @classmethod
-    def from_env(cls, url: str | None = None, **overrides: object) -> ConnectSettings:
-        """``url`` (comma-separated) wins over ``TASKBUS_URL``, which wins over the default."""
+    def from_env(
+        cls, url: str | None = None, *, local_role: str = "user", **overrides: object
+    ) -> ConnectSettings:
+        """``url`` (comma-separated) wins over ``TASKBUS_URL``, which wins over the default.
+
+        With no credential given and only loopback servers, the ``local_role`` credential that
+        `taskbus up` left in the data directory is used (as Jupyter finds its token)."""
         env = os.environ
         raw_url = url or env.get(names.ENV_URL) or names.DEFAULT_URL
         values: dict[str, object] = {
@@ -56,6 +62,8 @@ class ConnectSettings:
             "run_retention_s": _retention_s(env.get(names.ENV_RUN_RETENTION_DAYS)),
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
+        if not any(values.get(k) for k in ("user", "password", "token", "creds_file")):
+            values["creds_file"] = local_credentials(values["urls"], local_role)  # type: ignore[arg-type]
         return cls(**values)  # type: ignore[arg-type]
 
     def environment(self) -> dict[str, str]:
@@ -71,6 +79,19 @@ class ConnectSettings:
             if value:
                 env[key] = value
         return env
+
+
+def _loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def local_credentials(urls: list[str], role: str) -> str | None:
+    """``<data dir>/auth/creds/<role>.creds`` when every URL is on this machine and it exists."""
+    if not urls or not all(_loopback(url) for url in urls):
+        return None
+    path = default_data_dir() / names.AUTH_DIR / "creds" / f"{role}.creds"
+    return str(path) if path.is_file() else None
 
 
 def _retention_s(days: str | None) -> float:

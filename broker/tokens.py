@@ -14,12 +14,13 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import nkeys
 
-from broker.errors import TaskbusError
+from broker.errors import CredentialError
 
 _HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
 _CREDS_JWT = "-----BEGIN NATS USER JWT-----"
@@ -29,10 +30,6 @@ _CREDS_SEED = "-----BEGIN USER NKEY SEED-----"
 OPERATOR = nkeys.PREFIX_BYTE_OPERATOR
 ACCOUNT = nkeys.PREFIX_BYTE_ACCOUNT
 USER = nkeys.PREFIX_BYTE_USER
-
-
-class CredentialError(TaskbusError):
-    """A credential file or key that cannot be read or is not what it should be."""
 
 
 def new_key(prefix: int) -> nkeys.KeyPair:
@@ -128,9 +125,11 @@ class Creds:
 
 def read_creds(path: str | os.PathLike[str]) -> Creds:
     try:
-        text = open(path, encoding="utf-8").read()  # noqa: SIM115 — small file, read once
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise CredentialError(f"cannot read the credential file {os.fspath(path)!r}: {exc.strerror}")
+        raise CredentialError(
+            f"cannot read the credential file {os.fspath(path)!r}: {exc.strerror}"
+        ) from None
     return parse_creds(text, where=os.fspath(path))
 
 

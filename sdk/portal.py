@@ -11,7 +11,7 @@ import atexit
 import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -24,7 +24,14 @@ _open: weakref.WeakSet[Portal] = weakref.WeakSet()
 
 
 class Portal:
-    def __init__(self, on_close: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+        guard: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+    ) -> None:
+        # ``guard`` wraps every call: the client's refusal watch (a refused request raises
+        # PermissionDenied at once instead of timing out).
+        self._guard = guard
         self._lock = threading.Lock()
         self._manager: AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
@@ -43,12 +50,18 @@ class Portal:
 
     def call(self, func: Callable[[Unpack[Ts]], Awaitable[T]], *args: *Ts) -> T:
         """Run ``func(*args)`` on the loop and wait; Ctrl+C in the caller cancels it too."""
-        future = self._running().start_task_soon(func, *args)
+        future = self._running().start_task_soon(self._guarded, func, *args)
         try:
             return future.result()
         except BaseException:
             future.cancel()
             raise
+
+    async def _guarded(self, func: Callable[[Unpack[Ts]], Awaitable[T]], *args: *Ts) -> T:
+        if self._guard is None:
+            return await func(*args)
+        async with self._guard():
+            return await func(*args)
 
     def iterate(self, items: AsyncIterator[T]) -> Iterator[T]:
         """Drive an async iterator from this thread; closing early closes it on the loop."""
