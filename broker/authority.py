@@ -57,7 +57,7 @@ _SYSTEM_LIMITS = {
 }
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Create ``path`` readable by its owner only (never world-readable, not even briefly)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -181,12 +181,12 @@ class Authority:
         system = tokens.new_key(tokens.ACCOUNT)
         seeds = (("operator.nk", operator), ("account.nk", account), ("system.nk", system))
         for name, key in seeds:
-            _write_private(self.root / name, tokens.seed(key) + "\n")
+            write_private(self.root / name, tokens.seed(key) + "\n")
         scopes = []
         for role in Role:
             signer = tokens.new_key(tokens.ACCOUNT)
             seed_text = f"{tokens.seed(signer)}\n{tokens.public(account)}\n"
-            _write_private(self.root / "signing" / f"{role}.nk", seed_text)
+            write_private(self.root / "signing" / f"{role}.nk", seed_text)
             scopes.append(
                 {
                     "kind": "user_scope",
@@ -235,8 +235,8 @@ class Authority:
             ("account.jwt", account_jwt),
             ("system.jwt", system_jwt),
         ):
-            _write_private(self.root / name, jwt + "\n")
-        _write_private(
+            write_private(self.root / name, jwt + "\n")
+        write_private(
             self.server_config,
             "# Taskbus operator-mode authentication (written by `taskbus auth init`).\n"
             f"operator: {_quote(operator_jwt)}\n"
@@ -271,7 +271,7 @@ class Authority:
         tags = [f"role:{role}", *(f"workspace:{_check_token('workspace', w)}" for w in workspaces)]
         claims = _user_claims(name, user, account, tags, expires_at)
         target = path or self.creds_path(name)
-        _write_private(target, tokens.creds_text(tokens.sign(claims, signer), user))
+        write_private(target, tokens.creds_text(tokens.sign(claims, signer), user))
         return target
 
     def run_signer(self) -> RunSigner:

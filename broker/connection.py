@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -168,6 +169,7 @@ async def connect(
             token=settings.token,
             user_credentials=settings.creds_file,
             inbox_prefix=creds.inbox_prefix if creds is not None else "_INBOX",
+            tls=_tls_context(settings),
             connect_timeout=int(max(1, settings.connect_timeout_s)),
             max_reconnect_attempts=1,
             reconnect_time_wait=0.05,  # type: ignore[arg-type]
@@ -235,6 +237,15 @@ def _ping_options(settings: ConnectSettings) -> dict[str, Any]:
     if settings.ping_interval_s is None:
         return {}
     return {"ping_interval": settings.ping_interval_s, "max_outstanding_pings": 2}
+
+
+def _tls_context(settings: ConnectSettings) -> ssl.SSLContext | None:
+    if settings.tls_ca_file is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=settings.tls_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise CredentialError(f"cannot use {settings.tls_ca_file!r} as the TLS CA: {exc}") from None
 
 
 _REFUSED = "permissions violation for "

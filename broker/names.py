@@ -66,6 +66,7 @@ ENV_USER = "TASKBUS_USER"
 ENV_PASSWORD = "TASKBUS_PASSWORD"
 ENV_TOKEN = "TASKBUS_TOKEN"
 ENV_CREDS = "TASKBUS_CREDS"  # path to a NATS .creds file
+ENV_TLS_CA = "TASKBUS_TLS_CA"  # CA file that signed the servers' TLS certificates
 ENV_WORKSPACE = "TASKBUS_WORKSPACE"
 # The run role's signing key at an executor: with it each run gets its own credential.
 ENV_RUN_SIGNING_KEY = "TASKBUS_RUN_SIGNING_KEY"

@@ -30,6 +30,7 @@ class ConnectSettings:
     password: str | None = None
     token: str | None = None
     creds_file: str | None = None
+    tls_ca_file: str | None = None  # verify the servers' certificates against this CA
     name: str = "taskbus"  # the connection name the server shows
     replicas: int = 1  # for resources this process provisions: 1 embedded, 3 in a cluster
     connect_timeout_s: float = 2.0
@@ -58,6 +59,7 @@ class ConnectSettings:
             "password": env.get(names.ENV_PASSWORD) or None,
             "token": env.get(names.ENV_TOKEN) or None,
             "creds_file": env.get(names.ENV_CREDS) or None,
+            "tls_ca_file": env.get(names.ENV_TLS_CA) or None,
             "replicas": int(env.get(names.ENV_REPLICAS, "1")),
             "run_retention_s": _retention_s(env.get(names.ENV_RUN_RETENTION_DAYS)),
         }
@@ -75,6 +77,7 @@ class ConnectSettings:
             (names.ENV_PASSWORD, self.password),
             (names.ENV_TOKEN, self.token),
             (names.ENV_CREDS, self.creds_file),
+            (names.ENV_TLS_CA, self.tls_ca_file),
         ):
             if value:
                 env[key] = value
