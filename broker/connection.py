@@ -136,7 +136,7 @@ async def connect(
             bus.dropped_messages += 1
         refused = _refused_subject(text)
         if refused is not None:
-            log.debug("the server refused %s", refused)
+            log.info("the server refused %s", refused)
             for callback in list(bus.on_refusal):
                 callback(refused)
             return
@@ -160,24 +160,32 @@ async def connect(
             "Ask for a new one (`taskbus auth user NAME --role ROLE`).",
         )
     nc = NATS()
+    # nats-py bounds each TCP connect, not a TLS handshake that never completes (a plain
+    # client at a TLS-only server waits for ever): the whole first attempt is bounded too.
+    first_attempt_s = 2 * settings.connect_timeout_s * len(settings.urls) + 1
     try:
-        await nc.connect(
-            servers=settings.urls,
-            name=settings.name,
-            user=settings.user,
-            password=settings.password,
-            token=settings.token,
-            user_credentials=settings.creds_file,
-            inbox_prefix=creds.inbox_prefix if creds is not None else "_INBOX",
-            tls=_tls_context(settings),
-            connect_timeout=int(max(1, settings.connect_timeout_s)),
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.05,  # type: ignore[arg-type]
-            error_cb=error_cb,
-            reconnected_cb=reconnected_cb,
-            **_ping_options(settings),
-            disconnected_cb=disconnected_cb,
-        )
+        async with asyncio.timeout(first_attempt_s):
+            await nc.connect(
+                servers=settings.urls,
+                name=settings.name,
+                user=settings.user,
+                password=settings.password,
+                token=settings.token,
+                user_credentials=settings.creds_file,
+                inbox_prefix=creds.inbox_prefix if creds is not None else "_INBOX",
+                tls=_tls_context(settings),
+                connect_timeout=int(max(1, settings.connect_timeout_s)),
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.05,  # type: ignore[arg-type]
+                error_cb=error_cb,
+                reconnected_cb=reconnected_cb,
+                **_ping_options(settings),
+                disconnected_cb=disconnected_cb,
+            )
+    except TimeoutError as exc:
+        await nc.close()
+        reason = first_error[-1] if first_error else f"no answer within {first_attempt_s:.0f} s"
+        raise NotConnected(settings.urls, *_explain(reason, settings)) from exc
     except Exception as exc:
         reason = first_error[-1] if first_error else (str(exc) or type(exc).__name__)
         raise NotConnected(settings.urls, *_explain(reason, settings)) from exc
@@ -284,6 +292,16 @@ def _explain(reason: str, settings: ConnectSettings) -> tuple[str, str | None]:
     lowered = reason.lower()
     if "refused" in lowered or "connect call failed" in lowered:
         return "nothing is listening there (connection refused)", None
+    if "certificate verify failed" in lowered:
+        return "the server's TLS certificate is not signed by a CA we trust", (
+            "Give the CA that signed it with TASKBUS_TLS_CA (`taskbus auth init --tls` wrote "
+            "it to <auth dir>/tls/ca.pem), and use tls:// URLs."
+        )
+    if "no answer within" in lowered and not settings.tls_ca_file:
+        return reason, (
+            "If the server requires TLS, use tls:// URLs and give its CA with TASKBUS_TLS_CA "
+            "(`taskbus auth init --tls` wrote it to <auth dir>/tls/ca.pem)."
+        )
     if "expired" in lowered:
         return (
             f"the credential {settings.creds_file or ''} has expired",

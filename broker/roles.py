@@ -87,7 +87,9 @@ def _object_store(name: str) -> str:
 def _permissions(role: Role) -> tuple[list[str], list[str]]:
     """(publish allow, subscribe allow) of a role."""
     n = names
-    account_info = [f"{API}.INFO"]
+    # Account info, and stream names: nats-py looks a stream up by subject when it is not
+    # given (the object store's chunk reader does).
+    account_info = [f"{API}.INFO", f"{API}.STREAM.NAMES"]
     if role is Role.ADMIN:
         return [">"], [">"]
     if role is Role.RUN:
