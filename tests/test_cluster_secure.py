@@ -90,9 +90,10 @@ async def test_plain_connections_and_strangers_are_refused(
                 connect_timeout_s=1,
             )
         )
-    # TLS, but a credential of another authority.
+    # TLS, but a credential of another authority (over TLS the server's closing the
+    # connection can reach the client before its "Authorization Violation" does).
     stranger = Authority(tmp_path / "stranger").ensure_local()
-    with pytest.raises(NotConnected, match="refused the credential"):
+    with pytest.raises(NotConnected):
         await connect(settings_for(servers, stranger, "user", ca))
     # TLS with the right CA and credential: accepted (the refusals above are not a broken
     # server).
