@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import nats
 import nats.js.errors
 from nats.aio.client import Client as NATS
@@ -15,9 +19,9 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from broker import names
-from broker.errors import NotConnected
-from broker.provision import provision
+from broker import names, roles, tokens
+from broker.errors import CredentialError, NotConnected, PermissionDenied
+from broker.provision import bind, provision
 from broker.publisher import Publisher
 from broker.settings import ConnectSettings
 
@@ -45,9 +49,21 @@ class Bus:
     # across a server restart stays blind for ~19 s).
     on_reconnect: list[Callback] = field(default_factory=list)
     on_disconnect: list[Callback] = field(default_factory=list)
+    # Called with the refused subject when the server refuses a publish or subscription:
+    # nats-py only reports it to error_cb, and the refused request itself just times out.
+    on_refusal: list[Callable[[str], None]] = field(default_factory=list)
     # Errors that reach only error_cb (slow consumer, permissions violation), for display.
     last_error: str = ""
     dropped_messages: int = 0
+    creds: tokens.Creds | None = None  # what the credential file says of us (None: no file)
+
+    def refusals(self) -> AbstractAsyncContextManager[None]:
+        """While inside, a refused action raises ``PermissionDenied`` at once."""
+        return refusals(self.on_refusal, self.refusal)
+
+    def refusal(self, subject: str) -> PermissionDenied:
+        """The error for a refused subject, naming the credential and what would allow it."""
+        return PermissionDenied(roles.describe(subject), *_credential_words(self.creds))
 
     @property
     def connected(self) -> bool:
@@ -66,6 +82,34 @@ class Bus:
                 await self.nc.close()
             except Exception as close_exc:
                 log.debug("close failed too (%s)", close_exc)
+
+
+@asynccontextmanager
+async def refusals(
+    hooks: list[Callable[[str], None]], error: Callable[[str], Exception]
+) -> AsyncIterator[None]:
+    """Raise ``error(subject)`` as soon as a hook in ``hooks`` reports a refused subject while
+    inside, instead of the refused request's timeout many seconds later (NATS reports a
+    refusal only to ``error_cb``)."""
+    refused: list[str] = []
+    scope = anyio.CancelScope()
+
+    def on_refusal(subject: str) -> None:
+        refused.append(subject)
+        scope.cancel()
+
+    hooks.append(on_refusal)
+    try:
+        with scope:
+            yield
+    except Exception as exc:
+        if refused:
+            raise error(refused[0]) from exc
+        raise
+    finally:
+        hooks.remove(on_refusal)
+    if refused:
+        raise error(refused[0])
 
 
 async def connect(
@@ -90,6 +134,12 @@ async def connect(
         bus.last_error = text
         if isinstance(error, nats.errors.SlowConsumerError):
             bus.dropped_messages += 1
+        refused = _refused_subject(text)
+        if refused is not None:
+            log.info("the server refused %s", refused)
+            for callback in list(bus.on_refusal):
+                callback(refused)
+            return
         log.warning("nats: %s", text)
 
     async def reconnected_cb() -> None:
@@ -102,26 +152,43 @@ async def connect(
         if bus_ref:
             await _run_callbacks(bus_ref[0].on_disconnect)
 
-    nc = NATS()
-    try:
-        await nc.connect(
-            servers=settings.urls,
-            name=settings.name,
-            user=settings.user,
-            password=settings.password,
-            token=settings.token,
-            user_credentials=settings.creds_file,
-            connect_timeout=int(max(1, settings.connect_timeout_s)),
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.05,  # type: ignore[arg-type]
-            error_cb=error_cb,
-            reconnected_cb=reconnected_cb,
-            **_ping_options(settings),
-            disconnected_cb=disconnected_cb,
+    creds = tokens.read_creds(settings.creds_file) if settings.creds_file else None
+    if creds is not None and creds.expires_at is not None and creds.expires_at < time.time():
+        raise NotConnected(
+            settings.urls,
+            f"the credential {settings.creds_file} expired",
+            "Ask for a new one (`taskbus auth user NAME --role ROLE`).",
         )
+    nc = NATS()
+    # nats-py bounds each TCP connect, not a TLS handshake that never completes (a plain
+    # client at a TLS-only server waits for ever): the whole first attempt is bounded too.
+    first_attempt_s = 2 * settings.connect_timeout_s * len(settings.urls) + 1
+    try:
+        async with asyncio.timeout(first_attempt_s):
+            await nc.connect(
+                servers=settings.urls,
+                name=settings.name,
+                user=settings.user,
+                password=settings.password,
+                token=settings.token,
+                user_credentials=settings.creds_file,
+                inbox_prefix=creds.inbox_prefix if creds is not None else "_INBOX",
+                tls=_tls_context(settings),
+                connect_timeout=int(max(1, settings.connect_timeout_s)),
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.05,  # type: ignore[arg-type]
+                error_cb=error_cb,
+                reconnected_cb=reconnected_cb,
+                **_ping_options(settings),
+                disconnected_cb=disconnected_cb,
+            )
+    except TimeoutError as exc:
+        await nc.close()
+        reason = first_error[-1] if first_error else f"no answer within {first_attempt_s:.0f} s"
+        raise NotConnected(settings.urls, *_explain(reason, settings)) from exc
     except Exception as exc:
         reason = first_error[-1] if first_error else (str(exc) or type(exc).__name__)
-        raise NotConnected(settings.urls, _explain(reason)) from exc
+        raise NotConnected(settings.urls, *_explain(reason, settings)) from exc
     # The fast-fail options above were for the first attempt only (nats-py reads them anew
     # on every reconnect).
     nc.options["max_reconnect_attempts"] = -1 if reconnect_forever else 60
@@ -129,12 +196,17 @@ async def connect(
     js = nc.jetstream()
     publisher = Publisher(nc)
     try:
-        handles = await _provision_when_ready(js, settings)
+        # Only the admin provisions (SECURITY.md): other roles bind to what exists. A server
+        # without authentication has no roles, so its clients provision as they always did.
+        if creds is None or creds.role == roles.Role.ADMIN:
+            handles = await _provision_when_ready(js, settings)
+        else:
+            handles = bind(js)
         await publisher.start()
     except Exception:
         await nc.close()
         raise
-    bus = Bus(settings=settings, nc=nc, js=js, publisher=publisher, **handles)
+    bus = Bus(settings=settings, nc=nc, js=js, publisher=publisher, creds=creds, **handles)
     bus_ref.append(bus)
     return bus
 
@@ -175,13 +247,85 @@ def _ping_options(settings: ConnectSettings) -> dict[str, Any]:
     return {"ping_interval": settings.ping_interval_s, "max_outstanding_pings": 2}
 
 
-def _explain(reason: str) -> str:
+def _tls_context(settings: ConnectSettings) -> ssl.SSLContext | None:
+    if settings.tls_ca_file is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=settings.tls_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise CredentialError(f"cannot use {settings.tls_ca_file!r} as the TLS CA: {exc}") from None
+
+
+_REFUSED = "permissions violation for "
+
+
+def _refused_subject(text: str) -> str | None:
+    """The subject of nats-py's 'permissions violation for publish to "x"' (it lower-cases
+    the server's message), else None."""
+    lowered = text.lower()
+    at = lowered.find(_REFUSED)
+    if at < 0:
+        return None
+    quoted = text[at + len(_REFUSED) :].split('"')
+    return quoted[1] if len(quoted) > 1 else quoted[0].strip()
+
+
+def _credential_words(creds: tokens.Creds | None) -> tuple[str, str]:
+    """(who we are, what would allow more) for a PermissionDenied message."""
+    if creds is None:
+        return "this connection", "Connect with a credential whose role allows it."
+    role = creds.role or "unknown"
+    who = f"the {role} credential {creds.name!r}"
+    if role == roles.Role.RUN:
+        return who, (
+            "A task run may read only its own task, orchestration and arguments; a task that "
+            "must drive other tasks needs a user credential from its owner."
+        )
+    return who, (
+        "Ask an admin for a credential with a role that allows it "
+        "(`taskbus auth user NAME --role user|operator|executor|scheduler`)."
+    )
+
+
+def _explain(reason: str, settings: ConnectSettings) -> tuple[str, str | None]:
+    """(why the first connect failed, what to do) for ``NotConnected``."""
     lowered = reason.lower()
     if "refused" in lowered or "connect call failed" in lowered:
-        return "nothing is listening there (connection refused)"
-    if "authorization" in lowered:
-        return "the server refused the credentials (check --user/--password/--creds)"
-    return reason
+        return "nothing is listening there (connection refused)", None
+    if "certificate verify failed" in lowered:
+        return "the server's TLS certificate is not signed by a CA we trust", (
+            "Give the CA that signed it with TASKBUS_TLS_CA (`taskbus auth init --tls` wrote "
+            "it to <auth dir>/tls/ca.pem), and use tls:// URLs."
+        )
+    if "no answer within" in lowered and not settings.tls_ca_file:
+        return reason, (
+            "If the server requires TLS, use tls:// URLs and give its CA with TASKBUS_TLS_CA "
+            "(`taskbus auth init --tls` wrote it to <auth dir>/tls/ca.pem)."
+        )
+    if "expired" in lowered:
+        return (
+            f"the credential {settings.creds_file or ''} has expired",
+            "Ask for a new one (`taskbus auth user NAME --role ROLE`).",
+        )
+    if "authorization" in lowered or "authentication" in lowered:
+        if not (settings.creds_file or settings.user or settings.token):
+            return "the server requires a credential and none was given", (
+                "Pass --creds FILE (or set TASKBUS_CREDS). `taskbus up` writes one per role "
+                f"to {_local_creds_dir()}/<role>.creds (user.creds for the SDK and CLI, "
+                "operator.creds for the console); for a cluster, ask its admin for one "
+                "(`taskbus auth user NAME --role user`)."
+            )
+        used = settings.creds_file or "the user/password or token given"
+        return f"the server refused the credential ({used})", (
+            "Check that it was issued for this cluster and has not been revoked."
+        )
+    return reason, None
 
 
-__all__ = ["Bus", "connect", "names"]
+def _local_creds_dir() -> str:
+    from broker.settings import default_data_dir
+
+    return str(default_data_dir() / names.AUTH_DIR / "creds")
+
+
+__all__ = ["Bus", "CredentialError", "connect", "names"]

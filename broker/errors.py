@@ -4,9 +4,13 @@
 
     TaskbusError
     ├── CommunicationFailed          the bus could not be reached or did not answer
-    │   ├── NotConnected             no server answered at the URL(s) tried
+    │   ├── NotConnected             no server answered at the URL(s) tried, or it refused
+    │   │                            the credential
     │   └── RequestTimeout           a request got no answer within the client's
     │                                request_timeout; also a TimeoutError
+    ├── PermissionDenied             the server refused an action to this credential; also a
+    │                                PermissionError
+    ├── CredentialError              a credential file or key cannot be read or used
     ├── ServerError                  the embedded nats-server could not start or stopped
     ├── InvalidArgument              an argument has a bad value; also a ValueError
     │   └── InvalidName              a name is empty or not a string
@@ -46,14 +50,28 @@ class CommunicationFailed(TaskbusError):
 class NotConnected(CommunicationFailed):
     """No NATS server answered at the URL(s) tried."""
 
-    def __init__(self, urls: list[str], reason: str) -> None:
+    def __init__(self, urls: list[str], reason: str, hint: str | None = None) -> None:
         self.urls = urls
         joined = ", ".join(urls)
-        super().__init__(
-            f"Could not connect to NATS at {joined}: {reason}. Start a local stack with "
-            f"`taskbus up` (or only the server with `taskbus server`), or point --url / "
-            f"TASKBUS_URL at a running server."
-        )
+        if hint is None:
+            hint = (
+                "Start a local stack with `taskbus up` (or only the server with `taskbus "
+                "server`), or point --url / TASKBUS_URL at a running server."
+            )
+        super().__init__(f"Could not connect to NATS at {joined}: {reason}. {hint}")
+
+
+class PermissionDenied(TaskbusError, PermissionError):
+    """The server refused an action to the credential in use (its role does not allow it)."""
+
+    def __init__(self, action: str, credential: str, allowed_by: str) -> None:
+        self.action = action
+        self.credential = credential
+        super().__init__(f"Permission denied: {credential} may not {action}. {allowed_by}")
+
+
+class CredentialError(TaskbusError):
+    """A credential file or key cannot be read, or is not what it should be."""
 
 
 def exit_status(exc: TaskbusError) -> int:

@@ -66,7 +66,10 @@ ENV_USER = "TASKBUS_USER"
 ENV_PASSWORD = "TASKBUS_PASSWORD"
 ENV_TOKEN = "TASKBUS_TOKEN"
 ENV_CREDS = "TASKBUS_CREDS"  # path to a NATS .creds file
+ENV_TLS_CA = "TASKBUS_TLS_CA"  # CA file that signed the servers' TLS certificates
 ENV_WORKSPACE = "TASKBUS_WORKSPACE"
+# The run role's signing key at an executor: with it each run gets its own credential.
+ENV_RUN_SIGNING_KEY = "TASKBUS_RUN_SIGNING_KEY"
 ENV_DATA_DIR = "TASKBUS_DATA_DIR"
 ENV_REPLICAS = "TASKBUS_REPLICAS"  # 1 embedded, 3 in a cluster
 ENV_RUN_RETENTION_DAYS = "TASKBUS_RUN_RETENTION_DAYS"  # finished runs' records kept this long
@@ -82,6 +85,9 @@ ENV_ARGS_FILE = "TASKBUS_ARGS_FILE"
 ENV_INDEX_URL = "TASKBUS_INDEX_URL"
 # The executor's run UID pool, FIRST-LAST or "none" (its --run-uids).
 ENV_RUN_UIDS = "TASKBUS_RUN_UIDS"
+
+# Under the data directory: the authority `taskbus up` creates (keys, JWTs, creds/<role>.creds).
+AUTH_DIR = "auth"
 
 DEFAULT_PORT = 4222
 DEFAULT_URL = f"nats://127.0.0.1:{DEFAULT_PORT}"

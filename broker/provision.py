@@ -1,8 +1,10 @@
-"""Idempotent provisioning of every JetStream resource in DESIGN.md.
+"""Idempotent provisioning of every JetStream resource in DESIGN.md, and binding to them.
 
-Every component calls ``provision`` when it connects: creating a resource that exists with the
-same configuration is a no-op on the server, one that exists with an older configuration is
-updated in place, so a newer release can change limits without a migration step.
+Only the admin provisions (``taskbus up``/``server``/``provision``, or any client of a server
+without authentication): creating a resource that exists with the same configuration is a
+no-op on the server, one that exists with an older configuration is updated in place, so a
+newer release can change limits without a migration step. Every other role ``bind``s: handles
+made locally, without an API call its permissions would refuse.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from broker import names
 
@@ -78,6 +82,26 @@ def _kv(bucket: str, replicas: int, **params: Any) -> js_api.KeyValueConfig:
         direct=True,  # faster gets; any replica can answer (NATS-NOTES)
         **params,
     )
+
+
+_BUCKETS = {
+    "orchestrations": names.ORCHESTRATIONS,
+    "tasks": names.TASKS,
+    "runs": names.RUNS,
+    "executors": names.EXECUTORS,
+    "scheduler": names.SCHEDULER,
+    "control": names.CONTROL,
+}
+
+
+def bind(js: JetStreamContext) -> dict[str, Any]:
+    """The handles ``provision`` returns, for resources that exist already (no API call)."""
+    handles: dict[str, Any] = {
+        attr: KeyValue(name=bucket, stream=f"KV_{bucket}", pre=f"$KV.{bucket}.", js=js, direct=True)
+        for attr, bucket in _BUCKETS.items()
+    }
+    handles["artifacts"] = ObjectStore(name=names.ARTIFACTS, stream=f"OBJ_{names.ARTIFACTS}", js=js)
+    return handles
 
 
 async def provision(js: JetStreamContext, *, replicas: int = 1) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from broker import names
 
@@ -33,6 +34,7 @@ class ConnectSettings:
     password: str | None = None
     token: str | None = None
     creds_file: str | None = None
+    tls_ca_file: str | None = None  # verify the servers' certificates against this CA
     name: str = "taskbus"  # the connection name the server shows
     replicas: int = 1  # for resources this process provisions: 1 embedded, 3 in a cluster
     connect_timeout_s: float = 2.0
@@ -46,8 +48,13 @@ class ConnectSettings:
     run_retention_s: float = names.RUN_RETENTION_S
 
     @classmethod
-    def from_env(cls, url: str | None = None, **overrides: object) -> ConnectSettings:
-        """``url`` (comma-separated) wins over ``TASKBUS_URL``, which wins over the default."""
+    def from_env(
+        cls, url: str | None = None, *, local_role: str = "user", **overrides: object
+    ) -> ConnectSettings:
+        """``url`` (comma-separated) wins over ``TASKBUS_URL``, which wins over the default.
+
+        With no credential given and only loopback servers, the ``local_role`` credential that
+        `taskbus up` left in the data directory is used (as Jupyter finds its token)."""
         env = os.environ
         raw_url = url or env.get(names.ENV_URL) or names.DEFAULT_URL
         values: dict[str, object] = {
@@ -56,14 +63,19 @@ class ConnectSettings:
             "password": env.get(names.ENV_PASSWORD) or None,
             "token": env.get(names.ENV_TOKEN) or None,
             "creds_file": env.get(names.ENV_CREDS) or None,
+            "tls_ca_file": env.get(names.ENV_TLS_CA) or None,
             "replicas": int(env.get(names.ENV_REPLICAS, "1")),
             "run_retention_s": _retention_s(env.get(names.ENV_RUN_RETENTION_DAYS)),
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
+        if not any(values.get(k) for k in ("user", "password", "token", "creds_file")):
+            values["creds_file"] = local_credentials(values["urls"], local_role)  # type: ignore[arg-type]
         return cls(**values)  # type: ignore[arg-type]
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, **overrides: object) -> ConnectSettings:
+    def from_args(
+        cls, args: argparse.Namespace, *, local_role: str = "user", **overrides: object
+    ) -> ConnectSettings:
         """The options ``broker.options.add_connection_options`` added (``--url --user
         --password --token --creds``); the environment fills what was not given, as in
         ``from_env``. Raises ``ValueError`` for a bad ``TASKBUS_*`` variable."""
@@ -73,6 +85,7 @@ class ConnectSettings:
             password=getattr(args, "password", None),
             token=getattr(args, "token", None),
             creds_file=getattr(args, "creds", None),
+            local_role=local_role,
             **overrides,
         )
 
@@ -85,10 +98,24 @@ class ConnectSettings:
             (names.ENV_PASSWORD, self.password),
             (names.ENV_TOKEN, self.token),
             (names.ENV_CREDS, self.creds_file),
+            (names.ENV_TLS_CA, self.tls_ca_file),
         ):
             if value:
                 env[key] = value
         return env
+
+
+def _loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def local_credentials(urls: list[str], role: str) -> str | None:
+    """``<data dir>/auth/creds/<role>.creds`` when every URL is on this machine and it exists."""
+    if not urls or not all(_loopback(url) for url in urls):
+        return None
+    path = default_data_dir() / names.AUTH_DIR / "creds" / f"{role}.creds"
+    return str(path) if path.is_file() else None
 
 
 def _retention_s(days: str | None) -> float:

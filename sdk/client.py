@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Self
@@ -12,7 +14,7 @@ from typing import Any, BinaryIO, Self
 import anyio
 
 from broker import catalog, names
-from broker.connection import Bus, connect
+from broker.connection import Bus, connect, refusals
 from broker.errors import InvalidArgument, OrchestrationMissingFile, WrongArgumentType
 from broker.settings import ConnectSettings
 from sdk import intask
@@ -112,6 +114,7 @@ class AsyncClient:
             workspace = os.environ.get(names.ENV_WORKSPACE, "")
         self._workspace = workspace
         self._bus: Bus | None = None
+        self._refusal_hooks: list[Callable[[str], None]] = []
         self._lock: asyncio.Lock | None = None
         self._closed = False
 
@@ -142,7 +145,21 @@ class AsyncClient:
         async with self._lock:
             if self._bus is None:
                 self._bus = await connect(self._settings)
+                self._bus.on_refusal.append(self._on_refusal)
         return self._bus
+
+    def refusals(self) -> AbstractAsyncContextManager[None]:
+        """While inside, an action the server refuses raises ``PermissionDenied`` at once
+        (also when the connection is made inside)."""
+        return refusals(self._refusal_hooks, self._refusal)
+
+    def _refusal(self, subject: str) -> Exception:
+        assert self._bus is not None  # a refusal comes from a connection
+        return self._bus.refusal(subject)
+
+    def _on_refusal(self, subject: str) -> None:
+        for hook in list(self._refusal_hooks):
+            hook(subject)
 
     async def close(self) -> None:
         self._closed = True
@@ -261,7 +278,9 @@ class Client:
             creds=creds,
             settings=settings,
         )
-        self._portal = Portal(on_close=self._a.close, timeout_s=self._a.request_timeout_s)
+        self._portal = Portal(
+            on_close=self._a.close, timeout_s=self._a.request_timeout_s, guard=self._a.refusals
+        )
 
     @property
     def url(self) -> str:

@@ -14,7 +14,7 @@ import contextlib
 import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from functools import partial
 from typing import Any, Generic, TypeVar, TypeVarTuple, Unpack
 
@@ -38,8 +38,12 @@ class Portal:
         self,
         on_close: Callable[[], Awaitable[None]] | None = None,
         timeout_s: float | None = None,
+        guard: Callable[[], AbstractAsyncContextManager[None]] | None = None,
     ) -> None:
         self.timeout_s = timeout_s  # bounds each call(); None: unbounded
+        # ``guard`` wraps every call: the client's refusal watch (a refused request raises
+        # PermissionDenied at once instead of timing out).
+        self._guard = guard
         self._lock = threading.Lock()
         self._manager: AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
@@ -70,12 +74,18 @@ class Portal:
     def wait(self, func: Callable[[Unpack[Ts]], Awaitable[T]], *args: *Ts) -> T:
         """``call()`` without the request timeout: for waits that take their own timeout."""
         portal = self._running()
-        call = _Call(func, *args)
+        call = _Call(self._guarded, func, *args)
         try:
             return portal.start_task_soon(call.run).result()
         except BaseException:
             call.cancel(portal)
             raise
+
+    async def _guarded(self, func: Callable[[Unpack[Ts]], Awaitable[T]], *args: *Ts) -> T:
+        if self._guard is None:
+            return await func(*args)
+        async with self._guard():
+            return await func(*args)
 
     def iterate(self, items: AsyncIterator[T]) -> Iterator[T]:
         """Drive an async iterator from this thread; closing early closes it on the loop."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.authority import Authority
 from broker.connection import Bus, connect
 from broker.server import EmbeddedServer, ServerSettings
 from broker.settings import ConnectSettings
@@ -59,3 +60,27 @@ async def executor(
     )
     await wait_for_executors(bus, 1)
     return daemon
+
+
+@pytest.fixture
+def authority(tmp_path: Path) -> Authority:
+    """A fresh Taskbus authority (operator, accounts, role keys, one creds file per role)."""
+    return Authority(tmp_path / "auth").ensure_local()
+
+
+@pytest.fixture
+async def secure_server(tmp_path: Path, authority: Authority) -> AsyncIterator[EmbeddedServer]:
+    """A real nats-server in operator mode that requires the authority's credentials, with
+    every resource provisioned by the admin (as `taskbus up` does)."""
+    settings = ServerSettings(
+        data_dir=tmp_path / "secure", port=0, config_file=authority.server_config
+    )
+    with EmbeddedServer(settings) as server:
+        admin = await connect(as_role(server.url, authority, "admin"))
+        await admin.close()
+        yield server
+
+
+def as_role(url: str, authority: Authority, name: str) -> ConnectSettings:
+    """Connection settings with the credential issued as ``name`` (a role's own file)."""
+    return ConnectSettings(urls=[url], creds_file=str(authority.creds_path(name)))

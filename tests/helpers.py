@@ -85,8 +85,11 @@ async def wait_for_executors(bus: Bus, count: int, timeout_s: float = 30.0) -> l
     raise AssertionError("unreachable")
 
 
-def start_cluster(data_dir: Path, size: int = 3) -> list[EmbeddedServer]:
-    """A real JetStream cluster of ``size`` nats-servers on loopback (routes between all)."""
+def start_cluster(
+    data_dir: Path, size: int = 3, config_file: Path | None = None
+) -> list[EmbeddedServer]:
+    """A real JetStream cluster of ``size`` nats-servers on loopback (routes between all);
+    ``config_file`` is every node's shared configuration (compose.yaml's deploy/nats.conf)."""
     client_ports = [free_port() for _ in range(size)]
     route_ports = [free_port() for _ in range(size)]
     routes = ",".join(f"nats://127.0.0.1:{port}" for port in route_ports)
@@ -97,9 +100,13 @@ def start_cluster(data_dir: Path, size: int = 3) -> list[EmbeddedServer]:
             "--cluster_name", "taskbus",
             "--cluster", f"nats://127.0.0.1:{route_ports[index]}",
             "--routes", routes,
+            "--http_port", str(free_port()),
         )  # fmt: skip
         settings = ServerSettings(
-            data_dir=data_dir / f"n{index}", port=client_ports[index], extra_args=cluster_args
+            data_dir=data_dir / f"n{index}",
+            port=client_ports[index],
+            extra_args=cluster_args,
+            config_file=config_file,
         )
         servers.append(EmbeddedServer(settings).start())
     return servers

@@ -1,0 +1,223 @@
+"""Identities and permissions, enforced by a real nats-server in operator mode: every role
+authenticates as itself and may do only what SECURITY.md gives it."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from nats.js import api
+
+from broker import store
+from broker.authority import Authority
+from broker.connection import Bus, connect
+from broker.errors import NotConnected, PermissionDenied
+from broker.models import ExecutorRecord, RunRecord, TaskRecord
+from broker.roles import Role
+from broker.server import EmbeddedServer
+from broker.settings import ConnectSettings
+from broker.status import RunStatus, TaskKind
+from tests.conftest import as_role
+from tests.helpers import make_zip
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+TASK_ID = "7f1c1f2e-0000-4000-8000-000000000001"
+OTHER_TASK_ID = "7f1c1f2e-0000-4000-8000-000000000002"
+
+
+def task(task_id: str, **changes: object) -> TaskRecord:
+    values: dict[str, object] = {
+        "id": task_id,
+        "name": "nightly",
+        "orchestration_id": "o1",
+        "kind": TaskKind.RUN_ONCE,
+        "json_args": {"secret": "victim-args"},
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+    values.update(changes)
+    return TaskRecord(**values)  # type: ignore[arg-type]
+
+
+async def role_bus(server: EmbeddedServer, authority: Authority, role: str) -> Bus:
+    return await connect(as_role(server.url, authority, role))
+
+
+async def refused(bus: Bus, action: object) -> PermissionDenied:
+    """Run ``action`` (a coroutine) expecting the server to refuse it."""
+    with pytest.raises(PermissionDenied) as caught:
+        async with bus.refusals():
+            await action  # type: ignore[misc]
+    return caught.value
+
+
+async def subscribed(bus: Bus, subject: str) -> None:
+    """Subscribe and wait for the server to have seen it (a refusal comes back by then)."""
+    await bus.nc.subscribe(subject)
+    await bus.nc.flush()
+
+
+async def test_a_client_without_a_credential_is_told_which_one_to_use(
+    secure_server: EmbeddedServer,
+) -> None:
+    with pytest.raises(NotConnected) as caught:
+        await connect(ConnectSettings(urls=[secure_server.url]))
+    message = str(caught.value)
+    assert "requires a credential" in message
+    assert "--creds" in message and "user.creds" in message
+
+
+async def test_a_credential_of_another_cluster_is_refused(
+    secure_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    stranger = Authority(tmp_path / "elsewhere").ensure_local()
+    with pytest.raises(NotConnected) as caught:
+        await connect(as_role(secure_server.url, stranger, "user"))
+    assert "refused the credential" in str(caught.value)
+    assert str(stranger.creds_path("user")) in str(caught.value)
+
+
+async def test_an_expired_credential_is_named(
+    secure_server: EmbeddedServer, authority: Authority, tmp_path: Path
+) -> None:
+    old = authority.issue("old", Role.USER, expires_at=time.time() - 5, path=tmp_path / "old.creds")
+    with pytest.raises(NotConnected) as caught:
+        await connect(ConnectSettings(urls=[secure_server.url], creds_file=str(old)))
+    assert "expired" in str(caught.value) and str(old) in str(caught.value)
+
+
+async def test_the_scheduler_cannot_write_a_task_spec(
+    secure_server: EmbeddedServer, authority: Authority
+) -> None:
+    admin = await role_bus(secure_server, authority, "admin")
+    scheduler = await role_bus(secure_server, authority, "scheduler")
+    try:
+        await store.put(admin.tasks, TASK_ID, task(TASK_ID))
+        assert await store.get(scheduler.tasks, TASK_ID, TaskRecord) is not None  # may read
+        error = await refused(
+            scheduler, store.put(scheduler.tasks, TASK_ID, task(TASK_ID, killed=True))
+        )
+        assert "task record" in str(error) and "scheduler" in str(error)
+        current = await store.get(admin.tasks, TASK_ID, TaskRecord)
+        assert current is not None and not current[0].killed
+    finally:
+        await scheduler.close()
+        await admin.close()
+
+
+async def test_a_user_cannot_delete_a_stream_or_take_run_requests(
+    secure_server: EmbeddedServer, authority: Authority
+) -> None:
+    user = await role_bus(secure_server, authority, "user")
+    try:
+        error = await refused(user, user.js.delete_stream("TASKBUS_LOGS"))
+        assert "delete or purge the stream" in str(error)
+        await refused(user, user.js.delete_key_value("taskbus_tasks"))
+        pull = await user.js.pull_subscribe_bind(consumer="runq_default", stream="TASKBUS_RUNQ")
+        await refused(user, pull.fetch(1, timeout=5))
+    finally:
+        await user.close()
+    admin = await role_bus(secure_server, authority, "admin")
+    try:
+        assert (await admin.js.stream_info("TASKBUS_LOGS")).config.name == "TASKBUS_LOGS"
+    finally:
+        await admin.close()
+
+
+async def test_an_operator_can_kill_a_task_but_not_fake_an_executor(
+    secure_server: EmbeddedServer, authority: Authority
+) -> None:
+    admin = await role_bus(secure_server, authority, "admin")
+    operator = await role_bus(secure_server, authority, "operator")
+    try:
+        await store.put(admin.tasks, TASK_ID, task(TASK_ID))
+        killed = await store.update(
+            operator.tasks, TASK_ID, TaskRecord, lambda t: task(TASK_ID, killed=True)
+        )
+        assert killed is not None and killed.killed
+        fake = ExecutorRecord(
+            id="fake", host="h", pid=1, pool="default", slots=1, started_at=NOW, heartbeat_at=NOW
+        )
+        await refused(operator, store.put(operator.executors, "fake", fake))
+        await refused(operator, operator.js.delete_stream("KV_taskbus_runs"))
+    finally:
+        await operator.close()
+        await admin.close()
+
+
+async def test_an_executor_cannot_write_task_specs_or_provision(
+    secure_server: EmbeddedServer, authority: Authority
+) -> None:
+    executor = await role_bus(secure_server, authority, "executor")
+    try:
+        await refused(executor, store.put(executor.tasks, TASK_ID, task(TASK_ID)))
+        await refused(executor, executor.js.delete_stream("TASKBUS_RUNQ"))
+        await refused(executor, executor.js.add_stream(api.StreamConfig(name="X", subjects=["x"])))
+    finally:
+        await executor.close()
+
+
+async def test_a_run_credential_reads_only_its_own_task_orchestration_and_run(
+    secure_server: EmbeddedServer, authority: Authority, tmp_path: Path
+) -> None:
+    admin = await role_bus(secure_server, authority, "admin")
+    await store.put(admin.tasks, TASK_ID, task(TASK_ID))
+    await store.put(admin.tasks, OTHER_TASK_ID, task(OTHER_TASK_ID))
+    run = RunRecord(task_id=TASK_ID, run_id="r1", status=RunStatus.RUNNING, created_at=NOW)
+    await store.put(admin.runs, f"{TASK_ID}.r1", run)
+    creds = tmp_path / "run.creds"
+    creds.write_text(
+        authority.run_signer().mint(
+            task_id=TASK_ID, run_id="r1", orchestration_id="o1", expires_at=time.time() + 60
+        )
+    )
+    mine = await connect(ConnectSettings(urls=[secure_server.url], creds_file=str(creds)))
+    try:
+        own = await store.get(mine.tasks, TASK_ID, TaskRecord)
+        assert own is not None and own[0].json_args == {"secret": "victim-args"}
+        assert await store.get(mine.runs, f"{TASK_ID}.r1", RunRecord) is not None
+        error = await refused(mine, store.get(mine.tasks, OTHER_TASK_ID, TaskRecord))
+        assert OTHER_TASK_ID in str(error) and "run credential" in str(error)
+        await refused(mine, store.put(mine.tasks, TASK_ID, task(TASK_ID, killed=True)))
+        await refused(mine, store.put(mine.runs, f"{TASK_ID}.r1", run))
+        await refused(mine, mine.js.delete_stream("TASKBUS_LOGS"))
+        await refused(mine, subscribed(mine, "_INBOX.>"))
+    finally:
+        await mine.close()
+        await admin.close()
+
+
+async def test_a_run_credential_stops_working_when_it_expires(
+    secure_server: EmbeddedServer, authority: Authority, tmp_path: Path
+) -> None:
+    creds = tmp_path / "run.creds"
+    creds.write_text(
+        authority.run_signer().mint(
+            task_id=TASK_ID, run_id="r1", orchestration_id="o1", expires_at=time.time() - 1
+        )
+    )
+    with pytest.raises(NotConnected, match="expired"):
+        await connect(ConnectSettings(urls=[secure_server.url], creds_file=str(creds)))
+
+
+def test_credential_files_are_private(authority: Authority) -> None:
+    files = [p for p in authority.root.rglob("*") if p.is_file()]
+    assert files and all(p.stat().st_mode & 0o077 == 0 for p in files)
+    assert authority.root.stat().st_mode & 0o077 == 0
+
+
+async def test_uploading_through_the_sdk_works_with_a_user_credential(
+    secure_server: EmbeddedServer, authority: Authority
+) -> None:
+    import sdk
+
+    client = sdk.AsyncClient(
+        settings=ConnectSettings(
+            urls=[secure_server.url], creds_file=str(authority.creds_path("user"))
+        )
+    )
+    async with client:
+        orch = await client.upload_orchestration(bytes_buffer=make_zip({"main.py": "print(1)"}))
+        assert (await client.get_orchestration(orch.id())).id() == orch.id()
