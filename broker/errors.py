@@ -9,6 +9,7 @@
     │                                PermissionError
     ├── CredentialError              a credential file or key cannot be read or used
     ├── ServerError                  the embedded nats-server could not start or stopped
+    ├── WrongArgumentType            an argument has the wrong type; also a TypeError
     ├── OrchestrationMissingFile     upload got neither a path nor a bytes buffer (or a path
     │                                that does not exist); also a ValueError
     ├── InvalidOrchestration         the zip is not a valid orchestration (no main.py, …)
@@ -18,6 +19,13 @@
     ├── InvalidSchedule              a cron string, time zone or policy is not valid; also a
     │                                ValueError
     ├── TaskNotFound                 no task with that id; also a LookupError
+    ├── WorkspaceNotFound            no workspace with that name or id; also a LookupError
+    ├── InvalidWorkspace             a workspace name that is malformed or taken; also a
+    │                                ValueError
+    ├── ConnectionNotFound           no connection with that name; also a LookupError
+    ├── InvalidConnection            a connection name, type or details that cannot be
+    │                                stored (malformed, taken, too large); also a ValueError
+    ├── SecretKeyError               the connections' encryption key is missing or wrong
     └── WaitTimeout                  a wait() ran out of time; also a TimeoutError
 """
 
@@ -65,6 +73,10 @@ class ServerError(TaskbusError):
     """The embedded nats-server could not be started, or exited."""
 
 
+class WrongArgumentType(TaskbusError, TypeError):
+    """An argument has the wrong type; the message names the type expected."""
+
+
 class OrchestrationMissingFile(TaskbusError, ValueError):
     """upload_orchestration() got no file to upload, or a path that does not exist."""
 
@@ -91,6 +103,26 @@ class InvalidSchedule(TaskbusError, ValueError):
 
 class TaskNotFound(TaskbusError, LookupError):
     """No task has that id."""
+
+
+class WorkspaceNotFound(TaskbusError, LookupError):
+    """No workspace has that name or id."""
+
+
+class InvalidWorkspace(TaskbusError, ValueError):
+    """A workspace name is malformed or already taken."""
+
+
+class ConnectionNotFound(TaskbusError, LookupError):
+    """No connection has that name."""
+
+
+class InvalidConnection(TaskbusError, ValueError):
+    """A connection's name, type or details cannot be stored (malformed, taken, too large)."""
+
+
+class SecretKeyError(TaskbusError):
+    """The key that encrypts connection details is missing, malformed or not the one used."""
 
 
 class WaitTimeout(TaskbusError, TimeoutError):

@@ -15,24 +15,33 @@ from sdk.intask import in_task, task_args
 
 if TYPE_CHECKING:
     from broker.errors import (
+        ConnectionNotFound,
+        InvalidConnection,
         InvalidOrchestration,
         InvalidSchedule,
+        InvalidWorkspace,
         NotConnected,
         OrchestrationMissingFile,
         OrchestrationNotFound,
         OrchestrationNotReady,
         OrchestrationUploadFailed,
+        PermissionDenied,
+        SecretKeyError,
         ServerError,
         TaskbusError,
         TaskNotFound,
         WaitTimeout,
+        WorkspaceNotFound,
+        WrongArgumentType,
     )
     from broker.status import OrchestrationStatus, RunStatus, TaskStatus
     from sdk.client import AsyncClient, Client
+    from sdk.connection import AsyncConnection, Connection, ConnectionList
     from sdk.lists import OrchestrationList, TaskList, TaskRunList
     from sdk.orchestration import AsyncOrchestration, Orchestration
     from sdk.run import AsyncTaskRun, TaskRun, TaskRunLogs
     from sdk.task import AsyncTask, Task
+    from sdk.workspace import AsyncWorkspace, Workspace, WorkspaceList
 
 _LAZY = {
     "Client": "sdk.client",
@@ -61,16 +70,36 @@ _LAZY = {
     "InvalidSchedule": "broker.errors",
     "TaskNotFound": "broker.errors",
     "WaitTimeout": "broker.errors",
+    "WorkspaceNotFound": "broker.errors",
+    "InvalidWorkspace": "broker.errors",
+    "ConnectionNotFound": "broker.errors",
+    "InvalidConnection": "broker.errors",
+    "SecretKeyError": "broker.errors",
+    "PermissionDenied": "broker.errors",
+    "WrongArgumentType": "broker.errors",
+    "Workspace": "sdk.workspace",
+    "AsyncWorkspace": "sdk.workspace",
+    "WorkspaceList": "sdk.workspace",
+    "Connection": "sdk.connection",
+    "AsyncConnection": "sdk.connection",
+    "ConnectionList": "sdk.connection",
 }
 
 __all__ = [
     "AsyncClient",
+    "AsyncConnection",
     "AsyncOrchestration",
     "AsyncTask",
     "AsyncTaskRun",
+    "AsyncWorkspace",
     "Client",
+    "Connection",
+    "ConnectionList",
+    "ConnectionNotFound",
+    "InvalidConnection",
     "InvalidOrchestration",
     "InvalidSchedule",
+    "InvalidWorkspace",
     "NotConnected",
     "Orchestration",
     "OrchestrationList",
@@ -79,7 +108,9 @@ __all__ = [
     "OrchestrationNotReady",
     "OrchestrationStatus",
     "OrchestrationUploadFailed",
+    "PermissionDenied",
     "RunStatus",
+    "SecretKeyError",
     "ServerError",
     "Task",
     "TaskList",
@@ -90,6 +121,10 @@ __all__ = [
     "TaskStatus",
     "TaskbusError",
     "WaitTimeout",
+    "Workspace",
+    "WorkspaceList",
+    "WorkspaceNotFound",
+    "WrongArgumentType",
     "in_task",
     "task_args",
 ]
