@@ -12,6 +12,7 @@ from broker.models import OrchestrationRecord
 from executor.artifacts import Artifacts
 from executor.environments import Environment, Environments
 from executor.process import Launcher
+from executor.secrets import Secrets
 from executor.settings import ExecutorSettings
 
 
@@ -27,3 +28,4 @@ class Context:
     base_env: dict[str, str]
     stats: Counter[str] = field(default_factory=Counter)
     ready_orchestrations: dict[str, OrchestrationRecord] = field(default_factory=dict)
+    secrets: Secrets | None = None  # workspaces branch: connections for runs (executor.secrets)

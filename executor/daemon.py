@@ -46,6 +46,7 @@ from executor.heartbeat import Heartbeat
 from executor.packaging import package
 from executor.process import Launcher, Spawner
 from executor.runner import RunJob
+from executor.secrets import Secrets
 from executor.settings import ExecutorSettings
 from executor.zygotes import ZygotePool, base_environment
 
@@ -91,6 +92,8 @@ class Executor:
     def __init__(self, settings: ExecutorSettings, bus: Bus) -> None:
         self.settings = settings
         self.bus = bus
+        # workspaces branch: the key leaves os.environ here, before runs' environment is copied
+        self.secrets = Secrets.from_environment(bus)
         base_env = base_environment()
         self.environments = Environments(settings.env_cache_dir, settings.env_cache_max_bytes)
         self.ctx = Context(
@@ -100,6 +103,7 @@ class Executor:
             environments=self.environments,
             launcher_for=self.launcher_for,
             base_env=base_env,
+            secrets=self.secrets,
         )
         self.jobs: dict[str, RunJob] = {}
         self.heartbeat = Heartbeat(settings, bus, self.jobs)
@@ -179,6 +183,8 @@ class Executor:
                 self._services = services
                 services.start_soon(self.heartbeat.beat_loop)
                 services.start_soon(self.heartbeat.fence_loop)
+                services.start_soon(self.secrets.watch)  # workspaces branch
+                await self.secrets.wait_ready()
                 async with anyio.create_task_group() as work:
                     self._work = work
                     work.start_soon(self._intake, runq, self._slots, self._take_run)

@@ -36,6 +36,7 @@ from executor.environments import Environment, EnvironmentBuildError
 from executor.logstream import LogStream, PipeReader
 from executor.outcome import Outcome, outcome_of
 from executor.process import Child, Launch, signal_group, stop_group
+from executor.secrets import Secrets, SecretsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ class RunJob:
     async def _run(self) -> None:
         claim = self.claim
         logs = claim.log_stream()
+        if self.ctx.secrets is not None:  # workspaces branch: mask connection secrets
+            self.ctx.secrets.attach(logs, claim.orchestration)
         if claim.note:
             logs.taskbus(claim.note)
         preparing = asyncio.ensure_future(self._prepare(logs))
@@ -107,7 +110,7 @@ class RunJob:
             return
         try:
             folder, environment, args_file = preparing.result()
-        except (ArtifactError, EnvironmentBuildError, OSError) as exc:
+        except (ArtifactError, EnvironmentBuildError, OSError, SecretsUnavailable) as exc:
             await self._end(logs, Outcome(RunStatus.FAILURE, None, str(exc)), None)
             return
         try:
@@ -136,6 +139,8 @@ class RunJob:
             folder = await ctx.artifacts.make_run_folder(tree, orchestration.sha)
             args_file = ctx.artifacts.args_file(self.key)
             args_file.write_text(json.dumps(self.request.json_args))
+            if ctx.secrets is not None:  # workspaces branch: the run's connections file
+                ctx.secrets.write_run_file(orchestration, args_file)
         except BaseException:
             await asyncio.shield(self._cleanup(folder, environment))
             raise
@@ -164,6 +169,7 @@ class RunJob:
             names.ENV_ARGS_FILE: os.fspath(args_file),
             "PYTHONUNBUFFERED": "1",
         })  # fmt: skip
+        env.update(Secrets.run_env(Path(args_file)))  # workspaces branch
         python = environment.python if environment else sys.executable
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -309,6 +315,7 @@ class RunJob:
             env.release()
         artifacts = self.ctx.artifacts
         artifacts.args_file(self.key).unlink(missing_ok=True)
+        Secrets.remove_run_file(artifacts.args_file(self.key))  # workspaces branch
         if folder is None:
             return
         changed = artifacts.changed_links(folder)

@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -56,9 +57,7 @@ def test_default_exists_and_workspaces_are_created_listed_and_got(client: sdk.Cl
 async def test_ids_are_unique_when_clients_create_at_once(nats_url: str) -> None:
     clients = [sdk.AsyncClient(nats_url) for _ in range(4)]
     try:
-        made = await asyncio.gather(
-            *(c.create_workspace(f"ws-{i}") for i, c in enumerate(clients))
-        )
+        made = await asyncio.gather(*(c.create_workspace(f"ws-{i}") for i, c in enumerate(clients)))
         ids = sorted(w.id() for w in made)
         assert ids == [2, 3, 4, 5]
         again = await clients[0].get_workspace("ws-3")
@@ -160,3 +159,28 @@ def test_cli_workspaces(nats_url: str) -> None:
     assert "team-a" in taskbus("workspaces", url=nats_url).stdout
     taken = taskbus("workspaces", "create", "team-a", url=nats_url)
     assert taken.returncode == 2 and "exists already" in one_error_line(taken)
+
+
+def test_cli_workspace_option_selects_and_filters(nats_url: str, tmp_path: Path) -> None:
+    zip_path = tmp_path / "hello.zip"
+    zip_path.write_bytes(HELLO)
+    assert taskbus("workspaces", "create", "team-a", url=nats_url).returncode == 0
+    up = taskbus("upload", str(zip_path), "--workspace", "team-a", "--json", url=nats_url)
+    assert up.returncode == 0, up.stderr
+    assert json.loads(up.stdout)["workspace"] == "team-a"
+    assert taskbus("upload", str(zip_path), "--name", "plain", url=nats_url).returncode == 0
+    listed = taskbus("orchestrations", "--workspace", "team-a", "--json", url=nats_url)
+    assert [o["name"] for o in json.loads(listed.stdout)] == ["hello"]
+    table = taskbus("orchestrations", url=nats_url).stdout.splitlines()
+    assert [row.split()[-1] for row in table[2:]] == ["team-a", "default"]
+    run = taskbus("run", "hello", "--name", "t", "--workspace", "team-a", "--json", url=nats_url)
+    assert run.returncode == 0, run.stderr
+    task_id = json.loads(run.stdout)["id"]
+    elsewhere = taskbus("run", "hello", "--name", "t", "--workspace", "default", url=nats_url)
+    assert elsewhere.returncode == 2 and "in workspace 'default'" in one_error_line(elsewhere)
+    tasks = taskbus("tasks", "--workspace", "team-a", "--json", url=nats_url)
+    assert [t["id"] for t in json.loads(tasks.stdout)] == [task_id]
+    refused = taskbus("kill", task_id, "--workspace", "default", url=nats_url)
+    assert refused.returncode == 2 and "in workspace 'team-a'" in one_error_line(refused)
+    unknown = taskbus("upload", str(zip_path), "--workspace", "ghost", url=nats_url)
+    assert unknown.returncode == 2 and "No workspace named 'ghost'" in one_error_line(unknown)

@@ -27,6 +27,10 @@ def _json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
+def _workspace(parser: argparse.ArgumentParser, help_: str) -> None:
+    parser.add_argument("--workspace", help=help_)
+
+
 def _positive(value: str) -> int:
     try:
         number = int(value)
@@ -39,6 +43,7 @@ def _positive(value: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from sdk.cli import commands, daemons, stack
+    from sdk.cli import workspaces as workspace_commands
 
     parser = argparse.ArgumentParser(
         prog="taskbus",
@@ -104,10 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="the orchestration's name (default: the file name)")
     p.add_argument("--wait", action="store_true", help="wait until it is packaged")
     p.add_argument("--timeout", type=float, help="seconds to wait with --wait")
+    _workspace(p, "upload into this workspace (default: default)")
     _json(p)
 
     p = command("orchestrations", commands.orchestrations, "list orchestrations, oldest first")
-    p.add_argument("--workspace", help="only this workspace")
+    _workspace(p, "only this workspace")
     _json(p)
 
     p = command("run", commands.run, "run an orchestration once (or continuously)")
@@ -125,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--follow", "-f", action="store_true", help="print the run's logs live (implies --wait)"
     )
+    _workspace(p, "the orchestration's workspace (its tasks run there)")
     _json(p)
 
     p = command("schedule", commands.schedule, "run an orchestration on a cron schedule")
@@ -136,17 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--missed", default="latest", help="latest (default), skip or all")
     p.add_argument("--args", help="json_args: a JSON object, or @file holding one")
     p.add_argument("--timeout", type=int, help="seconds each run may take")
+    _workspace(p, "the orchestration's workspace (its tasks run there)")
     _json(p)
 
     p = command("tasks", commands.tasks, "list tasks, newest change first")
     p.add_argument("--killed", action="store_true", help="only killed tasks")
-    p.add_argument("--workspace", help="only this workspace")
+    _workspace(p, "only this workspace")
     _json(p)
 
     p = command("runs", commands.runs, "list a task's runs, newest first")
     p.add_argument("task_id", metavar="TASK_ID")
     p.add_argument("--status", default="all", help="all (default), pending, running, …")
     p.add_argument("--limit", type=int, help="at most this many")
+    _workspace(p, "the task's workspace (refused if it is elsewhere)")
     _json(p)
 
     p = command("logs", commands.logs, "print a run's logs (the task's newest run by default)")
@@ -154,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", metavar="RUN_ID", nargs="?", help="a run of the task")
     p.add_argument("--follow", "-f", action="store_true", help="then live lines until it ends")
     p.add_argument("--limit", type=int, help="only the last N lines")
+    _workspace(p, "the task's workspace (refused if it is elsewhere)")
     _json(p)
 
     for name, handler, text in (
@@ -163,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = command(name, handler, text)
         p.add_argument("task_id", metavar="TASK_ID")
+        _workspace(p, "the task's workspace (refused if it is elsewhere)")
         _json(p)
+    workspace_commands.register(command)  # workspaces, connections
     return parser
 
 
