@@ -99,12 +99,20 @@ def _read_details(source: str | None) -> Any:
     except OSError as exc:
         raise ValueError(f"--details {where}: cannot read the file ({exc.strerror})") from None
     try:
-        return json.loads(text)
+        details = json.loads(text)
     except json.JSONDecodeError as exc:
+        details = exc
+    if not isinstance(details, dict):
+        why = (
+            f"is not valid JSON ({details})"
+            if isinstance(details, Exception)
+            else (f"holds a {type(details).__name__}")
+        )
         raise ValueError(
-            f"--details {where} is not valid JSON ({exc}); give an object such as "
-            f'{{"host": "db", "password": "..."}}'
-        ) from None
+            f"--details {where} {why}: details must be a dict (a JSON object such as "
+            f'{{"host": "db", "password": "..."}})'
+        )
+    return details
 
 
 def _shown(connection: Connection, show_secrets: bool) -> dict[str, Any]:
