@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
 
 from broker import connections, names, store, workspaces
 from broker.connection import Bus
@@ -91,7 +92,17 @@ class Secrets:
 
     # --- the live view -----------------------------------------------------------------------
     async def watch(self) -> None:
-        """Follow the connections bucket for ever (recreated after reconnects)."""
+        """Follow the connections bucket for ever (recreated after reconnects). A watch the
+        server refuses outright (no such bucket) fails runs with the reason, not the
+        executor."""
+        try:
+            await self._follow()
+        except (nats.errors.Error, TimeoutError) as exc:
+            self._unavailable = f"the executor cannot watch {names.CONNECTIONS} ({exc!r})"
+            self._ready.set()
+            log.error("%s", self._unavailable)
+
+    async def _follow(self) -> None:
         updates = store.watch(self._bus.connections, ConnectionRecord, ">", bus=self._bus)
         async for key, record in updates:
             if not key:

@@ -31,6 +31,8 @@ READER = make_zip(
             "print('file mode:', oct(mode))\n"
             "db = wl.get_connection('db-a')\n"
             "print('details:', db.details())\n"
+            "import json\n"
+            "print('as json:', json.dumps(db.details()), file=__import__('sys').stderr)\n"
             "print('type:', db.connection_type(), 'workspaces:', db.workspace_names())\n"
             "print('listed:', [c.name() for c in wl.list_connections()])\n"
             "try:\n"
@@ -184,6 +186,7 @@ async def test_a_run_reads_its_workspace_connections_and_its_logs_are_masked(
     # Values of 4 characters or more are masked (names.MIN_MASKED_CHARS): "etl" is not.
     assert "details: {'host': '****', 'port': ****, 'user': 'etl', 'password': '****'}" in text
     assert "file mode: 0o600" in text
+    assert 'as json: {"host": "****", "port": ****, "user": "etl", "password": "****"}' in text
     assert "type: postgres workspaces: ['ws-a']" in text
     assert "listed: ['db-a']" in text
     refused = next(line for line in lines if "refused:" in line)
