@@ -255,3 +255,22 @@ def test_cli_connections(nats_url: str, secret_key: str, tmp_path: Path) -> None
     missing = taskbus("connections", "delete", "db", url=nats_url)
     assert missing.returncode == 2 and "No connection named 'db'" in one_error_line(missing)
     assert os.environ[names.ENV_SECRET_KEY] == secret_key
+
+
+def test_taskbus_up_makes_a_private_key_file_found_without_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from broker.authority import Authority
+    from broker.secret_key import SecretKey
+
+    monkeypatch.delenv(names.ENV_SECRET_KEY, raising=False)
+    monkeypatch.setenv(names.ENV_DATA_DIR, str(tmp_path / "data"))
+    with pytest.raises(sdk.SecretKeyError, match="taskbus up"):
+        SecretKey.load()
+    authority = Authority(tmp_path / "data" / names.AUTH_DIR).ensure_local()
+    path = authority.secret_key
+    assert path.stat().st_mode & 0o777 == 0o600
+    token = SecretKey.load().seal(DETAILS)
+    assert str(path) == SecretKey.load().source
+    Authority(authority.root).ensure_local()  # again: the same key, never a new one
+    assert SecretKey.load().open(token) == DETAILS
