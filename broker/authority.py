@@ -8,6 +8,8 @@ Everything lives in one directory (``<data dir>/auth`` for ``taskbus up``), ever
     operator.jwt account.jwt system.jwt   what nats-server trusts (server.conf preloads them)
     server.conf                           include it in nats-server's config (-c)
     creds/<name>.creds                    one per issued identity
+    secret.key                            the Fernet key of connection details (never on
+                                          the bus: for executors and connection writers)
 
 A user JWT carries no permissions of its own: it is signed by its role's scoped key, whose
 template (``broker.roles``) the server applies, with the user's tags (``role:``, ``task:``,
@@ -26,7 +28,7 @@ from typing import Any
 
 import nkeys
 
-from broker import tokens
+from broker import names, tokens
 from broker.errors import CredentialError
 from broker.roles import ISSUABLE, Role, template
 
@@ -149,6 +151,10 @@ class Authority:
     @property
     def run_signing_key(self) -> Path:
         return self.root / "signing" / "run.nk"
+
+    @property
+    def secret_key(self) -> Path:
+        return self.root / names.SECRET_KEY_FILE
 
     def creds_path(self, name: str) -> Path:
         return self.root / "creds" / f"{name}.creds"
@@ -284,6 +290,10 @@ class Authority:
         for role in ISSUABLE:
             if not self.creds_path(str(role)).is_file():
                 self.issue(str(role), role)
+        if not self.secret_key.is_file():
+            from broker.secret_key import new_key_text
+
+            write_private(self.secret_key, new_key_text() + "\n")
         return self
 
 

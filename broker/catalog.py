@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from broker import archive, cron, dispatch, names, store
+from broker import archive, cron, dispatch, names, store, workspaces
 from broker.connection import Bus
 from broker.errors import (
     InvalidArgument,
@@ -85,7 +85,8 @@ def _policy(kind: type[P], value: str, what: str) -> P:
 async def upload_orchestration(
     bus: Bus, data: bytes, *, name: str | None, file_name: str, workspace: str = ""
 ) -> OrchestrationRecord:
-    """Validate the zip, store it (one blob per sha), create the record, request packaging."""
+    """Validate the zip, store it (one blob per sha), create the record, request packaging.
+    ``workspace``: the workspace's name ("" or ``default``: the default one)."""
     info = archive.inspect(data)
     try:
         try:
@@ -106,7 +107,7 @@ async def upload_orchestration(
         size=info.size,
         entrypoint=info.entrypoint,
         requirements=info.requirements,
-        workspace=workspace,
+        workspace=workspaces.label(workspace),
         created_at=now,
         updated_at=now,
     )
@@ -115,12 +116,17 @@ async def upload_orchestration(
     return record
 
 
+def in_workspace(record: OrchestrationRecord | TaskRecord, workspace: str | None) -> bool:
+    """Is ``record`` in the workspace named ``workspace`` (None: any; "" is ``default``)?"""
+    if workspace is None:
+        return True
+    return workspaces.name_of(record.workspace) == workspaces.name_of(workspace)
+
+
 async def list_orchestrations(bus: Bus, workspace: str | None = None) -> list[OrchestrationRecord]:
+    """Oldest first; only those of the workspace named ``workspace`` unless it is None."""
     records = (await store.scan(bus, names.ORCHESTRATIONS, OrchestrationRecord)).values()
-    return sorted(
-        (r for r in records if workspace is None or r.workspace == workspace),
-        key=lambda r: r.created_at,
-    )
+    return sorted((r for r in records if in_workspace(r, workspace)), key=lambda r: r.created_at)
 
 
 async def get_orchestration(bus: Bus, id_or_name: str) -> OrchestrationRecord:
@@ -199,7 +205,7 @@ async def create_task(
         overlap=overlap_policy,
         missed=missed_policy,
         retries=retries,
-        workspace=current.workspace if workspace is None else workspace,
+        workspace=current.workspace if workspace is None else workspaces.label(workspace),
         created_at=now,
         updated_at=now,
     )
@@ -219,8 +225,10 @@ async def get_task(bus: Bus, task_id: str) -> TaskRecord:
     return found[0]
 
 
-async def list_tasks(bus: Bus) -> list[TaskRecord]:
-    return list((await store.scan(bus, names.TASKS, TaskRecord)).values())
+async def list_tasks(bus: Bus, workspace: str | None = None) -> list[TaskRecord]:
+    """Every task (of the workspace named ``workspace`` unless it is None)."""
+    tasks = (await store.scan(bus, names.TASKS, TaskRecord)).values()
+    return [t for t in tasks if in_workspace(t, workspace)]
 
 
 async def runs_of(bus: Bus, task_id: str) -> list[RunRecord]:

@@ -44,6 +44,8 @@ class Bus:
     executors: KeyValue
     scheduler: KeyValue
     control: KeyValue
+    workspaces: KeyValue
+    connections: KeyValue
     artifacts: ObjectStore
     # Called after every reconnect: watchers are recreated here (NATS-NOTES: a watcher kept
     # across a server restart stays blind for ~19 s).

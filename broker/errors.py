@@ -30,6 +30,13 @@
     │                                ValueError
     ├── InvalidJsonArgs              json_args too large or too deeply nested; also a ValueError
     ├── LogsUnavailable              the logs stream is gone from the server
+    ├── WorkspaceNotFound            no workspace with that name or id; also a NotFound
+    ├── InvalidWorkspace             a workspace name that is malformed or taken; also a
+    │                                ValueError
+    ├── ConnectionNotFound           no connection with that name; also a NotFound
+    ├── InvalidConnection            a connection name, type or details that cannot be
+    │                                stored (malformed, taken, too large); also a ValueError
+    ├── SecretKeyError               the connections' encryption key is missing or wrong
     └── WaitTimeout                  a wait() ran out of time; also a TimeoutError
 
 ``sdk.object`` gives the reference SDK's names for these (``EntityNotFoundError`` is
@@ -148,6 +155,26 @@ class InvalidJsonArgs(TaskbusError, ValueError):
 
 class LogsUnavailable(TaskbusError):
     """The server has no logs stream (it was deleted): a run's lines cannot be read."""
+
+
+class WorkspaceNotFound(NotFound):
+    """No workspace has that name or id."""
+
+
+class InvalidWorkspace(InvalidArgument):
+    """A workspace name is malformed or already taken."""
+
+
+class ConnectionNotFound(NotFound):
+    """No connection has that name."""
+
+
+class InvalidConnection(InvalidArgument):
+    """A connection's name, type or details cannot be stored (malformed, taken, too large)."""
+
+
+class SecretKeyError(TaskbusError):
+    """The key that encrypts connection details is missing, malformed or not the one used."""
 
 
 class WaitTimeout(TaskbusError, TimeoutError):

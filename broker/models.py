@@ -92,6 +92,32 @@ class ExecutorRecord(Record, frozen=True, kw_only=True):
     heartbeat_at: datetime
 
 
+class WorkspaceRecord(Record, frozen=True, kw_only=True):
+    """A workspace: the unit of grouping and access. Orchestrations and tasks carry its name
+    as their ``workspace`` label ("" is the default workspace, as in stores made before)."""
+
+    id: int
+    name: str
+    created_at: datetime
+
+
+class WorkspaceIds(Record, frozen=True, kw_only=True):
+    """The last workspace id handed out (key ``names.WORKSPACE_IDS``)."""
+
+    last_id: int
+
+
+class ConnectionRecord(Record, frozen=True, kw_only=True):
+    """A data connection: its details are a Fernet token (``broker.secret_key``), never clear
+    text. One copy per workspace it is added to, each listing all of them."""
+
+    name: str
+    connection_type: str
+    details_token: str  # Fernet token of the details' JSON
+    workspaces: list[str] = []  # names of the workspaces it is added to
+    created_at: datetime
+
+
 class SchedulerMark(Record, frozen=True, kw_only=True):
     """The last instant the scheduler fired (or recorded as missed) for one task."""
 

@@ -16,6 +16,16 @@ SCHEDULER = "taskbus_scheduler"  # KV: last fired instant per scheduled task
 # Key in SCHEDULER: every cron instant up to this one has been handled (fired or recorded).
 SCHEDULER_WATERMARK = "watermark"
 CONTROL = "taskbus_control"  # KV: kill requests for single runs, key "<task_id>.<run_id>"
+WORKSPACES = "taskbus_workspaces"  # KV: one record per workspace, keyed by its name
+# Key in WORKSPACES holding the last workspace id handed out (ids come from compare-and-set on
+# it, so they are unique and never reused). Two tokens: a listing of the one-token workspace
+# names ("*") never sees it.
+WORKSPACE_IDS = "_ids.last"
+DEFAULT_WORKSPACE = "default"  # always exists (id 1); records with an empty label are in it
+DEFAULT_WORKSPACE_ID = 1
+# KV: connections (encrypted details), key "<workspace>.<name>": one copy per workspace it is
+# added to, the workspace first in the subject so that server permissions can scope it.
+CONNECTIONS = "taskbus_connections"
 
 # --- Streams ---------------------------------------------------------------------------------
 RUNQ_STREAM = "TASKBUS_RUNQ"  # work queue of RunRequests, one subject per pool
@@ -55,6 +65,10 @@ def run_key(task_id: str, run_id: str) -> str:
     return f"{task_id}.{run_id}"
 
 
+def connection_key(workspace: str, name: str) -> str:
+    return f"{workspace}.{name}"
+
+
 def kv_subject(bucket: str, key: str = ">") -> str:
     """The raw subject a KV put lands on: a core subscription sees every change for free."""
     return f"$KV.{bucket}.{key}"
@@ -85,9 +99,16 @@ ENV_ARGS_FILE = "TASKBUS_ARGS_FILE"
 ENV_INDEX_URL = "TASKBUS_INDEX_URL"
 # The executor's run UID pool, FIRST-LAST or "none" (its --run-uids).
 ENV_RUN_UIDS = "TASKBUS_RUN_UIDS"
+# The run's connections, decrypted by the executor into a 0600 file next to the args file: a
+# run reads its workspace's connections there and never holds the encryption key.
+ENV_CONNECTIONS_FILE = "TASKBUS_CONNECTIONS_FILE"
+# The Fernet key that encrypts connection details: at whoever creates connections and at
+# executors; the bus never holds it. Else the file SECRET_KEY_FILE in the authority directory.
+ENV_SECRET_KEY = "TASKBUS_SECRET_KEY"
 
 # Under the data directory: the authority `taskbus up` creates (keys, JWTs, creds/<role>.creds).
 AUTH_DIR = "auth"
+SECRET_KEY_FILE = "secret.key"  # in AUTH_DIR: the connections' Fernet key (0600)
 
 DEFAULT_PORT = 4222
 DEFAULT_URL = f"nats://127.0.0.1:{DEFAULT_PORT}"
@@ -151,3 +172,12 @@ MAX_JSON_ARGS_BYTES = 512 * 1024
 # Nesting deeper than this is refused: Python's json and msgspec recurse once per level (the
 # interpreter stops near 1000), and no real argument is nested a hundred deep.
 MAX_JSON_ARGS_DEPTH = 100
+# Workspace and connection names end up in KV keys, subjects and credential tags: one token.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+# A connection's details (JSON) are held in every copy and in every run's connections file:
+# database URLs and credentials, not data. 64 KiB is far above any and well under max_payload.
+MAX_CONNECTION_DETAILS_BYTES = 64 * 1024
+# Secret values shorter than this are not masked in log lines: a 1-3 character value ("1",
+# "on") would garble every line and masks little; values this long and more are masked.
+MIN_MASKED_CHARS = 4
+MASK = "****"

@@ -18,7 +18,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from broker import names
+from broker import names, workspaces
 
 
 async def _ensure_stream(js: JetStreamContext, config: js_api.StreamConfig) -> None:
@@ -91,6 +91,8 @@ _BUCKETS = {
     "executors": names.EXECUTORS,
     "scheduler": names.SCHEDULER,
     "control": names.CONTROL,
+    "workspaces": names.WORKSPACES,
+    "connections": names.CONNECTIONS,
 }
 
 
@@ -143,7 +145,14 @@ async def provision(js: JetStreamContext, *, replicas: int = 1) -> dict[str, Any
         "executors": _kv(names.EXECUTORS, replicas, ttl=names.EXECUTOR_TTL_S),
         "scheduler": _kv(names.SCHEDULER, replicas),
         "control": _kv(names.CONTROL, replicas, ttl=3600.0),
+        "workspaces": _kv(names.WORKSPACES, replicas),
+        "connections": _kv(names.CONNECTIONS, replicas),
     }
+    try:
+        await js.stream_info(f"KV_{names.WORKSPACES}")
+        new_workspaces = False
+    except NotFoundError:
+        new_workspaces = True
     await asyncio.gather(*(_ensure_stream(js, config) for config in streams))
     handles: dict[str, Any] = dict(
         zip(
@@ -152,6 +161,10 @@ async def provision(js: JetStreamContext, *, replicas: int = 1) -> dict[str, Any
             strict=True,
         )
     )
+    if new_workspaces:  # a store made before workspaces: its labels become workspaces
+        await workspaces.migrate(handles["workspaces"], handles["orchestrations"], handles["tasks"])
+    else:
+        await workspaces.ensure_default(handles["workspaces"])
     try:
         handles["artifacts"] = await js.object_store(names.ARTIFACTS)
     except BucketNotFoundError:

@@ -94,7 +94,8 @@ def _permissions(role: Role) -> tuple[list[str], list[str]]:
         return [">"], [">"]
     if role is Role.RUN:
         # Its own task, orchestration and run record; nothing else (SECURITY.md: a run may
-        # read its own task, orchestration and arguments).
+        # read its own task, orchestration and arguments). Nothing on the connections bucket:
+        # the executor decrypts its workspace's connections into a file for it.
         return [
             get_key(n.TASKS, "{{tag(task)}}"),
             get_key(n.ORCHESTRATIONS, "{{tag(orchestration)}}"),
@@ -108,6 +109,7 @@ def _permissions(role: Role) -> tuple[list[str], list[str]]:
         *read_bucket(n.EXECUTORS),
     ]
     if role is Role.SCHEDULER:
+        # Never the connections bucket (SECURITY.md: the scheduler must never read them).
         return [
             *account_info,
             *reads_all,
@@ -122,6 +124,7 @@ def _permissions(role: Role) -> tuple[list[str], list[str]]:
             *account_info,
             *reads_all,
             *read_stream(_object_store(n.ARTIFACTS)),
+            *read_bucket(n.CONNECTIONS),  # decrypted for the runs it executes (a live watch)
             *write_bucket(n.RUNS),
             *write_bucket(n.ORCHESTRATIONS),  # packaging writes the orchestration's status
             *write_bucket(n.EXECUTORS),
@@ -130,10 +133,15 @@ def _permissions(role: Role) -> tuple[list[str], list[str]]:
             *consume_queue(n.RUNQ_STREAM),
             *consume_queue(n.PKGQ_STREAM),
         ], [OWN_INBOX, n.kv_subject(n.TASKS), n.kv_subject(n.CONTROL)]
-    # OPERATOR and USER: drive tasks; read everything, logs included.
+    # OPERATOR and USER: drive tasks; read everything, logs included; manage workspaces and
+    # connections (SECURITY.md: users manage connections; details stay encrypted on the bus).
     return [
         *account_info,
         *reads_all,
+        *read_bucket(n.WORKSPACES),
+        *read_bucket(n.CONNECTIONS),
+        *write_bucket(n.WORKSPACES),
+        *write_bucket(n.CONNECTIONS),
         *read_stream(n.LOGS_STREAM),
         *read_stream(_object_store(n.ARTIFACTS)),
         *write_bucket(n.TASKS),
@@ -174,6 +182,8 @@ def describe(subject: str) -> str:
         (n.EXECUTORS, "executor heartbeat"),
         (n.CONTROL, "run control"),
         (n.SCHEDULER, "scheduler mark"),
+        (n.WORKSPACES, "workspace"),
+        (n.CONNECTIONS, "connection"),
     ):
         kv = names.kv_subject(bucket, "")
         if (key := after(kv)) is not None:

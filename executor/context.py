@@ -14,6 +14,7 @@ from executor.artifacts import Artifacts
 from executor.environments import Environment, Environments
 from executor.isolation import Isolation
 from executor.process import Launcher
+from executor.secrets import Secrets
 from executor.settings import ExecutorSettings
 
 
@@ -36,3 +37,4 @@ class Context:
     )
     stats: Counter[str] = field(default_factory=Counter)
     ready_orchestrations: dict[str, OrchestrationRecord] = field(default_factory=dict)
+    secrets: Secrets | None = None  # connections for runs (executor.secrets)

@@ -47,6 +47,7 @@ from executor.isolation import Isolation, allowed_environment
 from executor.packaging import package
 from executor.process import Launcher, Spawner
 from executor.runner import RunJob
+from executor.secrets import Secrets
 from executor.settings import ExecutorSettings
 from executor.zygotes import ZygotePool
 
@@ -93,6 +94,8 @@ class Executor:
         self.settings = settings
         self.bus = bus
         os.umask(os.umask(0o022) | 0o022)  # caches never group/other-writable
+        # The connections' key leaves os.environ here, before anything copies the environment.
+        self.secrets = Secrets.from_environment(bus)
         # Zygotes and runs see no executor secret (a forked run's /proc/self/environ is its
         # zygote's): the allowlist, not os.environ; plus `import wallaroo` in a task.
         base_env = with_reference_shim(allowed_environment(os.environ))
@@ -112,6 +115,7 @@ class Executor:
             launcher_for=self.launcher_for,
             base_env=base_env,
             isolation=self.isolation,
+            secrets=self.secrets,
         )
         self.jobs: dict[str, RunJob] = {}
         self.heartbeat = Heartbeat(settings, bus, self.jobs)
@@ -191,6 +195,8 @@ class Executor:
                 self._services = services
                 services.start_soon(self.heartbeat.beat_loop)
                 services.start_soon(self.heartbeat.fence_loop)
+                services.start_soon(self.secrets.watch)
+                await self.secrets.wait_ready()
                 async with anyio.create_task_group() as work:
                     self._work = work
                     work.start_soon(self._intake, runq, self._slots, self._take_run)

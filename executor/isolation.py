@@ -48,6 +48,7 @@ ALLOWED_ENV = frozenset({"PATH", "LANG", "TZ", "PYTHONPATH"})
 ALLOWED_ENV_PREFIXES = ("LC_",)
 ARGS_NAME = "args.json"
 CREDS_NAME = "run.creds"
+CONNECTIONS_NAME = "connections.json"  # the task's workspace's connections, decrypted
 
 
 def allowed_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -104,6 +105,7 @@ class RunSpace:
     cgroup: RunCgroup | None
     confine: dict[str, Any] = field(default_factory=dict)
     creds: Path | None = None
+    connections: Path | None = None
 
     @property
     def home(self) -> Path:

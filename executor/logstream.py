@@ -113,6 +113,8 @@ class LogStream:
         self.dropped_bytes = 0
         self._said_cap = False
         self.published_lines = 0
+        # Masks connection secrets out of lines (executor.secrets.attach).
+        self.mask: Callable[[list[str]], list[str]] | None = None
 
     @property
     def last_seq(self) -> int:
@@ -125,6 +127,8 @@ class LogStream:
     def add(self, stream: Stream, lines: list[str], ts: datetime | None = None) -> None:
         if not lines:
             return
+        if self.mask is not None:  # before anything is stored
+            lines = self.mask(lines)
         ts = ts or datetime.now(UTC)
         if stream != "taskbus":
             size = sum(len(line) + 1 for line in lines)

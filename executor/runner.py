@@ -34,10 +34,18 @@ from executor.claim import Claim
 from executor.context import Context
 from executor.control import keep_alive
 from executor.environments import Environment, EnvironmentBuildError
-from executor.isolation import ARGS_NAME, CREDS_NAME, RunSpace, allowed_environment, public_urls
+from executor.isolation import (
+    ARGS_NAME,
+    CONNECTIONS_NAME,
+    CREDS_NAME,
+    RunSpace,
+    allowed_environment,
+    public_urls,
+)
 from executor.logstream import LogStream, PipeReader
 from executor.outcome import Outcome, outcome_of
 from executor.process import Child, Launch, signal_group, stop_group
+from executor.secrets import SecretsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +99,8 @@ class RunJob:
     async def _run(self) -> None:
         claim = self.claim
         logs = claim.log_stream()
+        if self.ctx.secrets is not None:  # mask connection secrets
+            self.ctx.secrets.attach(logs, claim.orchestration)
         if claim.note:
             logs.taskbus(claim.note)
         preparing = asyncio.ensure_future(self._prepare(logs))
@@ -109,7 +119,13 @@ class RunJob:
             return
         try:
             folder, environment, space = preparing.result()
-        except (ArtifactError, EnvironmentBuildError, OSError, RuntimeError) as exc:
+        except (
+            ArtifactError,
+            EnvironmentBuildError,
+            OSError,
+            RuntimeError,
+            SecretsUnavailable,
+        ) as exc:
             await self._end(logs, Outcome(RunStatus.FAILURE, None, str(exc)), None)
             return
         try:
@@ -151,6 +167,9 @@ class RunJob:
             creds = ctx.run_credentials(request, deadline)
             if creds is not None:
                 space.creds = space.write_private(CREDS_NAME, creds)
+            if ctx.secrets is not None:  # the connections of the task's workspace
+                text = ctx.secrets.run_file_text(orchestration)
+                space.connections = space.write_private(CONNECTIONS_NAME, text)
         except BaseException:
             await asyncio.shield(self._cleanup(folder, environment, space))
             raise
@@ -184,6 +203,8 @@ class RunJob:
         })  # fmt: skip
         if space.creds is not None:
             env[names.ENV_CREDS] = os.fspath(space.creds)
+        if space.connections is not None:
+            env[names.ENV_CONNECTIONS_FILE] = os.fspath(space.connections)
         python = environment.python if environment else sys.executable
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()

@@ -16,10 +16,13 @@ from sdk.intask import in_task, task_args
 if TYPE_CHECKING:
     from broker.errors import (
         CommunicationFailed,
+        ConnectionNotFound,
         InvalidArgument,
+        InvalidConnection,
         InvalidName,
         InvalidOrchestration,
         InvalidSchedule,
+        InvalidWorkspace,
         NotConnected,
         NotFound,
         OrchestrationCannotRun,
@@ -28,21 +31,26 @@ if TYPE_CHECKING:
         OrchestrationNotFound,
         OrchestrationNotReady,
         OrchestrationUploadFailed,
+        PermissionDenied,
         RequestTimeout,
+        SecretKeyError,
         ServerError,
         TaskbusError,
         TaskNotFound,
         WaitTimeout,
+        WorkspaceNotFound,
         WrongArgumentType,
     )
     from broker.status import OrchestrationStatus, RunStatus, TaskStatus
     from broker.status import TaskStatus as ArbexStatus
     from sdk import object as object
     from sdk.client import AsyncClient, Client
+    from sdk.connection import AsyncConnection, Connection, ConnectionList
     from sdk.lists import OrchestrationList, TaskList, TaskRunList
     from sdk.orchestration import AsyncOrchestration, Orchestration
     from sdk.run import AsyncTaskRun, TaskRun, TaskRunLogs
     from sdk.task import AsyncTask, Task
+    from sdk.workspace import AsyncWorkspace, Workspace, WorkspaceList
 
 _LAZY = {
     "Client": "sdk.client",
@@ -80,6 +88,18 @@ _LAZY = {
     "NotFound": "broker.errors",
     "OrchestrationCannotRun": "broker.errors",
     "OrchestrationDeployOneshotFailed": "broker.errors",
+    "WorkspaceNotFound": "broker.errors",
+    "InvalidWorkspace": "broker.errors",
+    "ConnectionNotFound": "broker.errors",
+    "InvalidConnection": "broker.errors",
+    "SecretKeyError": "broker.errors",
+    "PermissionDenied": "broker.errors",
+    "Workspace": "sdk.workspace",
+    "AsyncWorkspace": "sdk.workspace",
+    "WorkspaceList": "sdk.workspace",
+    "Connection": "sdk.connection",
+    "AsyncConnection": "sdk.connection",
+    "ConnectionList": "sdk.connection",
 }
 # Where a lazy name is defined under another name.
 _ALIASES = {"ArbexStatus": "TaskStatus"}
@@ -90,15 +110,22 @@ _SUBMODULES = frozenset({"object"})
 __all__ = [
     "ArbexStatus",
     "AsyncClient",
+    "AsyncConnection",
     "AsyncOrchestration",
     "AsyncTask",
     "AsyncTaskRun",
+    "AsyncWorkspace",
     "Client",
     "CommunicationFailed",
+    "Connection",
+    "ConnectionList",
+    "ConnectionNotFound",
     "InvalidArgument",
+    "InvalidConnection",
     "InvalidName",
     "InvalidOrchestration",
     "InvalidSchedule",
+    "InvalidWorkspace",
     "NotConnected",
     "NotFound",
     "Orchestration",
@@ -110,8 +137,10 @@ __all__ = [
     "OrchestrationNotReady",
     "OrchestrationStatus",
     "OrchestrationUploadFailed",
+    "PermissionDenied",
     "RequestTimeout",
     "RunStatus",
+    "SecretKeyError",
     "ServerError",
     "Task",
     "TaskList",
@@ -122,6 +151,9 @@ __all__ = [
     "TaskStatus",
     "TaskbusError",
     "WaitTimeout",
+    "Workspace",
+    "WorkspaceList",
+    "WorkspaceNotFound",
     "WrongArgumentType",
     "in_task",
     "task_args",

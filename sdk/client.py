@@ -5,23 +5,36 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO, Self, TypeVar
 
 import anyio
 
-from broker import catalog, names
+from broker import catalog, connections, names, workspaces
 from broker.connection import Bus, connect, refusals
-from broker.errors import InvalidArgument, OrchestrationMissingFile, WrongArgumentType
+from broker.errors import (
+    InvalidArgument,
+    OrchestrationMissingFile,
+    PermissionDenied,
+    WrongArgumentType,
+)
+from broker.models import ConnectionRecord
+from broker.secret_key import SecretKey
 from broker.settings import ConnectSettings
 from sdk import intask
+from sdk.connection import AsyncConnection, Connection, ConnectionList
 from sdk.lists import OrchestrationList, TaskList
 from sdk.orchestration import AsyncOrchestration, Orchestration, check_name
 from sdk.portal import Portal
 from sdk.task import AsyncTask, Task
+from sdk.workspace import AsyncWorkspace, Workspace, WorkspaceList
+
+T = TypeVar("T")
 
 # Closing drains the connection (pending publishes reach the server); bounded so a client
 # whose server is gone still closes promptly.
@@ -112,7 +125,8 @@ class AsyncClient:
         )
         if workspace is None:
             workspace = os.environ.get(names.ENV_WORKSPACE, "")
-        self._workspace = workspace
+        self._workspace = workspace  # the current workspace's name ("": default)
+        self._key: SecretKey | None = None
         self._bus: Bus | None = None
         self._refusal_hooks: list[Callable[[str], None]] = []
         self._lock: asyncio.Lock | None = None
@@ -127,8 +141,13 @@ class AsyncClient:
         return self._settings
 
     def workspace(self) -> str:
-        """The workspace new orchestrations go to ("" for none)."""
-        return self._workspace
+        """The label new orchestrations get ("" for the default workspace)."""
+        return workspaces.label(self._workspace)
+
+    def _secret_key(self) -> SecretKey:
+        if self._key is None:
+            self._key = SecretKey.load()
+        return self._key
 
     async def connect(self) -> Self:
         """Connect now (``NotConnected`` names the URL and how to start a server)."""
@@ -193,17 +212,35 @@ class AsyncClient:
         if name is not None:
             check_name(name, "orchestration")
         bus = await self._connected()
+        current = await self._current(bus)
         record = await catalog.upload_orchestration(
-            bus, data, name=name, file_name=file_name, workspace=self._workspace
+            bus, data, name=name, file_name=file_name, workspace=current.name()
         )
         return AsyncOrchestration(self, record)
 
+    async def _filter(
+        self, bus: Bus, workspace_id: object, workspace_name: object, workspace: str | None
+    ) -> str | None:
+        """The workspace name a listing keeps (None: all). ``workspace=`` is the label
+        filter of releases before workspaces existed, kept as it was (no existence check)."""
+        if workspace is not None:
+            return workspaces.name_of(workspace)
+        return await workspaces.resolve(bus, workspace_id, workspace_name)
+
     async def list_orchestrations(
-        self, workspace: str | None = None
+        self,
+        workspace_id: int | None = None,
+        workspace_name: str | None = None,
+        *,
+        workspace: str | None = None,
     ) -> OrchestrationList[AsyncOrchestration]:
-        """Every orchestration (of ``workspace`` when given), oldest first."""
+        """Every orchestration (of one workspace when given), oldest first; a non-int
+        ``workspace_id`` or non-str ``workspace_name`` is a ``TypeError``, an unknown one
+        ``WorkspaceNotFound``."""
+        workspaces.check_filters(workspace_id, workspace_name)
         bus = await self._connected()
-        records = await catalog.list_orchestrations(bus, workspace)
+        wanted = await self._filter(bus, workspace_id, workspace_name, workspace)
+        records = await catalog.list_orchestrations(bus, wanted)
         return OrchestrationList(AsyncOrchestration(self, r) for r in records)
 
     async def get_orchestration(self, id_or_name: str) -> AsyncOrchestration:
@@ -214,16 +251,20 @@ class AsyncClient:
 
     # --- tasks -------------------------------------------------------------------------------
     async def list_tasks(
-        self, killed: bool = False, workspace: str | None = None
+        self,
+        killed: bool = False,
+        workspace_id: int | None = None,
+        workspace_name: str | None = None,
+        *,
+        workspace: str | None = None,
     ) -> TaskList[AsyncTask]:
-        """``killed=False``: every task; ``True``: only killed ones. Newest change first."""
+        """``killed=False``: every task; ``True``: only killed ones. Newest change first.
+        ``workspace_id`` / ``workspace_name`` as for ``list_orchestrations``."""
+        workspaces.check_filters(workspace_id, workspace_name)
         bus = await self._connected()
-        tasks, runs = await asyncio.gather(catalog.list_tasks(bus), catalog.all_runs(bus))
-        chosen = [
-            t
-            for t in tasks
-            if (not killed or t.killed) and (workspace is None or t.workspace == workspace)
-        ]
+        wanted = await self._filter(bus, workspace_id, workspace_name, workspace)
+        tasks, runs = await asyncio.gather(catalog.list_tasks(bus, wanted), catalog.all_runs(bus))
+        chosen = [t for t in tasks if not killed or t.killed]
         chosen.sort(key=lambda t: t.updated_at, reverse=True)
         return TaskList(AsyncTask(self, t, runs.get(t.id, [])) for t in chosen)
 
@@ -233,6 +274,107 @@ class AsyncClient:
         bus = await self._connected()
         record = await catalog.get_task(bus, task_id)
         return AsyncTask(self, record, await catalog.runs_of(bus, record.id))
+
+    # --- workspaces --------------------------------------------------------------------------
+    async def _current(self, bus: Bus) -> AsyncWorkspace:
+        """The current workspace (one named with ``Client(workspace=…)`` is made on first
+        use, as releases before workspaces let any label be used)."""
+        name = self._workspace or names.DEFAULT_WORKSPACE
+        record = await workspaces.get(bus.workspaces, name, create_if_not_exist=True)
+        return AsyncWorkspace(self, record)
+
+    async def list_workspaces(self) -> WorkspaceList[AsyncWorkspace]:
+        """Every workspace, by id (``default`` first)."""
+        bus = await self._connected()
+        return WorkspaceList(AsyncWorkspace(self, r) for r in await workspaces.list_all(bus))
+
+    async def create_workspace(self, name: str) -> AsyncWorkspace:
+        """A new workspace; ``InvalidWorkspace`` for a malformed or taken name."""
+        workspaces.check_name(name)
+        bus = await self._connected()
+        return AsyncWorkspace(self, await workspaces.create(bus.workspaces, name))
+
+    async def get_workspace(self, name: str, create_if_not_exist: bool = False) -> AsyncWorkspace:
+        """``WorkspaceNotFound`` for an unknown name unless ``create_if_not_exist``."""
+        workspaces.check_name(name)
+        bus = await self._connected()
+        record = await workspaces.get(bus.workspaces, name, create_if_not_exist=create_if_not_exist)
+        return AsyncWorkspace(self, record)
+
+    def set_current_workspace(self, workspace: AsyncWorkspace | Workspace) -> AsyncWorkspace:
+        """Uploads (and so new tasks) go to ``workspace`` from now on; no I/O."""
+        inner = workspace._a if isinstance(workspace, Workspace) else workspace
+        if not isinstance(inner, AsyncWorkspace):
+            raise WrongArgumentType(
+                f"set_current_workspace() takes a Workspace (from get_workspace() or "
+                f"create_workspace()), not {type(workspace).__name__}: {workspace!r}"
+            )
+        self._workspace = inner.name()
+        return inner
+
+    async def get_current_workspace(self) -> AsyncWorkspace:
+        return await self._current(await self._connected())
+
+    # --- connections -------------------------------------------------------------------------
+    async def create_connection(
+        self, name: str, connection_type: str, details: dict[str, Any]
+    ) -> AsyncConnection:
+        """Store a connection in the current workspace, its details encrypted with the
+        operator's key; ``InvalidConnection`` for a taken name or details that are not a JSON
+        object under the size limit."""
+        connections.check_name(name)
+        connections.check_details(details)
+        key = self._secret_key()
+        bus = await self._connected()
+        current = await self._current(bus)
+        record = await connections.create(
+            bus,
+            key,
+            name=name,
+            connection_type=connection_type,
+            details=details,
+            workspace=current.name(),
+        )
+        return AsyncConnection(self, record)
+
+    async def get_connection(self, name: str) -> AsyncConnection:
+        """``ConnectionNotFound`` for an unknown name. Inside a task: only the connections
+        added to the task's workspace (any other name is ``PermissionDenied``)."""
+        connections.check_name(name)
+        granted = intask.connections()
+        if granted is not None:
+            found = granted.get("connections", {}).get(name)
+            if found is None:
+                workspace = granted.get("workspace", names.DEFAULT_WORKSPACE)
+                raise PermissionDenied(
+                    f"read the connection {name!r}",
+                    "this task run",
+                    f"It is not added to this task's workspace {workspace!r}; add it there "
+                    f"(get_workspace({workspace!r}).add_connection({name!r})) from outside the "
+                    f"task.",
+                )
+            return self._granted(found)
+        bus = await self._connected()
+        return AsyncConnection(self, await connections.get(bus, name))
+
+    def _granted(self, found: dict[str, Any]) -> AsyncConnection:
+        record = ConnectionRecord(
+            name=found["name"],
+            connection_type=found["connection_type"],
+            details_token="",
+            workspaces=list(found.get("workspaces", [])),
+            created_at=datetime.fromisoformat(found["created_at"]),
+        )
+        return AsyncConnection(self, record, details=found["details"])
+
+    async def list_connections(self) -> ConnectionList[AsyncConnection]:
+        """Every connection, oldest first (inside a task: those of the task's workspace)."""
+        granted = intask.connections()
+        if granted is not None:
+            found = granted.get("connections", {}).values()
+            return ConnectionList(self._granted(c) for c in found)
+        bus = await self._connected()
+        return ConnectionList(AsyncConnection(self, r) for r in await connections.list_all(bus))
 
     # --- inside a task -----------------------------------------------------------------------
     def in_task(self) -> bool:
@@ -326,22 +468,86 @@ class Client:
         inner = self._portal.call(self._a.upload_orchestration, bytes_buffer, path, name, file_name)
         return Orchestration(inner, self._portal)
 
-    def list_orchestrations(self, workspace: str | None = None) -> OrchestrationList[Orchestration]:
-        found = self._portal.call(self._a.list_orchestrations, workspace)
+    def list_orchestrations(
+        self,
+        workspace_id: int | None = None,
+        workspace_name: str | None = None,
+        *,
+        workspace: str | None = None,
+    ) -> OrchestrationList[Orchestration]:
+        found = self._portal.call(
+            partial(self._a.list_orchestrations, workspace_id, workspace_name, workspace=workspace)
+        )
         return OrchestrationList(Orchestration(o, self._portal) for o in found)
 
     def get_orchestration(self, id_or_name: str) -> Orchestration:
         return Orchestration(self._portal.call(self._a.get_orchestration, id_or_name), self._portal)
 
-    def list_tasks(self, killed: bool = False, workspace: str | None = None) -> TaskList[Task]:
-        found = self._portal.call(self._a.list_tasks, killed, workspace)
+    def list_tasks(
+        self,
+        killed: bool = False,
+        workspace_id: int | None = None,
+        workspace_name: str | None = None,
+        *,
+        workspace: str | None = None,
+    ) -> TaskList[Task]:
+        found = self._portal.call(
+            partial(self._a.list_tasks, killed, workspace_id, workspace_name, workspace=workspace)
+        )
         return TaskList(Task(t, self._portal) for t in found)
 
     def get_task_by_id(self, task_id: str) -> Task:
         return Task(self._portal.call(self._a.get_task_by_id, task_id), self._portal)
+
+    def list_workspaces(self) -> WorkspaceList[Workspace]:
+        found = self._portal.call(self._a.list_workspaces)
+        return WorkspaceList(Workspace(w, self._portal) for w in found)
+
+    def create_workspace(self, name: str) -> Workspace:
+        return Workspace(self._portal.call(self._a.create_workspace, name), self._portal)
+
+    def get_workspace(self, name: str, create_if_not_exist: bool = False) -> Workspace:
+        inner = self._portal.call(self._a.get_workspace, name, create_if_not_exist)
+        return Workspace(inner, self._portal)
+
+    def set_current_workspace(self, workspace: Workspace | AsyncWorkspace) -> Workspace:
+        return Workspace(self._a.set_current_workspace(workspace), self._portal)
+
+    def get_current_workspace(self) -> Workspace:
+        return Workspace(self._portal.call(self._a.get_current_workspace), self._portal)
+
+    def create_connection(
+        self, name: str, connection_type: str, details: dict[str, Any]
+    ) -> Connection:
+        inner = self._portal.call(self._a.create_connection, name, connection_type, details)
+        return Connection(inner, self._portal)
+
+    def get_connection(self, name: str) -> Connection:
+        if intask.connections() is not None:  # inside a task: a file, no loop needed
+            return Connection(_now(self._a.get_connection(name)), self._portal)
+        return Connection(self._portal.call(self._a.get_connection, name), self._portal)
+
+    def list_connections(self) -> ConnectionList[Connection]:
+        if intask.connections() is not None:
+            found = _now(self._a.list_connections())
+        else:
+            found = self._portal.call(self._a.list_connections)
+        return ConnectionList(Connection(c, self._portal) for c in found)
 
     def in_task(self) -> bool:
         return intask.in_task()
 
     def task_args(self) -> dict[str, Any]:
         return intask.task_args()
+
+
+def _now(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that does no I/O to its end, without an event loop (a task's
+    connections come from a file: a run needs no portal thread to read them)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    coroutine.close()
+    raise RuntimeError("expected a coroutine that completes without awaiting")

@@ -30,3 +30,16 @@ def task_args() -> dict[str, Any]:
     if not isinstance(args, dict):
         raise WrongArgumentType(f"{names.ENV_ARGS_FILE} ({path}) does not hold a JSON object")
     return args
+
+
+def connections() -> dict[str, Any] | None:
+    """Inside a task: ``{"workspace": name, "connections": {name: {...}}}`` as the executor
+    wrote it (details decrypted); None outside a task (no such file)."""
+    path = os.environ.get(names.ENV_CONNECTIONS_FILE)
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as file:
+        data = json.load(file)
+    if not isinstance(data, dict):
+        raise TypeError(f"{names.ENV_CONNECTIONS_FILE} ({path}) does not hold a JSON object")
+    return data

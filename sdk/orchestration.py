@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from broker import catalog, names, store
+from broker import catalog, names, store, workspaces
 from broker.errors import (
     InvalidJsonArgs,
     InvalidName,
@@ -94,7 +94,16 @@ class AsyncOrchestration(display.Shown):
         return self._record.updated_at
 
     def workspace(self) -> str:
+        """The workspace label as stored ("" for the default workspace)."""
         return self._record.workspace
+
+    def workspace_name(self) -> str:
+        return workspaces.name_of(self._record.workspace)
+
+    async def workspace_id(self) -> int:
+        """The workspace's int id (a lookup; ids never change)."""
+        bus = await self._client._connected()
+        return (await workspaces.get(bus.workspaces, self.workspace_name())).id
 
     async def refresh(self) -> AsyncOrchestration:
         bus = await self._client._connected()
@@ -219,7 +228,7 @@ class AsyncOrchestration(display.Shown):
             "sha": display.short_sha(r.sha),
             "created at": display.iso(r.created_at),
             "updated at": display.iso(r.updated_at),
-            "workspace": r.workspace or display.NONE,
+            "workspace": workspaces.name_of(r.workspace),
             "error": r.error or display.NONE,
         }
 
@@ -254,6 +263,12 @@ class Orchestration(display.Shown):
 
     def workspace(self) -> str:
         return self._a.workspace()
+
+    def workspace_name(self) -> str:
+        return self._a.workspace_name()
+
+    def workspace_id(self) -> int:
+        return self._portal.call(self._a.workspace_id)
 
     def refresh(self) -> Orchestration:
         self._portal.call(self._a.refresh)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from broker import catalog, cron, store
+from broker import catalog, cron, store, workspaces
 from broker.errors import InvalidArgument, TaskNotFound, WaitTimeout
 from broker.models import RunRecord, TaskRecord, utcnow
 from broker.status import TASK_TERMINAL, RunStatus, TaskKind, TaskStatus, task_status
@@ -77,7 +77,16 @@ class AsyncTask(display.Shown):
         return self._record.orchestration_id
 
     def workspace(self) -> str:
+        """The workspace label as stored ("" for the default workspace)."""
         return self._record.workspace
+
+    def workspace_name(self) -> str:
+        return workspaces.name_of(self._record.workspace)
+
+    async def workspace_id(self) -> int:
+        """The workspace's int id (a lookup; ids never change)."""
+        bus = await self._client._connected()
+        return (await workspaces.get(bus.workspaces, self.workspace_name())).id
 
     def created_at(self) -> datetime:
         return self._record.created_at
@@ -237,7 +246,7 @@ class AsyncTask(display.Shown):
             "timeout": display.NONE if r.timeout_s is None else f"{r.timeout_s} s",
             "created at": display.iso(r.created_at),
             "updated at": display.iso(r.updated_at),
-            "workspace": r.workspace or display.NONE,
+            "workspace": workspaces.name_of(r.workspace),
         }
 
 
@@ -274,6 +283,12 @@ class Task(display.Shown):
 
     def workspace(self) -> str:
         return self._a.workspace()
+
+    def workspace_name(self) -> str:
+        return self._a.workspace_name()
+
+    def workspace_id(self) -> int:
+        return self._portal.call(self._a.workspace_id)
 
     def created_at(self) -> datetime:
         return self._a.created_at()

@@ -221,3 +221,43 @@ async def test_uploading_through_the_sdk_works_with_a_user_credential(
     async with client:
         orch = await client.upload_orchestration(bytes_buffer=make_zip({"main.py": "print(1)"}))
         assert (await client.get_orchestration(orch.id())).id() == orch.id()
+
+
+async def test_only_users_and_executors_read_connections(
+    secure_server: EmbeddedServer, authority: Authority, tmp_path: Path
+) -> None:
+    """SECURITY.md: users manage connections, executors read them for their runs; the
+    scheduler never reads one, and a run reads its file, not the bucket."""
+    from broker import connections
+    from broker.models import ConnectionRecord
+    from broker.secret_key import SecretKey, new_key_text
+
+    key = SecretKey.from_text(new_key_text(), "a test key")
+    user = await role_bus(secure_server, authority, "user")
+    executor = await role_bus(secure_server, authority, "executor")
+    scheduler = await role_bus(secure_server, authority, "scheduler")
+    creds = tmp_path / "run.creds"
+    creds.write_text(
+        authority.run_signer().mint(
+            task_id=TASK_ID, run_id="r1", orchestration_id="o1", expires_at=time.time() + 60
+        )
+    )
+    run = await connect(ConnectSettings(urls=[secure_server.url], creds_file=str(creds)))
+    try:
+        made = await connections.create(
+            user, key, name="db", connection_type="pg", details={"pw": "x"}, workspace="default"
+        )
+        assert made.workspaces == ["default"]
+        found = await store.get(executor.connections, "default.db", ConnectionRecord)
+        assert found is not None and key.open(found[0].details_token) == {"pw": "x"}
+        error = await refused(
+            scheduler, store.get(scheduler.connections, "default.db", ConnectionRecord)
+        )
+        assert "read the connection record 'default.db'" in str(error)
+        assert "scheduler" in str(error)
+        error = await refused(run, store.get(run.connections, "default.db", ConnectionRecord))
+        assert "connection record" in str(error) and "run credential" in str(error)
+        await refused(executor, store.put(executor.connections, "default.db", made))
+    finally:
+        for bus in (run, scheduler, executor, user):
+            await bus.close()

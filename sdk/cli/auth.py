@@ -11,8 +11,12 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sdk.cli import OK, USAGE, error
+
+if TYPE_CHECKING:
+    from sdk.cli.parser import Commands
 
 DAY_S = 86400.0
 
@@ -26,20 +30,19 @@ def _authority_dir(args: argparse.Namespace) -> Path:
     return default_data_dir() / names.AUTH_DIR
 
 
-def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The ``auth`` command and its two subcommands."""
-    auth = sub.add_parser(
+def register(commands: Commands) -> None:
+    """``taskbus auth init|user`` and ``taskbus provision``."""
+    auth = commands.add(
         "auth",
-        help="create the cluster's keys and issue credentials (admin)",
-        description="Create the cluster's operator, accounts and role keys, and issue "
-        "credentials. Keep the directory private: it holds the keys that sign everything.",
+        _usage,
+        "create the cluster's keys and issue credentials (admin)",
+        connects=False,
     )
-
-    def usage(_: argparse.Namespace) -> int:
-        auth.print_help()
-        return USAGE
-
-    auth.set_defaults(handler=usage)
+    auth.description = (
+        "Create the cluster's operator, accounts and role keys, and issue credentials. Keep "
+        "the directory private: it holds the keys that sign everything."
+    )
+    auth.set_defaults(auth_parser=auth)
     actions = auth.add_subparsers(title="actions", metavar="ACTION")
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument(
@@ -52,7 +55,8 @@ def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="create the operator, accounts, role signing keys and a server config",
         description="Create the authority: an operator, the SYS and TASKBUS accounts, a scoped "
         "signing key per role, server.conf for nats-server (-c, or `include` it), one .creds "
-        "file per role, and with --tls a CA and a server certificate.",
+        "file per role, the connections' encryption key, and with --tls a CA and a server "
+        "certificate.",
     )
     init.add_argument(
         "--tls",
@@ -81,6 +85,18 @@ def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     user.add_argument("--out", help="where to write it (default: <dir>/creds/NAME.creds)")
     user.add_argument("--days", type=float, help="expires after this many days (default: never)")
     user.set_defaults(handler=issue_user)
+
+    commands.add(
+        "provision",
+        provision,
+        "create or update every stream and bucket (an admin credential; `taskbus up` and "
+        "`taskbus server` do it themselves)",
+    )
+
+
+def _usage(args: argparse.Namespace) -> int:
+    args.auth_parser.print_help()
+    return USAGE
 
 
 def init_authority(args: argparse.Namespace) -> int:

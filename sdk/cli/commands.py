@@ -8,19 +8,53 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from broker.settings import ConnectSettings
 from broker.text import LOG_KEEP, printable
 from sdk.cli import FAILED, OK, USAGE, error
 
 if TYPE_CHECKING:
     from sdk.client import Client
+    from sdk.orchestration import Orchestration
     from sdk.run import TaskRun
+    from sdk.task import Task
 
 
 def _client(args: argparse.Namespace) -> Client:
-    from sdk.client import Client
+    """A client whose current workspace is ``--workspace`` (which must exist)."""
+    from sdk.cli.workspaces import open_client
 
-    return Client(settings=ConnectSettings.from_args(args, name="taskbus-cli"))
+    return open_client(args)
+
+
+def _orchestration(client: Client, args: argparse.Namespace) -> Orchestration:
+    """ORCH by id or name; with ``--workspace``, only one of that workspace."""
+    from broker.errors import OrchestrationNotFound
+
+    if not args.workspace:
+        return client.get_orchestration(args.orchestration)
+    found = [
+        o
+        for o in client.list_orchestrations(workspace_name=args.workspace)
+        if args.orchestration in (o.id(), o.name())
+    ]
+    if not found:
+        raise OrchestrationNotFound(
+            f"No orchestration with id or name {args.orchestration!r} in workspace "
+            f"{args.workspace!r}; `taskbus orchestrations --workspace {args.workspace}` shows "
+            f"them."
+        )
+    return found[-1]
+
+
+def _task(client: Client, args: argparse.Namespace) -> Task:
+    """TASK_ID's task; with ``--workspace``, refused unless it is in that workspace."""
+    from broker.errors import TaskNotFound
+
+    task = client.get_task_by_id(args.task_id)
+    if args.workspace and task.workspace_name() != args.workspace:
+        raise TaskNotFound(
+            f"Task {task.id()} is in workspace {task.workspace_name()!r}, not {args.workspace!r}."
+        )
+    return task
 
 
 def _emit(args: argparse.Namespace, shown: Any, data: Any) -> None:
@@ -68,7 +102,7 @@ def upload(args: argparse.Namespace) -> int:
 
 def orchestrations(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        found = client.list_orchestrations(args.workspace)
+        found = client.list_orchestrations(workspace_name=args.workspace)
         _emit(args, found, [o.to_dict() for o in found])
     return OK
 
@@ -81,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             "(follow a run with `taskbus logs TASK_ID -f`)"
         )
     with _client(args) as client:
-        orch = client.get_orchestration(args.orchestration)
+        orch = _orchestration(client, args)
         if args.continuous:
             task = orch.run_continuously(args.name, json_args, args.debug)
             _emit(args, task, task.to_dict())
@@ -109,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
 def schedule(args: argparse.Namespace) -> int:
     json_args = _json_args(args.args)
     with _client(args) as client:
-        orch = client.get_orchestration(args.orchestration)
+        orch = _orchestration(client, args)
         task = orch.run_scheduled(
             args.name,
             args.cron,
@@ -125,21 +159,21 @@ def schedule(args: argparse.Namespace) -> int:
 
 def tasks(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        found = client.list_tasks(killed=args.killed, workspace=args.workspace)
+        found = client.list_tasks(killed=args.killed, workspace_name=args.workspace)
         _emit(args, found, [t.to_dict() for t in found])
     return OK
 
 
 def runs(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        found = client.get_task_by_id(args.task_id).last_runs(args.limit, args.status)
+        found = _task(client, args).last_runs(args.limit, args.status)
         _emit(args, found, [r.to_dict() for r in found])
     return OK
 
 
 def logs(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        task = client.get_task_by_id(args.task_id)
+        task = _task(client, args)
         chosen = _pick_run(task.last_runs(), args.run_id)
         if chosen is None:
             what = f"no run {args.run_id}" if args.run_id else "no runs yet"
@@ -171,7 +205,7 @@ def _print_lines(args: argparse.Namespace, lines: Any) -> None:
 
 def kill(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        task = client.get_task_by_id(args.task_id)
+        task = _task(client, args)
         task.kill()
         status = task.status()  # pending_kill while a run stops; killed once none is left
         if args.json:
@@ -183,7 +217,7 @@ def kill(args: argparse.Namespace) -> int:
 
 def pause(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        task = client.get_task_by_id(args.task_id).pause()
+        task = _task(client, args).pause()
         task.refresh()
         _emit(args, task, task.to_dict())
     return OK
@@ -191,7 +225,7 @@ def pause(args: argparse.Namespace) -> int:
 
 def resume(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        task = client.get_task_by_id(args.task_id).resume()
+        task = _task(client, args).resume()
         task.refresh()
         _emit(args, task, task.to_dict())
     return OK

@@ -44,6 +44,10 @@ def json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
+def _workspace(parser: argparse.ArgumentParser, help_: str) -> None:
+    parser.add_argument("--workspace", help=help_)
+
+
 def positive(value: str) -> int:
     """An argparse type: a whole number of at least 1."""
     try:
@@ -56,6 +60,9 @@ def positive(value: str) -> int:
 
 
 def add_user_commands(commands: Commands) -> None:
+    from sdk.cli import auth
+    from sdk.cli import workspaces as workspace_commands
+
     command = commands.add
 
     p = command("upload", user.upload, "upload an orchestration zip")
@@ -63,10 +70,11 @@ def add_user_commands(commands: Commands) -> None:
     p.add_argument("--name", help="the orchestration's name (default: the file name)")
     p.add_argument("--wait", action="store_true", help="wait until it is packaged")
     p.add_argument("--timeout", type=float, help="seconds to wait with --wait")
+    _workspace(p, "upload into this workspace (default: default)")
     json_option(p)
 
     p = command("orchestrations", user.orchestrations, "list orchestrations, oldest first")
-    p.add_argument("--workspace", help="only this workspace")
+    _workspace(p, "only this workspace")
     json_option(p)
 
     p = command("run", user.run, "run an orchestration once (or continuously)")
@@ -84,6 +92,7 @@ def add_user_commands(commands: Commands) -> None:
     p.add_argument(
         "--follow", "-f", action="store_true", help="print the run's logs live (implies --wait)"
     )
+    _workspace(p, "the orchestration's workspace (its tasks run there)")
     json_option(p)
 
     p = command("schedule", user.schedule, "run an orchestration on a cron schedule")
@@ -95,17 +104,19 @@ def add_user_commands(commands: Commands) -> None:
     p.add_argument("--missed", default="latest", help="latest (default), skip or all")
     p.add_argument("--args", help="json_args: a JSON object, or @file holding one")
     p.add_argument("--timeout", type=int, help="seconds each run may take")
+    _workspace(p, "the orchestration's workspace (its tasks run there)")
     json_option(p)
 
     p = command("tasks", user.tasks, "list tasks, newest change first")
     p.add_argument("--killed", action="store_true", help="only killed tasks")
-    p.add_argument("--workspace", help="only this workspace")
+    _workspace(p, "only this workspace")
     json_option(p)
 
     p = command("runs", user.runs, "list a task's runs, newest first")
     p.add_argument("task_id", metavar="TASK_ID")
     p.add_argument("--status", default="all", help="all (default), pending, running, …")
     p.add_argument("--limit", type=int, help="at most this many")
+    _workspace(p, "the task's workspace (refused if it is elsewhere)")
     json_option(p)
 
     p = command("logs", user.logs, "print a run's logs (the task's newest run by default)")
@@ -113,6 +124,7 @@ def add_user_commands(commands: Commands) -> None:
     p.add_argument("run_id", metavar="RUN_ID", nargs="?", help="a run of the task")
     p.add_argument("--follow", "-f", action="store_true", help="then live lines until it ends")
     p.add_argument("--limit", type=int, help="only the last N lines")
+    _workspace(p, "the task's workspace (refused if it is elsewhere)")
     json_option(p)
 
     for name, handler, text in (
@@ -122,7 +134,10 @@ def add_user_commands(commands: Commands) -> None:
     ):
         p = command(name, handler, text)
         p.add_argument("task_id", metavar="TASK_ID")
+        _workspace(p, "the task's workspace (refused if it is elsewhere)")
         json_option(p)
+    workspace_commands.register(command)  # workspaces, connections
+    auth.register(commands)  # auth init|user, provision
 
 
 USER_COMMANDS = (

@@ -1,0 +1,82 @@
+"""The key that encrypts connection details (SECURITY.md §7): ``cryptography``'s Fernet
+(AES-128-CBC with an HMAC-SHA256, authenticated), never a home-made cipher.
+
+The key lives with whoever creates connections and at executors — ``TASKBUS_SECRET_KEY`` (a
+Fernet key), else ``<data dir>/auth/secret.key`` (0600, made by ``Authority.ensure_local()``)
+— and never on the bus: the bus stores only tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from cryptography.fernet import Fernet, InvalidToken
+
+from broker import names
+from broker.errors import SecretKeyError
+
+
+def default_key_file() -> Path:
+    from broker.settings import default_data_dir
+
+    return default_data_dir() / names.AUTH_DIR / names.SECRET_KEY_FILE
+
+
+def new_key_text() -> str:
+    return Fernet.generate_key().decode()
+
+
+@dataclass(frozen=True)
+class SecretKey:
+    """A loaded Fernet key and where it came from (named in errors)."""
+
+    fernet: Fernet
+    source: str
+
+    @classmethod
+    def from_text(cls, text: str, source: str) -> SecretKey:
+        try:
+            return cls(Fernet(text.strip().encode()), source)
+        except (ValueError, TypeError):
+            raise SecretKeyError(
+                f"{source} is not a Taskbus secret key (a Fernet key: 32 url-safe base64 "
+                f"bytes); `taskbus up` makes one in {default_key_file()}"
+            ) from None
+
+    @classmethod
+    def load(cls, environ: dict[str, str] | None = None) -> SecretKey:
+        """``TASKBUS_SECRET_KEY``, else the key file; ``SecretKeyError`` saying where to put
+        one when there is neither."""
+        env = os.environ if environ is None else environ
+        text = env.get(names.ENV_SECRET_KEY)
+        if text:
+            return cls.from_text(text, f"${names.ENV_SECRET_KEY}")
+        path = default_key_file()
+        try:
+            return cls.from_text(path.read_text(encoding="utf-8"), str(path))
+        except FileNotFoundError:
+            raise SecretKeyError(
+                f"no secret key to encrypt or decrypt connection details: set "
+                f"${names.ENV_SECRET_KEY} to the cluster's key, or put it in {path} "
+                f"(`taskbus up` creates one there)"
+            ) from None
+        except OSError as exc:
+            raise SecretKeyError(f"cannot read the secret key {path}: {exc.strerror}") from None
+
+    def seal(self, details: dict[str, Any]) -> str:
+        return self.fernet.encrypt(msgspec.json.encode(details)).decode()
+
+    def open(self, token: str) -> dict[str, Any]:
+        try:
+            data = self.fernet.decrypt(token.encode())
+        except InvalidToken:
+            raise SecretKeyError(
+                f"the secret key from {self.source} does not decrypt these connection details: "
+                f"it is not the key they were stored with"
+            ) from None
+        details: dict[str, Any] = msgspec.json.decode(data)
+        return details
