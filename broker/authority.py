@@ -280,6 +280,22 @@ class Authority:
         write_private(target, tokens.creds_text(tokens.sign(claims, signer), user))
         return target
 
+    def account_key(self) -> str:
+        """The TASKBUS account's public key: the folder its JetStream data lives in."""
+        return tokens.public(self._seed("account.nk"))
+
+    def adopt_store(self, store_dir: Path) -> bool:
+        """Move a store made without authentication (the global account ``$G``) to the
+        TASKBUS account, so an old data directory opens with everything in it. The server
+        must be stopped; True when something was moved."""
+        old = store_dir / "jetstream" / "$G"
+        new = store_dir / "jetstream" / self.account_key()
+        if not old.is_dir() or new.exists():
+            return False
+        old.rename(new)
+        log.info("moved the store of %s from the global account to TASKBUS", store_dir)
+        return True
+
     def run_signer(self) -> RunSigner:
         return RunSigner.load(self.run_signing_key)
 

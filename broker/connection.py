@@ -59,6 +59,20 @@ class Bus:
     dropped_messages: int = 0
     creds: tokens.Creds | None = None  # what the credential file says of us (None: no file)
 
+    def require_role(self, work: str, *allowed: str) -> None:
+        """A daemon's first check: its credential's role is one that may do ``work`` (a
+        server without authentication has no roles: anything goes)."""
+        if self.creds is None or self.creds.role in (*allowed, roles.Role.ADMIN):
+            return
+        who = f"the {self.creds.role} credential {self.creds.name!r}"
+        needed = allowed[0] if allowed else roles.Role.ADMIN
+        raise PermissionDenied(
+            work,
+            who,
+            f"Start it with a {needed} credential (`taskbus auth user NAME --role {needed}`; "
+            f"`taskbus up` wrote {needed}.creds in its data directory's auth/creds).",
+        )
+
     def refusals(self) -> AbstractAsyncContextManager[None]:
         """While inside, a refused action raises ``PermissionDenied`` at once."""
         return refusals(self.on_refusal, self.refusal)
@@ -161,36 +175,43 @@ async def connect(
             f"the credential {settings.creds_file} expired",
             "Ask for a new one (`taskbus auth user NAME --role ROLE`).",
         )
-    nc = NATS()
     # nats-py bounds each TCP connect, not a TLS handshake that never completes (a plain
     # client at a TLS-only server waits for ever): the whole first attempt is bounded too.
     first_attempt_s = 2 * settings.connect_timeout_s * len(settings.urls) + 1
-    try:
-        async with asyncio.timeout(first_attempt_s):
-            await nc.connect(
-                servers=settings.urls,
-                name=settings.name,
-                user=settings.user,
-                password=settings.password,
-                token=settings.token,
-                user_credentials=settings.creds_file,
-                inbox_prefix=creds.inbox_prefix if creds is not None else "_INBOX",
-                tls=_tls_context(settings),
-                connect_timeout=int(max(1, settings.connect_timeout_s)),
-                max_reconnect_attempts=1,
-                reconnect_time_wait=0.05,  # type: ignore[arg-type]
-                error_cb=error_cb,
-                reconnected_cb=reconnected_cb,
-                **_ping_options(settings),
-                disconnected_cb=disconnected_cb,
-            )
-    except TimeoutError as exc:
-        await nc.close()
-        reason = first_error[-1] if first_error else f"no answer within {first_attempt_s:.0f} s"
-        raise NotConnected(settings.urls, *_explain(reason, settings)) from exc
-    except Exception as exc:
-        reason = first_error[-1] if first_error else (str(exc) or type(exc).__name__)
-        raise NotConnected(settings.urls, *_explain(reason, settings)) from exc
+    for attempt in range(1, FIRST_CONNECT_TRIES + 1):
+        nc = NATS()
+        try:
+            async with asyncio.timeout(first_attempt_s):
+                await nc.connect(
+                    servers=settings.urls,
+                    name=settings.name,
+                    user=settings.user,
+                    password=settings.password,
+                    token=settings.token,
+                    user_credentials=settings.creds_file,
+                    inbox_prefix=creds.inbox_prefix if creds is not None else "_INBOX",
+                    tls=_tls_context(settings),
+                    connect_timeout=int(max(1, settings.connect_timeout_s)),
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=0.05,  # type: ignore[arg-type]
+                    error_cb=error_cb,
+                    reconnected_cb=reconnected_cb,
+                    **_ping_options(settings),
+                    disconnected_cb=disconnected_cb,
+                )
+            break
+        except TimeoutError as exc:
+            await nc.close()
+            reason = first_error[-1] if first_error else f"no answer within {first_attempt_s:.0f} s"
+            raise NotConnected(settings.urls, *_explain(reason, settings)) from exc
+        except Exception as exc:
+            reason = first_error[-1] if first_error else (str(exc) or type(exc).__name__)
+            if attempt < FIRST_CONNECT_TRIES and _cut_short(reason):
+                # A server refusing a credential writes why, then closes: the close can win
+                # the race to the client. Another try usually reads the reason.
+                first_error.clear()
+                continue
+            raise NotConnected(settings.urls, *_explain(reason, settings)) from exc
     # The fast-fail options above were for the first attempt only (nats-py reads them anew
     # on every reconnect).
     nc.options["max_reconnect_attempts"] = -1 if reconnect_forever else 60
@@ -258,6 +279,15 @@ def _tls_context(settings: ConnectSettings) -> ssl.SSLContext | None:
         raise CredentialError(f"cannot use {settings.tls_ca_file!r} as the TLS CA: {exc}") from None
 
 
+FIRST_CONNECT_TRIES = 3
+_CUT_SHORT = ("connection reset", "broken pipe", "errno 104", "errno 32")
+
+
+def _cut_short(reason: str) -> bool:
+    lowered = reason.lower()
+    return any(word in lowered for word in _CUT_SHORT)
+
+
 _REFUSED = "permissions violation for "
 
 
@@ -294,6 +324,12 @@ def _explain(reason: str, settings: ConnectSettings) -> tuple[str, str | None]:
     lowered = reason.lower()
     if "refused" in lowered or "connect call failed" in lowered:
         return "nothing is listening there (connection refused)", None
+    if _cut_short(reason):
+        return f"the server closed the connection ({reason})", (
+            "It may require a credential or TLS: pass --creds FILE (or TASKBUS_CREDS; `taskbus "
+            f"up` writes them to {_local_creds_dir()}), and for TLS use tls:// URLs with "
+            "TASKBUS_TLS_CA."
+        )
     if "certificate verify failed" in lowered:
         return "the server's TLS certificate is not signed by a CA we trust", (
             "Give the CA that signed it with TASKBUS_TLS_CA (`taskbus auth init --tls` wrote "

@@ -83,8 +83,13 @@ class CredentialError(TaskbusError):
 
 def exit_status(exc: TaskbusError) -> int:
     """How a daemon stopped by ``exc`` exits, in the ``taskbus`` CLI's codes: 3 when no
-    server answered, else 1 (it could not start)."""
-    return 3 if isinstance(exc, NotConnected) else 1
+    server answered, 2 for a credential that cannot be used or does not allow the daemon's
+    work (a usage error), else 1 (it could not start)."""
+    if isinstance(exc, NotConnected):
+        return 3
+    if isinstance(exc, PermissionDenied | CredentialError):
+        return 2
+    return 1
 
 
 class RequestTimeout(CommunicationFailed, TimeoutError):

@@ -106,6 +106,13 @@ ENV_CONNECTIONS_FILE = "TASKBUS_CONNECTIONS_FILE"
 # executors; the bus never holds it. Else the file SECRET_KEY_FILE in the authority directory.
 ENV_SECRET_KEY = "TASKBUS_SECRET_KEY"
 
+# A run's credential expires this long after its deadline (timeout + kill grace): the final
+# status and the last log lines are written by the executor, not the run, so the margin only
+# covers clock skew between the executor and the server.
+RUN_CREDENTIAL_MARGIN_S = 30.0
+# A run without a timeout gets a credential valid this long (it keeps running after, but the
+# SDK inside it can no longer reach the bus; give such tasks a timeout, or a user credential).
+RUN_CREDENTIAL_MAX_S = 7 * 24 * 3600.0
 # Under the data directory: the authority `taskbus up` creates (keys, JWTs, creds/<role>.creds).
 AUTH_DIR = "auth"
 SECRET_KEY_FILE = "secret.key"  # in AUTH_DIR: the connections' Fernet key (0600)

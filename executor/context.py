@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from broker.connection import Bus
-from broker.models import OrchestrationRecord, RunRequest
+from broker.models import OrchestrationRecord
 from executor.artifacts import Artifacts
+from executor.credentials import RunCredentialsFn, no_credentials
 from executor.environments import Environment, Environments
 from executor.isolation import Isolation
 from executor.process import Launcher
@@ -30,11 +30,9 @@ class Context:
     base_env: dict[str, str]  # allowlisted (``executor.isolation.allowed_environment``)
     isolation: Isolation
     # The text of a .creds file for one run, valid until the deadline (None: the run has no
-    # timeout), or None for no credential. Its text is written 0600 as the run's own
-    # ``run.creds`` and TASKBUS_CREDS points at it; with None, no credential reaches the run.
-    run_credentials: Callable[[RunRequest, datetime | None], str | None] = field(
-        default=lambda request, deadline: None
-    )
+    # timeout), or None for no credential (executor.credentials). Its text is written 0600 as
+    # the run's own ``run.creds`` and TASKBUS_CREDS points at it.
+    run_credentials: RunCredentialsFn = no_credentials
     stats: Counter[str] = field(default_factory=Counter)
     ready_orchestrations: dict[str, OrchestrationRecord] = field(default_factory=dict)
     secrets: Secrets | None = None  # connections for runs (executor.secrets)

@@ -35,12 +35,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
-from broker import names, store
+from broker import names, roles, store
+from broker.authority import RunSigner
 from broker.connection import Bus, connect
 from broker.models import PackageRequest, RunControl, RunRequest, TaskRecord, decode
 from executor.artifacts import Artifacts
 from executor.context import Context
 from executor.control import keep_alive, kill_reason, quietly
+from executor.credentials import RunCredentials, RunCredentialsFn, no_credentials
 from executor.environments import Environment, Environments, with_reference_shim
 from executor.heartbeat import Heartbeat
 from executor.isolation import Isolation, allowed_environment
@@ -107,6 +109,10 @@ class Executor:
             env_dir=settings.env_cache_dir, run_uids=settings.run_uid_range,
             use_cgroups=settings.cgroups,
         )  # fmt: skip
+        run_credentials: RunCredentialsFn = no_credentials
+        if settings.run_signing_key is not None:
+            signer = RunSigner.load(settings.run_signing_key)
+            run_credentials = RunCredentials(signer, settings.kill_grace_s)
         self.ctx = Context(
             settings=settings,
             bus=bus,
@@ -116,6 +122,7 @@ class Executor:
             base_env=base_env,
             isolation=self.isolation,
             secrets=self.secrets,
+            run_credentials=run_credentials,
         )
         self.jobs: dict[str, RunJob] = {}
         self.heartbeat = Heartbeat(settings, bus, self.jobs)
@@ -376,7 +383,12 @@ class Executor:
 
 async def serve(settings: ExecutorSettings) -> None:
     bus = await connect(settings.connect, reconnect_forever=True)
-    executor = Executor(settings, bus)
+    try:
+        bus.require_role("take run requests", roles.Role.EXECUTOR)
+        executor = Executor(settings, bus)
+    except BaseException:
+        await bus.close()
+        raise
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals, executor)

@@ -164,7 +164,7 @@ class RunJob:
             deadline = (
                 utcnow() + timedelta(seconds=request.timeout_s) if request.timeout_s else None
             )
-            creds = ctx.run_credentials(request, deadline)
+            creds = ctx.run_credentials(request, orchestration, deadline)
             if creds is not None:
                 space.creds = space.write_private(CREDS_NAME, creds)
             if ctx.secrets is not None:  # the connections of the task's workspace

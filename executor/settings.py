@@ -55,6 +55,15 @@ class ExecutorSettings:
     run_uids: str = field(default_factory=lambda: os.environ.get(names.ENV_RUN_UIDS) or
                           names.DEFAULT_RUN_UIDS)  # fmt: skip
     cgroups: bool = True  # a cgroup per run where the host allows (else a subreaper + sweeps)
+    # The run role's signing key (`taskbus auth init` wrote it as signing/run.nk): with it every
+    # run gets its own credential; without it (a server without authentication) none.
+    run_signing_key: Path | None = field(
+        default_factory=lambda: (
+            Path(os.environ[names.ENV_RUN_SIGNING_KEY])
+            if os.environ.get(names.ENV_RUN_SIGNING_KEY)
+            else None
+        )
+    )
 
     def __post_init__(self) -> None:
         self.run_uid_range  # noqa: B018 (a bad range is refused when the settings are made)
@@ -120,6 +129,7 @@ class ExecutorSettings:
             keep_run_dirs=True if args.keep_run_dirs else None,
             run_uids=args.run_uids,
             cgroups=False if args.no_cgroups else None,
+            run_signing_key=Path(args.run_signing_key) if args.run_signing_key else None,
         )
 
 
@@ -161,4 +171,9 @@ def parser() -> argparse.ArgumentParser:
         f"(default {names.DEFAULT_RUN_UIDS}; used when the executor is root or has CAP_SETUID)",
     )
     p.add_argument("--no-cgroups", action="store_true", help="no cgroup per run")
+    p.add_argument(
+        "--run-signing-key",
+        help=f"the run role's signing key (signing/run.nk of `taskbus auth init`; or "
+        f"${names.ENV_RUN_SIGNING_KEY}): each run gets its own credential",
+    )
     return p

@@ -14,6 +14,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 import sdk
 from broker.server import EmbeddedServer, ServerSettings, free_port
 from broker.settings import ConnectSettings
@@ -79,9 +81,12 @@ class Up:
             self.process.stdout.close()
 
 
-def test_up_runs_work_and_a_restart_loses_nothing(tmp_path: Path) -> None:
+def test_up_runs_work_and_a_restart_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     port = free_port()
     data_dir = tmp_path / "data"
+    monkeypatch.setenv("TASKBUS_DATA_DIR", str(data_dir))  # the SDK finds up's credentials
     up = Up(port, data_dir)
     try:
         url = up.expect(r"listening on (nats://\S+)").group(1)
@@ -159,8 +164,11 @@ def _child_pid(parent: int, name: str) -> int:
     raise AssertionError(f"no {name} child of {parent}")
 
 
-def test_up_restarts_a_killed_nats_server_and_keeps_its_log(tmp_path: Path) -> None:
+def test_up_restarts_a_killed_nats_server_and_keeps_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data_dir = tmp_path / "data"
+    monkeypatch.setenv("TASKBUS_DATA_DIR", str(data_dir))
     up = Up(free_port(), data_dir)
     try:
         url = up.expect(r"listening on (nats://\S+)").group(1)

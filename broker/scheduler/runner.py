@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Callable
 
+from broker import roles
 from broker.connection import connect
 from broker.errors import TaskbusError, exit_status
 from broker.scheduler.daemon import Scheduler
@@ -38,6 +39,11 @@ async def serve(settings: SchedulerSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _stopper(stop, sig, settings.shutdown_grace_s))
     bus = await connect(settings.connect, reconnect_forever=True)
+    try:
+        bus.require_role("fire scheduled runs", roles.Role.SCHEDULER)
+    except BaseException:
+        await bus.close()
+        raise
     url = bus.nc.connected_url
     log.info("scheduler connected to %s", url.geturl() if url else settings.connect.urls)
     try:

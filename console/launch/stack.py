@@ -23,8 +23,11 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from broker import names
+from broker.authority import Authority
 from broker.connection import connect
 from broker.errors import ServerError
+from broker.roles import Role
 from broker.server import EmbeddedServer, ServerSettings
 from broker.settings import ConnectSettings, default_data_dir
 from console.launch.daemons import child_env
@@ -53,14 +56,20 @@ def up(args: argparse.Namespace) -> int:
 
     supervisors = [_start_server(args, notify)]
     url = _url(supervisors[0])
-    settings = ConnectSettings(urls=[url], name="taskbus-up")
-    env = child_env(settings)
+    authority = _authority(data_dir)
+    settings = _as(authority, url, Role.OPERATOR)  # the console and the event printer
     _say(f"nats-server listening on {url} (data in {data_dir})")
+    _say(f"credentials in {authority.root / 'creds'} (the SDK and CLI here find user.creds)")
+    if data_dir != default_data_dir():
+        _say(f"for them to find it: export {names.ENV_DATA_DIR}={data_dir}")
     try:
-        for what, argv in (
+        executor_env = child_env(_as(authority, url, Role.EXECUTOR))
+        executor_env[names.ENV_RUN_SIGNING_KEY] = str(authority.run_signing_key)
+        for what, argv, env in (
             ("executor", ["-m", "executor", "--url", url, "--slots", str(args.slots),
-                          "--work-dir", str(data_dir / "executor")]),
-            ("scheduler", ["-m", "broker.scheduler", "--url", url]),
+                          "--work-dir", str(data_dir / "executor")], executor_env),
+            ("scheduler", ["-m", "broker.scheduler", "--url", url],
+             child_env(_as(authority, url, Role.SCHEDULER))),
         ):  # fmt: skip
             log_path = logs / f"{what}.log"
             supervisors.append(Supervisor(what, _child(argv, log_path, env), log_path, notify))
@@ -108,18 +117,38 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
 
 
+def _authority(data_dir: Path) -> Authority:
+    """The data directory's authority: made on the first start (keys, JWTs, one credential
+    per role, the connections' key), found on the next ones."""
+    return Authority(data_dir / names.AUTH_DIR).ensure_local()
+
+
+def _as(authority: Authority, url: str, role: Role) -> ConnectSettings:
+    return ConnectSettings(
+        urls=[url], creds_file=str(authority.creds_path(role)), name=f"taskbus-up-{role}"
+    )
+
+
 def _start_server(args: argparse.Namespace, notify: Callable[[str], None]) -> Supervisor:
-    """Lock the data directory, start the supervised nats-server, provision its resources."""
+    """Lock the data directory, start the supervised nats-server (authentication on, with the
+    data directory's authority), provision its resources as the admin."""
     data_dir = _data_dir(args)
     _lock_data_dir(data_dir)
+    authority = _authority(data_dir)
     log_path = data_dir / "logs" / f"{SERVER}.log"
     settings = ServerSettings(
-        data_dir=data_dir, port=args.port, die_with_parent=True, log_file=log_path
+        data_dir=data_dir,
+        port=args.port,
+        die_with_parent=True,
+        log_file=log_path,
+        config_file=authority.server_config,
     )
     server = EmbeddedServer(settings)
+    if authority.adopt_store(server.store_dir):  # a data directory from before authentication
+        notify("moved the existing store into the TASKBUS account (authentication is now on)")
     supervisor = Supervisor(SERVER, server.start, log_path, notify)
     try:
-        asyncio.run(_provision(server.url))
+        asyncio.run(_provision(_as(authority, server.url, Role.ADMIN)))
     except BaseException:
         supervisor.stop()
         raise
@@ -132,8 +161,8 @@ def _url(supervisor: Supervisor) -> str:
     return server.url
 
 
-async def _provision(url: str) -> None:
-    bus = await connect(ConnectSettings(urls=[url], name="taskbus-up"))
+async def _provision(settings: ConnectSettings) -> None:
+    bus = await connect(settings)  # the admin provisions on connect
     await bus.close()
 
 
