@@ -118,9 +118,9 @@ async def refusals(
     try:
         with scope:
             yield
-    except Exception as exc:
-        if refused:
-            raise error(refused[0]) from exc
+    except Exception:
+        if refused:  # the refusal is the story: not the cancelled request under it
+            raise error(refused[0]) from None
         raise
     finally:
         hooks.remove(on_refusal)

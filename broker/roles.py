@@ -93,6 +93,7 @@ def _permissions(role: Role) -> tuple[list[str], list[str]]:
     if role is Role.ADMIN:
         return [">"], [">"]
     if role is Role.RUN:
+        own_runs = n.kv_subject(n.RUNS, "{{tag(task)}}.*")
         # Its own task, orchestration and run record; nothing else (SECURITY.md: a run may
         # read its own task, orchestration and arguments). Nothing on the connections bucket:
         # the executor decrypts its workspace's connections into a file for it.
@@ -100,6 +101,8 @@ def _permissions(role: Role) -> tuple[list[str], list[str]]:
             get_key(n.TASKS, "{{tag(task)}}"),
             get_key(n.ORCHESTRATIONS, "{{tag(orchestration)}}"),
             get_key(n.RUNS, "{{tag(task)}}.{{tag(run)}}"),
+            # Its own task's runs, listed (broker.store.scan puts the filter in the subject).
+            f"{API}.CONSUMER.CREATE.{_kv_stream(n.RUNS)}.*.{own_runs}",
         ], [OWN_INBOX]
     reads_all = [
         *read_bucket(n.TASKS),

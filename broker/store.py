@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -153,19 +154,28 @@ async def scan(bus: Bus, bucket: str, kind: type[R], keys: str = ">") -> dict[st
     already pushed (a record then goes missing from a listing). The consumer's own counts say
     how many records to read.
     """
-    sub = await bus.js.subscribe(
-        names.kv_subject(bucket, keys),
-        stream=f"KV_{bucket}",
-        ordered_consumer=True,
+    # A named consumer puts its filter in the API subject ($JS.API.CONSUMER.CREATE.<stream>.
+    # <name>.<filter>), so server permissions can allow a listing of some keys only (a run
+    # lists its own task's runs); its answer already says how many records there are.
+    stream = f"KV_{bucket}"
+    config = js_api.ConsumerConfig(
+        name=f"scan_{uuid.uuid4().hex}",
+        deliver_subject=bus.nc.new_inbox(),
+        filter_subject=names.kv_subject(bucket, keys),
         deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
+        ack_policy=js_api.AckPolicy.NONE,
+        max_deliver=1,
+        mem_storage=True,
+        num_replicas=1,
+        inactive_threshold=SCAN_TIMEOUT_S,
     )
+    info = await bus.nc.jsm().add_consumer(stream, config)
     records: dict[str, R] = {}
     prefix = len(names.kv_subject(bucket, ""))
+    if not info.num_pending:
+        return records
+    sub = await bus.js.subscribe_bind(stream=stream, config=config, consumer=info.name)
     try:
-        info = await sub.consumer_info()
-        delivered = info.delivered.consumer_seq if info.delivered else 0
-        if not info.num_pending and not delivered:
-            return records
         while True:
             msg = await sub.next_msg(timeout=SCAN_TIMEOUT_S)
             key = msg.subject[prefix:]

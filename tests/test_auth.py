@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from nats.js import api
 
-from broker import store
+from broker import names, store
 from broker.authority import Authority
 from broker.connection import Bus, connect
 from broker.errors import NotConnected, PermissionDenied
@@ -182,6 +182,11 @@ async def test_a_run_credential_reads_only_its_own_task_orchestration_and_run(
         own = await store.get(mine.tasks, TASK_ID, TaskRecord)
         assert own is not None and own[0].json_args == {"secret": "victim-args"}
         assert await store.get(mine.runs, f"{TASK_ID}.r1", RunRecord) is not None
+        assert list(await store.scan(mine, names.RUNS, RunRecord, f"{TASK_ID}.*")) == [
+            f"{TASK_ID}.r1"
+        ]
+        await refused(mine, store.scan(mine, names.RUNS, RunRecord, f"{OTHER_TASK_ID}.*"))
+        await refused(mine, store.scan(mine, names.RUNS, RunRecord, ">"))
         error = await refused(mine, store.get(mine.tasks, OTHER_TASK_ID, TaskRecord))
         assert OTHER_TASK_ID in str(error) and "run credential" in str(error)
         await refused(mine, store.put(mine.tasks, TASK_ID, task(TASK_ID, killed=True)))
