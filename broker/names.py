@@ -139,6 +139,20 @@ DEFAULT_RUN_UIDS = "61000-61183"
 # Host-wide flocks that keep two executors on one host from handing out the same UID.
 RUN_UID_LOCK_DIR = "/run/taskbus-uids"
 RUN_UID_PROBE_TIMEOUT_S = 30.0  # the start-up probe imports the SDK as a run UID
+# Processes (and threads) one run may have at once (its cgroup's pids.max; RLIMIT_NPROC of its
+# UID without cgroups): far above what a task's worker pools use (a 64-core pool of processes
+# with a few threads each), far below the host's pid_max (32768 by default), so a fork bomb
+# stays inside its run and the host keeps pids for everyone else.
+DEFAULT_MAX_RUN_PIDS = 1024
+# Each UID-switched run gets empty /tmp, /var/tmp and /dev/shm of its own (tmpfs, gone with
+# the run): files a run leaves there can't reach the next run that gets its UID. Their pages
+# are charged to the run's memory cgroup; the size cap is tmpfs's own default (half the RAM),
+# the same as the host's /dev/shm where a run's TMPDIR already lives.
+RUN_TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+RUN_TEMP_TMPFS_OPTIONS = "size=50%"
+# Without private temp dirs, a released UID's files are removed from RUN_TEMP_DIRS: at most
+# this many entries are looked at in each (a sweep must stay a millisecond-scale step).
+RUN_TEMP_SWEEP_MAX_ENTRIES = 10_000
 CGROUP_POLL_S = 0.01  # freezing and emptying a cgroup take milliseconds
 CPU_PERIOD_US = 100_000  # CFS period; a cpu_limit of 1.5 is a quota of 150 ms per 100 ms
 # A run's processes must all be gone this long after SIGKILL (kill grace + this, issue 10).

@@ -12,18 +12,28 @@ Layout under ``<work_dir>``::
                           other's folders: at start one removes only roots whose lock nobody
                           holds (their executor is gone)
 
-A run's working copy: files under 1 MiB are copied, so a task that writes a shipped file in
-place cannot change the cached tree; bigger files (models, data) are hardlinked to save the
-copy, and checked after the run: if one was written in place, the cached tree is dropped and
-the next run extracts the zip again. ``__pycache__`` files are hardlinked (Python replaces them
-by rename, never in place); copies keep their mtime so the compiled files stay valid even with
-PYTHONDONTWRITEBYTECODE set. The entrypoint itself is not compiled (a script never is).
+A run's working copy, where runs have UIDs of their own: every file is a hardlink to the
+cached tree (the executor's, read-only to runs: a run can neither write nor chmod it) and every
+folder is the executor's with the run's group, mode 01770 (``hand_over``): the run may add
+files, but the sticky bit keeps it from removing, renaming or replacing the shipped ones. So a
+run can never change code that another run executes.
+
+Where runs share the executor's UID: files under 1 MiB are copied, so a task that writes a
+shipped file in place cannot change the cached tree; bigger files (models, data) are hardlinked
+to save the copy, and checked after the run: if one was written in place, the cached tree is
+dropped and the next run extracts the zip again. ``__pycache__`` files are hardlinked (Python
+replaces them by rename, never in place); copies keep their mtime so the compiled files stay
+valid even with PYTHONDONTWRITEBYTECODE set. The entrypoint itself is not compiled (a script
+never is). (Such a run can write the cached trees themselves: no copy policy protects them.)
 
 Creating and deleting folders is the dearest part of a short run on a journaling disk (~0.1 ms
 a mkdir, up to ~0.4 ms a rmdir here), so a working copy that a run left exactly as it found it
-(same entries, sizes and mtimes, folders included) is kept as a spare for the next run of the
-same zip; any other is deleted off the event loop. Run arguments files go to a tmpfs scratch
-folder when there is one (/dev/shm): a file there costs microseconds, not a disk journal entry.
+is kept as a spare for the next run of the same zip; any other is deleted off the event loop.
+"Exactly" is every entry's inode, owner, mode, size, mtime and ctime (a run can reset an mtime
+with ``utime``, never a ctime; a file shared with other copies is judged without its ctime,
+which their links change, but it is read-only to the run). A spare's folders go back to the
+executor's group until the next run gets it. Run arguments files go to a tmpfs scratch folder
+when there is one (/dev/shm): a file there costs microseconds, not a disk journal entry.
 """
 
 from __future__ import annotations
@@ -58,7 +68,11 @@ SPARES_PER_SHA = 8
 INLINE_MAX_ENTRIES = 64
 # A run-folder root without a lock file (an older layout) is removed once this old.
 UNLOCKED_ROOT_MAX_AGE_S = 24 * 3600.0
-Snapshot = dict[str, tuple[int, int]]
+# Every entry: inode, mode, owner, group, size (-1 for a folder), mtime, ctime (-1 for a file
+# shared with other copies: their links change it).
+Snapshot = dict[str, tuple[int, int, int, int, int, int, int]]
+# A run's working copy: its folders (the executor's, with the run's group; sticky).
+RUN_FOLDER_MODE = 0o1770
 
 
 class ArtifactError(RuntimeError):
@@ -175,17 +189,30 @@ class Artifacts:
         shutil.rmtree(trash, ignore_errors=True)
 
     # --- per-run folders ---------------------------------------------------------------------
-    async def make_run_folder(self, tree: Path, sha: str) -> RunFolder:
+    async def make_run_folder(self, tree: Path, sha: str, *, link_all: bool = False) -> RunFolder:
+        """A working copy of ``tree`` (a spare if one is left); ``link_all``: every file a
+        hardlink to the tree's (for runs that cannot write the executor's files)."""
         spares = self._spares.get(sha)
         if spares:
             return spares.pop()
         folder = RunFolder(path=self.runs / uuid.uuid4().hex, sha=sha)
-        if self._entries.get(sha, INLINE_MAX_ENTRIES + 1) <= INLINE_MAX_ENTRIES:
-            _fill_run_folder(tree, folder)
+        if self._inline(sha):
+            _copy_tree(tree, folder.path, folder.linked, link_all)
         else:
-            await anyio.to_thread.run_sync(_fill_run_folder, tree, folder)
-        self._entries[sha] = len(folder.snapshot)
+            await anyio.to_thread.run_sync(_copy_tree, tree, folder.path, folder.linked, link_all)
         return folder
+
+    async def hand_over(self, folder: RunFolder, group: int | None) -> None:
+        """Give the run its working copy: with ``group`` (the run's), every folder becomes
+        the executor's with that group, mode 01770; then note the copy as the run gets it."""
+        if self._inline(folder.sha):
+            _hand_over(folder, group)
+        else:
+            await anyio.to_thread.run_sync(_hand_over, folder, group)
+        self._entries[folder.sha] = len(folder.snapshot)
+
+    def _inline(self, sha: str) -> bool:
+        return self._entries.get(sha, INLINE_MAX_ENTRIES + 1) <= INLINE_MAX_ENTRIES
 
     def changed_links(self, folder: RunFolder) -> list[Path]:
         """Hardlinked files that a run wrote in place (so the cached tree changed too)."""
@@ -205,10 +232,9 @@ class Artifacts:
         if len(spares) < SPARES_PER_SHA and (self.trees / folder.sha).is_dir():
             try:
                 if len(folder.snapshot) <= INLINE_MAX_ENTRIES:
-                    current = _snapshot(folder.path)
+                    untouched = _reclaim(folder)
                 else:
-                    current = await anyio.to_thread.run_sync(_snapshot, folder.path)
-                untouched = current == folder.snapshot
+                    untouched = await anyio.to_thread.run_sync(_reclaim, folder)
             except OSError:
                 untouched = False
             if untouched:
@@ -296,22 +322,44 @@ def _read_only_to_others(root: Path) -> None:
                     os.chmod(path, wanted)
 
 
-def _fill_run_folder(tree: Path, folder: RunFolder) -> None:
-    _copy_tree(tree, folder.path, folder.linked)
+def _hand_over(folder: RunFolder, group: int | None) -> None:
+    if group is not None:
+        _chown_folders(folder.path, os.getuid(), group)
+    elif folder.snapshot:  # a spare, unchanged since its check
+        return
     folder.snapshot = _snapshot(folder.path)
 
 
-def _copy_tree(source: Path, dest: Path, linked: dict[Path, tuple[int, int]]) -> None:
+def _reclaim(folder: RunFolder) -> bool:
+    """True if the run left its working copy exactly as it got it; then its folders go back
+    to the executor's group (a later run with that UID must not reach a spare)."""
+    if _snapshot(folder.path) != folder.snapshot:
+        return False
+    me = (os.getuid(), os.getgid())
+    if any(entry[2:4] != me for entry in folder.snapshot.values()):
+        _chown_folders(folder.path, *me)
+    return True
+
+
+def _chown_folders(root: Path, uid: int, gid: int) -> None:
+    for path, _dirs, _files in os.walk(root):
+        os.chown(path, uid, gid)
+        os.chmod(path, RUN_FOLDER_MODE)
+
+
+def _copy_tree(
+    source: Path, dest: Path, linked: dict[Path, tuple[int, int]], link_all: bool = False
+) -> None:
     dest.mkdir()
     in_cache = source.name == "__pycache__"
     with os.scandir(source) as entries:
         for entry in entries:
             target = dest / entry.name
             if entry.is_dir(follow_symlinks=False):
-                _copy_tree(Path(entry.path), target, linked)
+                _copy_tree(Path(entry.path), target, linked, link_all)
                 continue
             st = entry.stat(follow_symlinks=False)
-            if in_cache:
+            if in_cache or link_all:
                 os.link(entry.path, target)
             elif st.st_size >= HARDLINK_MIN_BYTES:
                 os.link(entry.path, target)
@@ -321,23 +369,27 @@ def _copy_tree(source: Path, dest: Path, linked: dict[Path, tuple[int, int]]) ->
 
 
 def _snapshot(root: Path) -> Snapshot:
-    """Every entry under ``root`` with its size and mtime (a folder's mtime changes when an
-    entry is added, removed or renamed in it)."""
-    found: Snapshot = {}
-    st = root.stat()
-    found[""] = (-1, st.st_mtime_ns)
+    """Every entry under ``root`` with its inode, mode, owner, size, mtime and ctime (a
+    folder's change when an entry is added, removed or renamed in it; nobody but the kernel
+    sets a ctime)."""
+    found: Snapshot = {"": _entry(root.stat(), folder=True)}
     stack = [root]
     while stack:
         folder = stack.pop()
         with os.scandir(folder) as entries:
             for entry in entries:
                 st = entry.stat(follow_symlinks=False)
-                if entry.is_dir(follow_symlinks=False):
-                    found[entry.path] = (-1, st.st_mtime_ns)
+                is_dir = entry.is_dir(follow_symlinks=False)
+                found[entry.path] = _entry(st, folder=is_dir)
+                if is_dir:
                     stack.append(Path(entry.path))
-                else:
-                    found[entry.path] = (st.st_size, st.st_mtime_ns)
     return found
+
+
+def _entry(st: os.stat_result, *, folder: bool) -> tuple[int, int, int, int, int, int, int]:
+    size = -1 if folder else st.st_size
+    ctime = st.st_ctime_ns if folder or st.st_nlink == 1 else -1
+    return (st.st_ino, st.st_mode, st.st_uid, st.st_gid, size, st.st_mtime_ns, ctime)
 
 
 def remove_tree(path: Path) -> None:

@@ -3,8 +3,9 @@ counted, limited and killed together however they detached (``setsid()``, double
 
 Layout: ``/sys/fs/cgroup/<controller>/taskbus/<executor id>/<run>`` in each controller. The
 run's first process joins them itself before it runs user code (``executor.zygote.confine``),
-so nothing it forks can escape. Killing is freeze → SIGKILL every member → thaw: a frozen
-process cannot fork, so no child is born between the listing and the kill.
+so nothing it forks can escape; ``pids.max`` bounds how many processes it may have (a fork
+bomb stays inside its run). Killing is freeze → SIGKILL every member → thaw: a frozen process
+cannot fork, so no child is born between the listing and the kill.
 
 Where the host lacks a writable v1 hierarchy (no root, cgroup v2 only, a read-only /sys)
 ``Cgroups.probe`` returns None and the executor falls back to a child subreaper and a sweep by
@@ -119,12 +120,19 @@ class Cgroups:
         return cls(parents), "cgroup v1 (pids, freezer, memory, cpu) per run"
 
     def create(
-        self, name: str, *, memory_limit_bytes: int | None, cpu_limit: float | None
+        self,
+        name: str,
+        *,
+        memory_limit_bytes: int | None,
+        cpu_limit: float | None,
+        max_pids: int | None = None,
     ) -> RunCgroup:
         paths = {controller: parent / name for controller, parent in self.parents.items()}
         for path in paths.values():
             path.mkdir(exist_ok=True)
         group = RunCgroup(paths, memory_limit_bytes)
+        if max_pids is not None:  # a fork bomb stays inside its run (fork fails with EAGAIN)
+            (paths["pids"] / "pids.max").write_text(str(max_pids))
         if memory_limit_bytes is not None:
             memory = paths["memory"]
             (memory / "memory.limit_in_bytes").write_text(str(memory_limit_bytes))

@@ -107,7 +107,7 @@ class Executor:
         self.isolation = Isolation.start(
             owner=settings.id, scratch=scratch, work_dir=settings.work_dir,
             env_dir=settings.env_cache_dir, run_uids=settings.run_uid_range,
-            use_cgroups=settings.cgroups,
+            use_cgroups=settings.cgroups, max_pids=settings.max_run_pids,
         )  # fmt: skip
         run_credentials: RunCredentialsFn = no_credentials
         if settings.run_signing_key is not None:

@@ -9,13 +9,20 @@ Every run gets:
 - where the executor may switch UIDs (root or CAP_SETUID): a UID of its own from a pool
   (``executor.uids``), so it cannot read the executor's files, /proc/<executor>/environ or
   another run's private directory, nor write the shared trees and virtualenvs (owned by the
-  executor, never group/other-writable). Its working copy is chowned to it (hardlinked inodes
-  shared with the cached tree are not: those stay read-only to it). Folders on the way to the
-  interpreter, the SDK or the work dir that other users cannot traverse (a 0700 /root holding
-  pyenv) are covered in the run's own mount namespace by an empty tmpfs with only those paths
-  bound back: the rest of such a folder stays invisible to the run;
-- a cgroup of its own (``executor.cgroups``) with its memory and CPU limits; without cgroups,
-  the memory limit is an RLIMIT_AS and the CPU limit is not enforced.
+  executor, never group/other-writable). Its working copy's files are hardlinks to the cached
+  tree, read-only to it; its folders are the executor's with the run's group, sticky, so it
+  may add files but not replace shipped ones (``Artifacts.hand_over``). Folders on the way to
+  the interpreter, the SDK or the work dir that other users cannot traverse (a 0700 /root
+  holding pyenv) are covered in the run's own mount namespace by an empty tmpfs with only
+  those paths bound back: the rest of such a folder stays invisible to the run;
+- with a UID: /tmp, /var/tmp and /dev/shm of its own in that namespace (empty sticky tmpfs,
+  gone with the run, with what the run needs under them bound back: its private directory,
+  the work dir, ...), so nothing a run leaves there reaches the next run with its UID. Where
+  the host refuses those mounts, the files a UID owns at the top of the real ones are removed
+  when the UID is given back (a bounded sweep);
+- a cgroup of its own (``executor.cgroups``) with its memory, CPU and process limits; without
+  cgroups, the memory limit is an RLIMIT_AS, the process limit an RLIMIT_NPROC of its UID
+  (none without one) and the CPU limit is not enforced.
 
 What the host allows is decided once at start (a confined probe process must import the SDK as
 a run UID) and said in one log line.
@@ -39,7 +46,7 @@ from urllib.parse import urlsplit, urlunsplit
 from broker import names
 from executor.cgroups import Cgroups, RunCgroup
 from executor.environments import sdk_paths
-from executor.uids import UidPool, can_switch_uids, sweep
+from executor.uids import UidPool, can_switch_uids, remove_files_of, sweep
 from executor.zygote import confine
 
 log = logging.getLogger(__name__)
@@ -96,6 +103,29 @@ def exposures(paths: Iterable[Path]) -> list[tuple[str, list[str]]]:
     return found
 
 
+def private_temps(
+    temps: Iterable[str], needed: Iterable[str], expose: list[tuple[str, list[str]]]
+) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]]]:
+    """Temp dirs to cover with a run's own tmpfs, each with the needed paths under it (the
+    top ones), and what is left of ``expose`` (a hidden folder under a temp dir is covered by
+    the temp dir's tmpfs: only its needed paths are bound back)."""
+    found: dict[str, list[str]] = {}
+    for temp in temps:
+        real = os.path.realpath(temp)
+        if os.path.isdir(real) and real != "/":
+            found.setdefault(real, [])
+    under = {
+        temp: sorted({path for path in needed if path.startswith(temp + "/")}) for temp in found
+    }  # fmt: skip
+    for temp, paths in under.items():
+        found[temp] = [p for p in paths if not any(p.startswith(o + "/") for o in paths)]
+    rest = [
+        (hide, keeps) for hide, keeps in expose
+        if not any(hide == temp or hide.startswith(temp + "/") for temp in found)
+    ]  # fmt: skip
+    return sorted(found.items()), rest
+
+
 @dataclass
 class RunSpace:
     """One run's private directory, UID and cgroup; ``close()`` gives them back."""
@@ -146,12 +176,16 @@ class Isolation:
         cgroups: Cgroups | None,
         expose: list[tuple[str, list[str]]],
         summary: str,
+        temps: list[tuple[str, list[str]]] | None = None,
+        max_pids: int | None = None,
     ) -> None:
         self.scratch = scratch
         self.pool = pool
         self.cgroups = cgroups
         self.expose = expose
         self.summary = summary
+        self.temps = temps  # None: runs share the host's temp dirs
+        self.max_pids = max_pids
 
     @classmethod
     def start(
@@ -163,6 +197,7 @@ class Isolation:
         env_dir: Path,
         run_uids: range | None,
         use_cgroups: bool = True,
+        max_pids: int | None = names.DEFAULT_MAX_RUN_PIDS,
     ) -> Isolation:
         scratch.mkdir(parents=True, exist_ok=True)
         os.chmod(scratch, 0o711)  # runs reach their own folder, list nobody's
@@ -175,31 +210,50 @@ class Isolation:
             )
         pool: UidPool | None = None
         expose: list[tuple[str, list[str]]] = []
+        temps: list[tuple[str, list[str]]] | None = None
         if run_uids is None:
             uid_note = "runs share the executor's UID (--run-uids none)"
         elif not can_switch_uids():
             uid_note = "runs share the executor's UID (it is neither root nor has CAP_SETUID)"
         else:
             pool = UidPool(run_uids)
-            expose = exposures([
+            needed = [
                 Path(sys.base_prefix), Path(sys.prefix), Path(sys.executable).parent,
                 *map(Path, sdk_paths()),
                 *(Path(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p),
                 work_dir, env_dir, scratch,
-            ])  # fmt: skip
-            problem = _probe(pool, expose)
+            ]  # fmt: skip
+            expose = exposures(needed)
+            real = [os.path.realpath(p) for p in needed if p.exists()]
+            temps, rest = private_temps(names.RUN_TEMP_DIRS, real, expose)
+            problem = _probe(pool, _covers(rest, temps, scratch))
             if problem is None:
-                uid_note = f"runs get their own UID from {run_uids.start}-{run_uids.stop - 1}"
+                expose = rest
+                temp_note = "own /tmp, /var/tmp, /dev/shm"
+            else:  # e.g. no CAP_SYS_ADMIN for tmpfs: a sweep of the shared ones instead
+                temps = None
+                problem = _probe(pool, expose)
+                temp_note = f"shared temp dirs, swept when a UID is given back ({problem})"
+            if problem is None:
+                uid_note = (
+                    f"runs get their own UID from {run_uids.start}-{run_uids.stop - 1} "
+                    f"({temp_note})"
+                )
             else:
-                pool, expose = None, []
+                pool, expose, temps = None, [], None
                 uid_note = f"runs share the executor's UID (a run UID {problem})"
         if pool is None:
             uid_note += (
                 ", so a run can read what the executor's user can (its credential files, "
                 "/proc/<executor>/environ) and write its caches; everything else still applies"
             )
+        if max_pids is not None and cgroups is None and pool is None:
+            cgroup_note += "; no process limit (it needs a cgroup or a run UID)"
         summary = f"{uid_note}; {cgroup_note}"
-        return cls(scratch=scratch, pool=pool, cgroups=cgroups, expose=expose, summary=summary)
+        return cls(
+            scratch=scratch, pool=pool, cgroups=cgroups, expose=expose, summary=summary,
+            temps=temps, max_pids=max_pids,
+        )  # fmt: skip
 
     def open(
         self, key: str, *, memory_limit_bytes: int | None, cpu_limit: float | None
@@ -217,15 +271,20 @@ class Isolation:
             spec: dict[str, Any] = {}
             if self.cgroups is not None:
                 cgroup = self.cgroups.create(
-                    key, memory_limit_bytes=memory_limit_bytes, cpu_limit=cpu_limit
-                )
+                    key, memory_limit_bytes=memory_limit_bytes, cpu_limit=cpu_limit,
+                    max_pids=self.max_pids,
+                )  # fmt: skip
                 spec["cgroups"] = cgroup.procs_files
-            elif memory_limit_bytes is not None:
-                spec["rlimit_as"] = memory_limit_bytes
+            else:
+                if memory_limit_bytes is not None:
+                    spec["rlimit_as"] = memory_limit_bytes
+                if uid is not None and self.max_pids is not None:
+                    spec["rlimit_nproc"] = self.max_pids  # its UID is its own
             if uid is not None:
                 spec["uid"] = uid
-                if self.expose:
-                    spec["expose"] = self.expose
+                covers = _covers(self.expose, self.temps, private)
+                if covers:
+                    spec["expose"] = covers
         except BaseException:
             shutil.rmtree(private, ignore_errors=True)
             if cgroup is not None:
@@ -234,22 +293,6 @@ class Isolation:
                 self.pool.release(uid)
             raise
         return RunSpace(private=private, uid=uid, cgroup=cgroup, confine=spec)
-
-    def give(self, folder: Path, space: RunSpace) -> None:
-        """Hand a working copy to the run: its folders and copied files become the run's, the
-        inodes it shares with the cached tree (hardlinks) stay the executor's, read-only."""
-        uid = space.uid
-        if uid is None:
-            return
-        os.chown(folder, uid, uid)
-        os.chmod(folder, 0o700)
-        for root, dirs, files in os.walk(folder):
-            for name in dirs:
-                os.lchown(os.path.join(root, name), uid, uid)
-            for name in files:
-                path = os.path.join(root, name)
-                if os.lstat(path).st_nlink == 1:
-                    os.lchown(path, uid, uid)
 
     def sweep(self, space: RunSpace) -> None:
         """SIGKILL every process left running as the run's UID (without cgroups)."""
@@ -261,6 +304,9 @@ class Isolation:
         if space.cgroup is not None:
             space.cgroup.remove()
         if space.uid is not None and self.pool is not None:
+            if self.temps is None:  # it wrote the host's temp dirs: what it left goes first
+                sweep(space.uid)
+                remove_files_of(space.uid, names.RUN_TEMP_DIRS, names.RUN_TEMP_SWEEP_MAX_ENTRIES)
             self.pool.release(space.uid)
 
     def close(self) -> None:
@@ -270,7 +316,22 @@ class Isolation:
             self.cgroups.close()
 
 
-def _probe(pool: UidPool, expose: list[tuple[str, list[str]]]) -> str | None:
+def _covers(
+    expose: list[tuple[str, list[str]]],
+    temps: list[tuple[str, list[str]]] | None,
+    private: Path,
+) -> list[list[Any]]:
+    """``confine``'s mounts for a run whose private directory is ``private``."""
+    covers: list[list[Any]] = [[hide, keeps] for hide, keeps in expose]
+    options = f"mode=1777,{names.RUN_TEMP_TMPFS_OPTIONS}"
+    for temp, keeps in temps or ():
+        own = [str(private)] if str(private).startswith(temp + "/") else []
+        mine = [k for k in keeps if not own or not own[0].startswith(k + "/")]
+        covers.append([temp, mine + own, options])
+    return covers
+
+
+def _probe(pool: UidPool, expose: list[list[Any]] | list[tuple[str, list[str]]]) -> str | None:
     """Start ``python -c 'import sdk'`` confined as a run UID: None if it works, else why."""
     uid = pool.acquire()
     spec: dict[str, Any] = {"uid": uid, "expose": expose}

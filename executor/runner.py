@@ -153,13 +153,15 @@ class RunJob:
                     logs.taskbus(
                         f"environment {short}: cache miss, built in {environment.build_s:.2f} s"
                     )
-            folder = await ctx.artifacts.make_run_folder(tree, orchestration.sha)
+            folder = await ctx.artifacts.make_run_folder(
+                tree, orchestration.sha, link_all=ctx.isolation.pool is not None
+            )
             space = ctx.isolation.open(
                 self.key,
                 memory_limit_bytes=request.memory_limit_bytes,
                 cpu_limit=request.cpu_limit,
             )
-            ctx.isolation.give(folder.path, space)
+            await ctx.artifacts.hand_over(folder, space.uid)
             space.write_private(ARGS_NAME, json.dumps(request.json_args))
             deadline = (
                 utcnow() + timedelta(seconds=request.timeout_s) if request.timeout_s else None

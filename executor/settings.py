@@ -55,6 +55,7 @@ class ExecutorSettings:
     run_uids: str = field(default_factory=lambda: os.environ.get(names.ENV_RUN_UIDS) or
                           names.DEFAULT_RUN_UIDS)  # fmt: skip
     cgroups: bool = True  # a cgroup per run where the host allows (else a subreaper + sweeps)
+    max_run_pids: int = names.DEFAULT_MAX_RUN_PIDS  # processes and threads per run at once
     # The run role's signing key (`taskbus auth init` wrote it as signing/run.nk): with it every
     # run gets its own credential; without it (a server without authentication) none.
     run_signing_key: Path | None = field(
@@ -129,6 +130,7 @@ class ExecutorSettings:
             keep_run_dirs=True if args.keep_run_dirs else None,
             run_uids=args.run_uids,
             cgroups=False if args.no_cgroups else None,
+            max_run_pids=args.max_run_pids,
             run_signing_key=Path(args.run_signing_key) if args.run_signing_key else None,
         )
 
@@ -171,6 +173,12 @@ def parser() -> argparse.ArgumentParser:
         f"(default {names.DEFAULT_RUN_UIDS}; used when the executor is root or has CAP_SETUID)",
     )
     p.add_argument("--no-cgroups", action="store_true", help="no cgroup per run")
+    p.add_argument(
+        "--max-run-pids",
+        type=_positive_int,
+        help=f"processes and threads one run may have at once; a fork past it fails "
+        f"(default {names.DEFAULT_MAX_RUN_PIDS})",
+    )
     p.add_argument(
         "--run-signing-key",
         help=f"the run role's signing key (signing/run.nk of `taskbus auth init`; or "

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import pwd
+import shutil
 import signal
+from collections.abc import Iterable
 from pathlib import Path
 
 from broker import names
@@ -118,3 +121,21 @@ class UidPool:
     def close(self) -> None:
         for uid in list(self._held):
             self.release(uid)
+
+
+def remove_files_of(uid: int, folders: Iterable[str], max_entries: int) -> int:
+    """Remove what ``uid`` owns at the top of each folder (files, links, whole folders), looking
+    at no more than ``max_entries`` entries of each; how many were removed."""
+    removed = 0
+    for folder in folders:
+        with contextlib.suppress(OSError), os.scandir(folder) as entries:
+            for entry in itertools.islice(entries, max_entries):
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_uid != uid:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path)
+                    else:
+                        os.unlink(entry.path)
+                    removed += 1
+    return removed

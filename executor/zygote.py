@@ -86,11 +86,14 @@ def confine(spec: dict[str, object]) -> None:
         libc = _libc()
         _check(libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
         _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "mount --make-rprivate /")
-        for hide, keeps in expose:  # type: ignore[attr-defined]
+        # [folder, the paths under it to bind back, tmpfs options]: a 0700 folder on the way
+        # to the interpreter is covered by a tiny tmpfs; a temp dir (/tmp, /var/tmp, /dev/shm)
+        # by an empty sticky one of the run's own, gone with its mount namespace.
+        for hide, keeps, *options in expose:  # type: ignore[attr-defined]
             held = [(keep, os.open(keep, os.O_PATH | os.O_CLOEXEC)) for keep in keeps]
+            flags = options[0].encode() if options else b"mode=0755,size=64k"
             _check(
-                libc.mount(b"tmpfs", hide.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
-                           b"mode=0755,size=64k"),
+                libc.mount(b"tmpfs", hide.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, flags),
                 f"mount tmpfs on {hide}",
             )  # fmt: skip
             for keep, fd in held:
@@ -100,10 +103,14 @@ def confine(spec: dict[str, object]) -> None:
                        f"bind {keep}")  # fmt: skip
                 os.close(fd)
     limit = spec.get("rlimit_as")
-    if limit:
+    nproc = spec.get("rlimit_nproc")  # per UID: per run where each run has its own UID
+    if limit or nproc:
         import resource
 
-        resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))  # type: ignore[call-overload]
+        if limit:
+            resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))  # type: ignore[call-overload]
+        if nproc:
+            resource.setrlimit(resource.RLIMIT_NPROC, (int(nproc), int(nproc)))  # type: ignore[call-overload]
     uid = spec.get("uid")
     if uid is not None:
         os.setgroups([])

@@ -6,8 +6,8 @@ of the victim's orchestration are unchanged. Real executor, real UIDs, real proc
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -32,7 +32,8 @@ from tests.test_executor import (
 pytestmark = pytest.mark.skipif(not can_switch_uids(), reason="needs root or CAP_SETUID")
 
 SECRET = "secret-xyz"
-BIG = b"model weights " * 100_000  # > 1 MiB: hardlinked from the cached tree
+# > 1 MiB (hardlinked from the cached tree) and incompressible (not refused as a zip bomb)
+BIG = random.Random(0).randbytes(1_400_000)
 
 VICTIM = """
 import hashlib, json, os, time, six
@@ -99,9 +100,12 @@ open(args["done"], "w").close()
 
 
 @pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A world-writable folder outside every 0700 test folder, for hand-offs with the runs."""
-    path = Path(tempfile.mkdtemp(prefix="taskbus-iso-", dir="/tmp"))
+def shared_dir(tmp_path: Path) -> Iterator[Path]:
+    """A world-writable folder for hand-offs with the runs: in the executor's work dir (the
+    only part of pytest's 0700 folders runs reach; their /tmp is their own)."""
+    path = tmp_path / "executor" / "handoff"
+    path.mkdir(parents=True)
+    path.parent.chmod(0o755)
     path.chmod(0o777)
     yield path
     shutil.rmtree(path, ignore_errors=True)
