@@ -142,7 +142,7 @@ async def provision(js: JetStreamContext, *, replicas: int = 1) -> dict[str, Any
         "orchestrations": _kv(names.ORCHESTRATIONS, replicas),
         "tasks": _kv(names.TASKS, replicas),
         "runs": _kv(names.RUNS, replicas, limit_marker_ttl=names.RUNS_EXPIRY_MARKER_S),
-        "executors": _kv(names.EXECUTORS, replicas, ttl=names.EXECUTOR_TTL_S),
+        "executors": _kv(names.EXECUTORS, replicas, ttl=names.EXECUTORS_MAX_AGE_S),
         "scheduler": _kv(names.SCHEDULER, replicas),
         "control": _kv(names.CONTROL, replicas, ttl=3600.0),
         "workspaces": _kv(names.WORKSPACES, replicas),
