@@ -174,6 +174,8 @@ RUNS_EXPIRY_MARKER_S = 3600.0
 # Logs are kept a week or up to 1 GiB, whichever is hit first (limits retention).
 LOGS_MAX_AGE_S = 7 * 24 * 3600.0
 LOGS_MAX_BYTES = 1 << 30
+# Free space a server's store needs beyond the logs' reservation: records, the run queue, zips.
+STORE_HEADROOM_BYTES = 256 << 20
 # Well under the server's 1 MiB max_payload, with headroom for msgpack framing.
 LOG_BATCH_MAX_BYTES = 256 * 1024
 # One log line longer than this is split in pieces (never dropped).
