@@ -285,6 +285,14 @@ class RunJob:
             killed.cancel()
         try:
             if exited in done:
+                if getattr(child, "fenced", False):  # the zygote's watchdog: the lease ran out
+                    self.request_kill(
+                        f"fenced: the executor's lease ({self.ctx.settings.lease_s:.3g} s after "
+                        f"its last confirmed heartbeat) ran out, so the run may be retried "
+                        f"elsewhere",
+                        grace_s=0.0,
+                    )
+                    return Outcome(RunStatus.KILLED, exited.result(), self.kill_reason or "")
                 return outcome_of(exited.result())
             if killed in done:
                 status, reason = RunStatus.KILLED, self.kill_reason or "killed"
