@@ -33,6 +33,7 @@ from executor.artifacts import ArtifactError, RunFolder, remove_tree
 from executor.claim import Claim
 from executor.context import Context
 from executor.control import keep_alive
+from executor.credentials import hide_credential
 from executor.environments import Environment, EnvironmentBuildError
 from executor.isolation import (
     ARGS_NAME,
@@ -167,6 +168,7 @@ class RunJob:
             creds = ctx.run_credentials(request, orchestration, deadline)
             if creds is not None:
                 space.creds = space.write_private(CREDS_NAME, creds)
+                hide_credential(logs, creds)
             if ctx.secrets is not None:  # the connections of the task's workspace
                 text = ctx.secrets.run_file_text(orchestration)
                 space.connections = space.write_private(CONNECTIONS_NAME, text)

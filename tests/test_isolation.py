@@ -6,6 +6,7 @@ of the victim's orchestration are unchanged. Real executor, real UIDs, real proc
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ from tests.test_executor import (
 pytestmark = pytest.mark.skipif(not can_switch_uids(), reason="needs root or CAP_SETUID")
 
 SECRET = "secret-xyz"
-BIG = b"model weights " * 100_000  # > 1 MiB: hardlinked from the cached tree
+BIG = random.Random(0).randbytes(2 << 20)  # model weights: > 1 MiB, hardlinked, incompressible
 
 VICTIM = """
 import hashlib, json, os, time, six
