@@ -261,7 +261,9 @@ async def test_only_users_and_executors_read_connections(
         )
         assert made.workspaces == ["default"]
         found = await store.get(executor.connections, "default.db", ConnectionRecord)
-        assert found is not None and key.open(found[0].details_token) == {"pw": "x"}
+        assert found is not None and key.open(
+            found[0].details_token, name="db", workspaces=["default"]
+        ) == {"pw": "x"}
         error = await refused(
             scheduler, store.get(scheduler.connections, "default.db", ConnectionRecord)
         )
@@ -305,7 +307,7 @@ def taskbus(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )  # fmt: skip
 
 
-async def test_auth_init_and_user_prepare_a_cluster_from_the_cli(tmp_path: Path) -> None:
+def test_auth_init_and_user_prepare_a_cluster_from_the_cli(tmp_path: Path) -> None:
     root = tmp_path / "auth"
     made = taskbus("auth", "init", "--dir", str(root), "--tls", "nats1,nats2")
     assert made.returncode == 0, made.stderr
@@ -348,9 +350,10 @@ async def test_a_daemon_with_another_role_s_credential_says_so_and_exits_2(
         args += ["--creds", str(authority.creds_path("user"))]
         if module == "executor":
             args += ["--work-dir", str(tmp_path / "work")]
-        done = subprocess.run(
-            args, capture_output=True, text=True, cwd=REPO, env=daemon_env(), timeout=60
-        )
+        done = await asyncio.to_thread(
+            subprocess.run,
+            args, capture_output=True, text=True, cwd=REPO, env=daemon_env(), timeout=60,
+        )  # fmt: skip
         assert done.returncode == 2, (module, done.stderr)
         assert "the user credential 'user' may not" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
