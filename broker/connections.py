@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -112,7 +113,7 @@ async def create(
         raise InvalidConnection(
             f"connection_type must be a non-empty string (e.g. 'postgres'), not {connection_type!r}"
         )
-    sealed = key.seal(check_details(details))
+    sealed = key.seal(check_details(details), name=checked, workspace=workspace)
     if await _copies(bus, checked):
         raise InvalidConnection(
             f"A connection named {checked!r} exists already; get_connection({checked!r}) "
@@ -147,32 +148,53 @@ async def list_all(bus: Bus, workspace: str | None = None) -> list[ConnectionRec
     return sorted(unique.values(), key=lambda r: r.created_at)
 
 
-async def _rewrite(bus: Bus, name: str, wanted: list[str]) -> ConnectionRecord:
+async def _rewrite(
+    bus: Bus, name: str, wanted: list[str], secret: SecretKey | None = None
+) -> ConnectionRecord:
     """Make the copies of ``name`` be exactly one per workspace in ``wanted``, each listing
-    them all (compare-and-set on every kept copy)."""
+    them all (compare-and-set on every kept copy). A new copy's details are sealed again for
+    its own workspace, which takes the ``secret`` key: adding a connection to a workspace is
+    granting its secrets there."""
     copies = await _copies(bus, name)
     if not copies:
         raise _not_found(name)
     current = next(iter(copies.values()))
     record = msgspec.structs.replace(current, workspaces=wanted)
+    details: dict[str, Any] | None = None
     for ws in wanted:
         key = names.connection_key(ws, name)
         if key in copies:
-            await store.update(bus.connections, key, ConnectionRecord, lambda _: record)
-        else:
-            await store.create(bus.connections, key, record)
+            await store.update(bus.connections, key, ConnectionRecord, _listing(wanted))
+            continue
+        if secret is None:
+            raise InvalidConnection(f"adding connection {name!r} needs the secret key")
+        if details is None:
+            details = secret.open(current.details_token, name=name, workspaces=current.workspaces)
+        token = secret.seal(details, name=name, workspace=ws)
+        await store.create(
+            bus.connections, key, msgspec.structs.replace(record, details_token=token)
+        )
     for key in copies:
         if key.split(".", 1)[0] not in wanted:
             await bus.connections.delete(key)
     return record
 
 
-async def add(bus: Bus, name: object, workspace: str) -> ConnectionRecord:
+def _listing(wanted: list[str]) -> Callable[[ConnectionRecord], ConnectionRecord]:
+    """A copy with its own token, listing every workspace the connection is added to."""
+
+    def mutate(copy: ConnectionRecord) -> ConnectionRecord:
+        return msgspec.structs.replace(copy, workspaces=wanted)
+
+    return mutate
+
+
+async def add(bus: Bus, name: object, workspace: str, secret: SecretKey) -> ConnectionRecord:
     checked = check_name(name)
     current = await get(bus, checked)
     if workspace in current.workspaces:
         return current
-    return await _rewrite(bus, checked, [*current.workspaces, workspace])
+    return await _rewrite(bus, checked, [*current.workspaces, workspace], secret)
 
 
 async def remove(bus: Bus, name: object, workspace: str) -> ConnectionRecord:

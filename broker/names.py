@@ -129,10 +129,28 @@ RUNQ_ACK_WAIT_S = 30.0
 RUNQ_MAX_DELIVER = -1
 # Packaging resolves requirements and builds an environment: minutes, not seconds.
 PKGQ_ACK_WAIT_S = 60.0
-# Executors write a heartbeat every interval; the bucket TTL removes a silent one. Three
-# missed beats means lost.
+# Executors write a heartbeat every interval (at most a sixth of the ack wait). Three missed
+# beats means lost: the console's rule of thumb for a record it still sees.
 HEARTBEAT_INTERVAL_S = 2.0
 EXECUTOR_TTL_S = 3 * HEARTBEAT_INTERVAL_S
+# The ack waits an executor accepts. Its heartbeat record lives (a per-message TTL, in whole
+# seconds: the server's granularity, 1 s at least) a little over half the ack wait and never
+# longer than it: a dead executor's record is gone by the time the queue redelivers its run (an
+# ack wait after its last in_progress, sent every third of it) or a heartbeat after, so the run
+# is recorded lost within the ack wait + one heartbeat. Over half: the executor's own fence
+# (half the ack wait) still comes before its lease (executor.heartbeat) runs out.
+MIN_ACK_WAIT_S = 1.0
+MAX_ACK_WAIT_S = 3600.0
+# The executors bucket's own max age only backstops records written without a TTL: it must
+# exceed every record's TTL, or it would cut a live executor's lease short.
+EXECUTORS_MAX_AGE_S = MAX_ACK_WAIT_S
+
+
+def executor_record_ttl_s(ack_wait_s: float) -> int:
+    """The TTL of an executor's heartbeat record, for its ack wait."""
+    return max(1, min(int(ack_wait_s), int(ack_wait_s // 2) + 1))
+
+
 # --- Runs' isolation -------------------------------------------------------------------------
 # UIDs for runs when the executor may switch (like systemd's DynamicUser, below its 61184+).
 DEFAULT_RUN_UIDS = "61000-61183"
@@ -170,6 +188,8 @@ RUNS_EXPIRY_MARKER_S = 3600.0
 # Logs are kept a week or up to 1 GiB, whichever is hit first (limits retention).
 LOGS_MAX_AGE_S = 7 * 24 * 3600.0
 LOGS_MAX_BYTES = 1 << 30
+# Free space a server's store needs beyond the logs' reservation: records, the run queue, zips.
+STORE_HEADROOM_BYTES = 256 << 20
 # Well under the server's 1 MiB max_payload, with headroom for msgpack framing.
 LOG_BATCH_MAX_BYTES = 256 * 1024
 # One log line longer than this is split in pieces (never dropped).

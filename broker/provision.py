@@ -14,11 +14,16 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from broker import names, workspaces
+from broker.errors import ServerError
+from broker.limits import describe_bytes
+
+# nats-server's error code when a stream's reservation (max_bytes) exceeds what its store has.
+_INSUFFICIENT_STORAGE = 10047
 
 
 async def _ensure_stream(js: JetStreamContext, config: js_api.StreamConfig) -> None:
@@ -107,7 +112,23 @@ def bind(js: JetStreamContext) -> dict[str, Any]:
 
 
 async def provision(js: JetStreamContext, *, replicas: int = 1) -> dict[str, Any]:
-    """Create or update every stream, bucket and object store; return the KV/object handles."""
+    """Create or update every stream, bucket and object store; return the KV/object handles.
+    A store too small for the streams' reservations is a ``ServerError`` saying how much."""
+    try:
+        return await _provision(js, replicas=replicas)
+    except APIError as exc:
+        if exc.err_code != _INSUFFICIENT_STORAGE:
+            raise
+        raise ServerError(
+            f"the server's store is too small for Taskbus: its log stream reserves "
+            f"{describe_bytes(names.LOGS_MAX_BYTES)} (nats-server: {exc.description}). Give "
+            f"the server's data directory at least "
+            f"{describe_bytes(names.LOGS_MAX_BYTES + names.STORE_HEADROOM_BYTES)} of free "
+            f"space, or raise its max_file_store"
+        ) from None
+
+
+async def _provision(js: JetStreamContext, *, replicas: int) -> dict[str, Any]:
     file = js_api.StorageType.FILE
     streams = [
         js_api.StreamConfig(
@@ -142,7 +163,7 @@ async def provision(js: JetStreamContext, *, replicas: int = 1) -> dict[str, Any
         "orchestrations": _kv(names.ORCHESTRATIONS, replicas),
         "tasks": _kv(names.TASKS, replicas),
         "runs": _kv(names.RUNS, replicas, limit_marker_ttl=names.RUNS_EXPIRY_MARKER_S),
-        "executors": _kv(names.EXECUTORS, replicas, ttl=names.EXECUTOR_TTL_S),
+        "executors": _kv(names.EXECUTORS, replicas, ttl=names.EXECUTORS_MAX_AGE_S),
         "scheduler": _kv(names.SCHEDULER, replicas),
         "control": _kv(names.CONTROL, replicas, ttl=3600.0),
         "workspaces": _kv(names.WORKSPACES, replicas),

@@ -9,6 +9,7 @@ Fernet key), else ``<data dir>/auth/secret.key`` (0600, made by ``Authority.ensu
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,10 +68,15 @@ class SecretKey:
         except OSError as exc:
             raise SecretKeyError(f"cannot read the secret key {path}: {exc.strerror}") from None
 
-    def seal(self, details: dict[str, Any]) -> str:
-        return self.fernet.encrypt(msgspec.json.encode(details)).decode()
+    def seal(self, details: dict[str, Any], *, name: str, workspace: str) -> str:
+        """Encrypt ``details`` for connection ``name`` in ``workspace`` only: the pair is
+        inside the token, so a copy moved under another key (another workspace or name) by
+        someone without this key does not open there."""
+        sealed = _Sealed(name=name, workspace=workspace, details=details)
+        return self.fernet.encrypt(msgspec.json.encode(sealed)).decode()
 
-    def open(self, token: str) -> dict[str, Any]:
+    def open(self, token: str, *, name: str, workspaces: Collection[str]) -> dict[str, Any]:
+        """The details of a token sealed for connection ``name`` in one of ``workspaces``."""
         try:
             data = self.fernet.decrypt(token.encode())
         except InvalidToken:
@@ -78,5 +84,22 @@ class SecretKey:
                 f"the secret key from {self.source} does not decrypt these connection details: "
                 f"it is not the key they were stored with"
             ) from None
-        details: dict[str, Any] = msgspec.json.decode(data)
-        return details
+        try:
+            sealed = msgspec.json.decode(data, type=_Sealed)
+        except msgspec.DecodeError:
+            raise SecretKeyError("these connection details are not a Taskbus token") from None
+        if sealed.name != name or sealed.workspace not in workspaces:
+            raise SecretKeyError(
+                f"these details were sealed for connection {sealed.name!r} of workspace "
+                f"{sealed.workspace!r}, not for {name!r} in {', '.join(workspaces)}: refused "
+                f"(a record copied to another key)"
+            )
+        return sealed.details
+
+
+class _Sealed(msgspec.Struct, frozen=True, kw_only=True):
+    """What a details token holds: the details and the one place they belong."""
+
+    name: str
+    workspace: str
+    details: dict[str, Any]

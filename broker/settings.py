@@ -85,6 +85,7 @@ class ConnectSettings:
             password=getattr(args, "password", None),
             token=getattr(args, "token", None),
             creds_file=getattr(args, "creds", None),
+            tls_ca_file=getattr(args, "tls_ca", None),
             local_role=local_role,
             **overrides,
         )

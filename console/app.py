@@ -26,6 +26,7 @@ from console.context import Context
 from console.feed import Feed
 from console.screens.base import CommandRequested, ConsoleScreen
 from console.screens.command_line import CommandLineScreen
+from console.screens.connections import ConnectionsScreen
 from console.screens.executors import ExecutorsScreen
 from console.screens.help import HelpScreen
 from console.screens.listing import ListScreen
@@ -42,6 +43,7 @@ VIEW_LABELS = {
     "runs": "Runs",
     "orchestrations": "Orchestrations",
     "executors": "Executors",
+    "connections": "Connections",
 }
 
 
@@ -54,6 +56,9 @@ class ConsoleCommands(Provider):
         for mode, label in VIEW_LABELS.items():
             yield f"View: {label}", f":{mode}", partial(app.run_command, mode)
         yield "Upload an orchestration", ":upload", partial(app.run_command, "upload")
+        yield "Workspace: all", ":workspace", partial(app.run_command, "workspace")
+        for name in app.state.known_workspaces():
+            yield f"Workspace: {name}", f":workspace {name}", partial(app.set_workspace, name)
         yield "Help: keys and commands", "?", app.action_help
         seen: set[str] = set()
         for active in self.screen.active_bindings.values():
@@ -85,6 +90,7 @@ class TaskbusApp(App[None]):
         "runs": RunsScreen,
         "orchestrations": OrchestrationsScreen,
         "executors": ExecutorsScreen,
+        "connections": ConnectionsScreen,
     }
     DEFAULT_MODE = "tasks"
     COMMANDS = App.COMMANDS | {ConsoleCommands}
@@ -93,6 +99,7 @@ class TaskbusApp(App[None]):
         Binding("2", "view('runs')", "Runs", id="view-runs"),
         Binding("3", "view('orchestrations')", "Orchs", id="view-orchestrations"),
         Binding("4", "view('executors')", "Executors", id="view-executors"),
+        Binding("5", "view('connections')", "Connections", show=False, id="view-connections"),
         Binding("colon", "command_line", "Command", id="command"),
         Binding("question_mark", "help", "Help", id="help"),
         Binding("q", "quit", "Quit", id="quit"),
@@ -189,7 +196,7 @@ class TaskbusApp(App[None]):
         if resolved is None:
             self.notify(
                 f"Unknown command {text!r}: try :tasks, :runs, :orchestrations, :executors, "
-                f":upload, :theme, :help, :quit",
+                f":connections, :workspace, :upload, :theme, :help, :quit",
                 severity="warning",
                 markup=False,
             )
@@ -197,6 +204,8 @@ class TaskbusApp(App[None]):
         command, arg = resolved
         if command.name in commands.VIEWS:
             self.run_worker(self._show_view(command.name, commands.filter_for(arg)))
+        elif command.name == "workspace":
+            self.set_workspace(arg or None)
         elif command.name == "upload":
             self.run_worker(self._upload())
         elif command.name == "theme":
@@ -209,6 +218,18 @@ class TaskbusApp(App[None]):
             self.action_help()
         elif command.name == "quit":
             self.exit()
+
+    def set_workspace(self, name: str | None) -> None:
+        """Narrow every view to workspace ``name`` (None: show all of them)."""
+        known = self.state.known_workspaces()
+        if name is not None and name not in known:
+            self.notify(
+                printable(f"No workspace named {name!r}; workspaces: {', '.join(known)}"),
+                severity="warning",
+                markup=False,
+            )
+            return
+        self.state.set_workspace(name)
 
     async def _show_view(
         self, mode: str, filter_text: str | None, *, keep_filter: bool = False

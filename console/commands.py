@@ -15,14 +15,21 @@ class Command:
     help: str
 
 
-VIEWS = ("tasks", "runs", "orchestrations", "executors")
+VIEWS = ("tasks", "runs", "orchestrations", "executors", "connections")
 
 COMMANDS = (
     Command("tasks", ("task", "t"), "[status|filter]", "tasks, e.g. :tasks failed"),
     Command("runs", ("run", "r"), "[status|filter]", "every run, newest first, e.g. :runs failed"),
     Command("orchestrations", ("orchestration", "orchs", "orch", "o"), "[filter]", "uploads"),
     Command("executors", ("executor", "exec", "ex", "e"), "[filter]", "executors and health"),
-    Command("upload", ("up", "u"), "", "upload an orchestration zip"),
+    Command("connections", ("connection", "conns", "conn", "c"), "[filter]", "data connections"),
+    Command(
+        "workspace",
+        ("ws", "w"),
+        "[name]",
+        "show one workspace in every view; no name: all (w cycles)",
+    ),
+    Command("upload", ("up", "u"), "", "upload an orchestration zip (to the workspace shown)"),
     Command("theme", (), "<name>", "switch the colour theme"),
     Command("help", ("h", "?"), "", "keys, commands and the filter syntax"),
     Command("quit", ("q", "exit"), "", "leave the console"),

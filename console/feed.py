@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -22,13 +22,15 @@ import msgspec
 
 from broker import catalog, names
 from broker.connection import Bus, connect
-from broker.errors import NotConnected, TaskbusError
+from broker.errors import NotConnected, PermissionDenied, TaskbusError
 from broker.models import (
+    ConnectionRecord,
     ExecutorRecord,
     OrchestrationRecord,
     Record,
     RunRecord,
     TaskRecord,
+    WorkspaceRecord,
     decode,
 )
 from broker.settings import ConnectSettings
@@ -41,6 +43,7 @@ from console.watch import BucketWatch, EntryCallback
 log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=Record)
+T = TypeVar("T")
 
 RETRY_S = 1.0  # between connection attempts while no server answers
 RESTART_RETRY_S = 0.5  # between attempts to recreate watches after a reconnect
@@ -59,6 +62,8 @@ class Feed:
         self.retry_s = retry_s
         self.bus: Bus | None = None
         self._watches: list[BucketWatch] = []
+        # Watches a credential may be refused (collection, watch): see ``_start_optional``.
+        self._optional: list[tuple[str, BucketWatch]] = []
         self._tails: set[LogTail] = set()
         self._restart: asyncio.Task[None] | None = None
         self._closing = False
@@ -71,6 +76,7 @@ class Feed:
             bus.on_disconnect.append(self._on_disconnect)
             bus.on_reconnect.append(self._on_reconnect)
             self._watches = self._make_watches(bus)
+            self._optional = self._make_optional_watches(bus)
             self._note_server()
             self.state.set_link(Link.CONNECTED)
             await self._restart_all()
@@ -122,12 +128,56 @@ class Feed:
             watch("executors", names.EXECUTORS, _decoder(ExecutorRecord, state.apply_executor)),
         ]
 
+    def _make_optional_watches(self, bus: Bus) -> list[tuple[str, BucketWatch]]:
+        state = self.state
+
+        def watch(collection: str, bucket: str, on_entry: EntryCallback) -> BucketWatch:
+            return BucketWatch(
+                bus.js,
+                bucket,
+                on_entry=on_entry,
+                on_loaded=partial(state.mark_loaded, collection),
+                on_reset=partial(state.reset, collection),
+            )
+
+        workspaces = _decoder(WorkspaceRecord, state.apply_workspace)
+
+        def on_workspace(key: str, value: bytes | None) -> None:
+            if key != names.WORKSPACE_IDS:  # the id counter is no workspace
+                workspaces(key, value)
+
+        return [
+            ("workspaces", watch("workspaces", names.WORKSPACES, on_workspace)),
+            (
+                "connections",
+                watch(
+                    "connections",
+                    names.CONNECTIONS,
+                    _decoder(ConnectionRecord, state.apply_connection),
+                ),
+            ),
+        ]
+
     async def _start_all(self) -> None:
         bus = self._require()
         for watch in self._watches:
             await watch.start()
+        await self._start_optional(bus)
         for tail in list(self._tails):
             await tail.start(bus.js)
+
+    async def _start_optional(self, bus: Bus) -> None:
+        """Watch what this credential may be refused: a refusal is noted in the state (its
+        view says so) and the rest of the console works on."""
+        for collection, watch in self._optional:
+            try:
+                async with bus.refusals():
+                    await watch.start()
+                self.state.refused.pop(collection, None)
+            except PermissionDenied as exc:
+                log.info("not watching %s: %s", collection, exc)
+                await watch.stop()
+                self.state.refuse(collection, str(exc))
 
     async def _on_disconnect(self) -> None:
         if not self._closing:
@@ -163,7 +213,7 @@ class Feed:
         bus, self.bus = self.bus, None
         if bus is None:
             return
-        for watch in self._watches:
+        for watch in [*self._watches, *(w for _, w in self._optional)]:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(watch.stop(), 1.0)
         for tail in list(self._tails):
@@ -202,20 +252,33 @@ class Feed:
             raise ActionError("Not connected to NATS right now; try again once reconnected.")
         return self.bus
 
+    async def _refusable(self, bus: Bus, work: Awaitable[T]) -> T:
+        """Run an action so that a refusal by the server raises ``PermissionDenied`` (naming
+        what was refused) at once, not the refused request's timeout seconds later."""
+        async with bus.refusals():
+            return await work
+
     async def run_now(self, task_id: str) -> RunRecord:
-        return await catalog.run_now(self._require(), task_id)
+        bus = self._require()
+        return await self._refusable(bus, catalog.run_now(bus, task_id))
 
     async def kill(self, task_id: str) -> TaskRecord:
-        return await catalog.set_task_flags(self._require(), task_id, killed=True)
+        bus = self._require()
+        return await self._refusable(bus, catalog.set_task_flags(bus, task_id, killed=True))
 
     async def pause(self, task_id: str) -> TaskRecord:
-        return await catalog.set_task_flags(self._require(), task_id, paused=True)
+        bus = self._require()
+        return await self._refusable(bus, catalog.set_task_flags(bus, task_id, paused=True))
 
     async def resume(self, task_id: str) -> TaskRecord:
-        return await catalog.set_task_flags(self._require(), task_id, paused=False)
+        bus = self._require()
+        return await self._refusable(bus, catalog.set_task_flags(bus, task_id, paused=False))
 
-    async def upload(self, path: str, name: str | None = None) -> OrchestrationRecord:
-        """Upload a zip from a local path; errors say what is wrong with the path or zip."""
+    async def upload(
+        self, path: str, name: str | None = None, workspace: str | None = None
+    ) -> OrchestrationRecord:
+        """Upload a zip from a local path into ``workspace`` (None: ``default``); errors say
+        what is wrong with the path or zip, or what the server refused."""
         bus = self._require()
         file = await asyncio.to_thread(lambda: Path(path).expanduser())
         try:
@@ -226,7 +289,10 @@ class Feed:
             raise ActionError(f"{str(file)!r} is a directory: give the path of a .zip.") from None
         except OSError as exc:
             raise ActionError(f"Cannot read {str(file)!r}: {exc.strerror or exc}.") from None
-        return await catalog.upload_orchestration(bus, data, name=name or None, file_name=file.name)
+        upload = catalog.upload_orchestration(
+            bus, data, name=name or None, file_name=file.name, workspace=workspace or ""
+        )
+        return await self._refusable(bus, upload)
 
 
 def _reason(message: str) -> str:

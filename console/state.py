@@ -13,7 +13,14 @@ from datetime import datetime
 from enum import StrEnum
 
 from broker import names
-from broker.models import ExecutorRecord, OrchestrationRecord, RunRecord, TaskRecord
+from broker.models import (
+    ConnectionRecord,
+    ExecutorRecord,
+    OrchestrationRecord,
+    RunRecord,
+    TaskRecord,
+    WorkspaceRecord,
+)
 from broker.status import RUN_ACTIVE, TASK_TERMINAL, TaskStatus, task_status
 from console.format import display_url
 
@@ -38,6 +45,14 @@ LOST_AFTER_S = names.EXECUTOR_TTL_S
 FORGET_LOST_AFTER_S = 3600.0
 
 COLLECTIONS = ("tasks", "runs", "orchestrations", "executors")
+# Watched too, but a credential may be refused them (a scheduler's may not read connections):
+# the console then says so in their view instead of waiting for them.
+OPTIONAL_COLLECTIONS = ("workspaces", "connections")
+
+
+def workspace_name(label: str) -> str:
+    """The workspace a record's ``workspace`` label puts it in ("" is ``default``)."""
+    return label or names.DEFAULT_WORKSPACE
 
 
 @dataclass
@@ -77,6 +92,16 @@ class ConsoleState:
         self.summaries: dict[str, TaskSummary] = {}
         self.orchestrations: dict[str, OrchestrationRecord] = {}
         self.executors: dict[str, ExecutorEntry] = {}
+        self.workspaces: dict[str, WorkspaceRecord] = {}
+        # Connections by name (a connection has one record per workspace it is added to,
+        # keyed ``<workspace>.<name>``; every copy lists all its workspaces). Records only:
+        # the console never decrypts their details (it holds no key).
+        self.connections: dict[str, ConnectionRecord] = {}
+        self._connection_copies: dict[str, dict[str, ConnectionRecord]] = {}
+        # Why a collection cannot be shown (the server refused this credential to read it).
+        self.refused: dict[str, str] = {}
+        # The workspace every view is narrowed to (None: all of them).
+        self.workspace: str | None = None
         self.loaded: set[str] = set()
         self.run_count = 0
         # (created, key) of every run in the order the console first saw it; views keep a
@@ -87,7 +112,9 @@ class ConsoleState:
         self.run_removals = 0  # runs deleted so far (views drop their keys then)
         self.dropped = 0  # messages the console knows it missed (log sequence gaps)
         self.version = 0
-        self._versions: dict[str, int] = dict.fromkeys((*COLLECTIONS, "link"), 0)
+        self._versions: dict[str, int] = dict.fromkeys(
+            (*COLLECTIONS, *OPTIONAL_COLLECTIONS, "link", "workspace"), 0
+        )
         self._task_versions: dict[str, int] = {}
         # Called (O(1)) after every change, so the visible screen can schedule a redraw.
         self.on_change: Callable[[], None] | None = None
@@ -135,7 +162,37 @@ class ConsoleState:
             self.orchestrations.clear()
         elif collection == "executors":
             self.executors.clear()
+        elif collection == "workspaces":
+            self.workspaces.clear()
+        elif collection == "connections":
+            self.connections.clear()
+            self._connection_copies.clear()
         self._touch(collection)
+
+    def refuse(self, collection: str, reason: str) -> None:
+        """The server refused this credential to read ``collection``."""
+        self.refused[collection] = reason
+        self._touch(collection)
+
+    def set_workspace(self, name: str | None) -> None:
+        """Narrow every view to one workspace (None: all)."""
+        if name != self.workspace:
+            self.workspace = name
+            self._touch("workspace")
+
+    def in_workspace(self, label: str) -> bool:
+        """Whether a record labelled ``label`` is shown under the chosen workspace."""
+        return self.workspace is None or workspace_name(label) == self.workspace
+
+    def known_workspaces(self) -> list[str]:
+        """Every workspace the console knows of: the workspaces bucket, and the labels of
+        what it shows (a credential refused the bucket still switches), ``default`` first."""
+        found = set(self.workspaces) | {names.DEFAULT_WORKSPACE}
+        found.update(workspace_name(t.workspace) for t in self.tasks.values())
+        found.update(workspace_name(o.workspace) for o in self.orchestrations.values())
+        for connection in self.connections.values():
+            found.update(connection.workspaces)
+        return sorted(found, key=lambda n: (n != names.DEFAULT_WORKSPACE, n))
 
     # --- records ------------------------------------------------------------------------
     def apply_task(self, key: str, record: TaskRecord | None) -> None:
@@ -155,6 +212,33 @@ class ConsoleState:
         else:
             self.orchestrations[key] = record
         self._touch("orchestrations")
+
+    def apply_workspace(self, key: str, record: WorkspaceRecord | None) -> None:
+        if record is None:
+            if self.workspaces.pop(key, None) is None:
+                return
+        else:
+            if key == names.WORKSPACE_IDS:
+                return
+            self.workspaces[key] = record
+        self._touch("workspaces")
+
+    def apply_connection(self, key: str, record: ConnectionRecord | None) -> None:
+        name = key.partition(".")[2]
+        copies = self._connection_copies.setdefault(name, {})
+        if record is None:
+            if copies.pop(key, None) is None:
+                return
+        else:
+            copies[key] = record
+        if record is not None:
+            self.connections[name] = record  # the newest copy lists every workspace
+        elif copies:
+            self.connections[name] = next(reversed(copies.values()))
+        else:
+            self.connections.pop(name, None)
+            del self._connection_copies[name]
+        self._touch("connections")
 
     def apply_executor(self, key: str, record: ExecutorRecord | None) -> None:
         if record is None:

@@ -4,9 +4,9 @@ Taking: the run record decides. Terminal → a duplicate delivery, ack. Killed t
 request → ``killed``. Orchestration still packaging → nak with a delay; packaging failed →
 ``failure`` with its error. ``running`` under another executor → that executor was lost (its
 ack wait passed without ``in_progress``): the attempt is recorded and retried if the request
-allows, else ``failure``/"executor lost". Otherwise compare-and-set to ``running`` with this
-executor's id and the attempt: every later write is fenced on that (status, executor, attempt),
-so a run taken over elsewhere is never overwritten by a stale executor.
+allows, else ``failure``/"executor lost (<its id>)". Otherwise compare-and-set to ``running``
+with this executor's id and the attempt: every later write is fenced on that (status,
+executor, attempt), so a run taken over elsewhere is never overwritten by a stale executor.
 
 Running what was taken is ``executor.runner``'s part.
 """
@@ -134,7 +134,9 @@ class Claim:
         )
         if owner is not None and self.key in owner[0].running:
             log.info("  %s still runs on live executor %s; later", self.key, run.executor)
-            await self.settle(lambda: self.msg.nak(delay=self.ctx.settings.ack_wait_s / 2))
+            # Asked again a heartbeat later: a dead owner's record expires within half the
+            # ack wait of its death, so the loss is recorded within the ack wait + one beat.
+            await self.settle(lambda: self.msg.nak(delay=self.ctx.settings.beat_interval_s))
             return False
         self.first_seq = await _last_log_seq(bus, self.request.task_id, self.request.run_id) + 1
         self.note = (
@@ -150,7 +152,9 @@ class Claim:
             if run.attempt >= 1 + self.request.retries:
                 self.note += "no retries left"
                 log.info("↯ %s attempt %d lost with %s", self.key, run.attempt, run.executor)
-                return await self._end_untaken(RunStatus.FAILURE, "executor lost")
+                return await self._end_untaken(
+                    RunStatus.FAILURE, f"executor lost ({run.executor or '?'})"
+                )
             attempt = run.attempt + 1
             self.note += f"retrying as attempt {attempt} of {1 + self.request.retries}"
             log.info("↻ %s attempt %d lost with %s; retrying", self.key, run.attempt, run.executor)

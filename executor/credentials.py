@@ -11,13 +11,15 @@ must have ended (timeout + kill grace + a margin); a run without a timeout gets
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from broker import names
+from broker import names, tokens
 from broker.authority import RunSigner
 from broker.models import OrchestrationRecord, RunRequest, utcnow
+from executor.logstream import LogStream
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,21 @@ class RunCredentials:
             workspace=orchestration.workspace or names.DEFAULT_WORKSPACE,
             expires_at=expires_at,
         )
+
+
+def hide_credential(logs: LogStream, creds: str) -> None:
+    """Mask the run's own credential (its JWT and seed) in its log lines, on top of any mask
+    the log stream has: printed, it could be used from outside until it expires."""
+    parsed = tokens.parse_creds(creds)
+    secrets = [parsed.jwt, *(line for line in creds.splitlines() if line.startswith("SU"))]
+    pattern = re.compile("|".join(re.escape(secret) for secret in secrets))
+    inner = logs.mask
+
+    def mask(lines: list[str]) -> list[str]:
+        lines = inner(lines) if inner is not None else lines
+        return [pattern.sub(names.MASK, line) for line in lines]
+
+    logs.mask = mask
 
 
 RunCredentialsFn = Callable[[RunRequest, OrchestrationRecord, datetime | None], str | None]

@@ -125,7 +125,8 @@ class Executor:
             run_credentials=run_credentials,
         )
         self.jobs: dict[str, RunJob] = {}
-        self.heartbeat = Heartbeat(settings, bus, self.jobs)
+        self._zygotes = ZygotePool(base_env)
+        self.heartbeat = Heartbeat(settings, bus, self.jobs, on_lease=self._zygotes.renew)
         self.packaged = 0
         self._stop = anyio.Event()
         self._stop_reason = ""
@@ -135,7 +136,6 @@ class Executor:
         self._active = 0
         self._idle = anyio.Event()  # set when the last piece of work ends
         self._services: anyio.abc.TaskGroup | None = None
-        self._zygotes = ZygotePool(base_env)
         self._spawner = Spawner()
         self._work: anyio.abc.TaskGroup | None = None
         self._packaging = anyio.CancelScope()

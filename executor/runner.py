@@ -33,6 +33,7 @@ from executor.artifacts import ArtifactError, RunFolder, remove_tree
 from executor.claim import Claim
 from executor.context import Context
 from executor.control import keep_alive
+from executor.credentials import hide_credential
 from executor.environments import Environment, EnvironmentBuildError
 from executor.isolation import (
     ARGS_NAME,
@@ -169,6 +170,7 @@ class RunJob:
             creds = ctx.run_credentials(request, orchestration, deadline)
             if creds is not None:
                 space.creds = space.write_private(CREDS_NAME, creds)
+                hide_credential(logs, creds)
             if ctx.secrets is not None:  # the connections of the task's workspace
                 text = ctx.secrets.run_file_text(orchestration)
                 space.connections = space.write_private(CONNECTIONS_NAME, text)
@@ -287,6 +289,14 @@ class RunJob:
             killed.cancel()
         try:
             if exited in done:
+                if getattr(child, "fenced", False):  # the zygote's watchdog: the lease ran out
+                    self.request_kill(
+                        f"fenced: the executor's lease ({self.ctx.settings.lease_s:.3g} s after "
+                        f"its last confirmed heartbeat) ran out, so the run may be retried "
+                        f"elsewhere",
+                        grace_s=0.0,
+                    )
+                    return Outcome(RunStatus.KILLED, exited.result(), self.kill_reason or "")
                 return outcome_of(exited.result())
             if killed in done:
                 status, reason = RunStatus.KILLED, self.kill_reason or "killed"

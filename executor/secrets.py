@@ -65,8 +65,8 @@ class Secrets:
         self._key = key
         self._key_error = key_error
         self._records: dict[str, ConnectionRecord] = {}  # KV key "<ws>.<name>" → record
-        self._details: dict[str, dict[str, Any]] = {}  # details token → decrypted details
-        self._failures: dict[str, str] = {}  # details token → why it does not decrypt
+        self._details: dict[str, dict[str, Any]] = {}  # KV key → decrypted details
+        self._failures: dict[str, str] = {}  # KV key → why it does not decrypt
         self._patterns: dict[str, re.Pattern[str] | None] = {}  # workspace → mask pattern
         self._ready = asyncio.Event()
         self._unavailable = ""
@@ -105,9 +105,11 @@ class Secrets:
                 continue
             if record is None:
                 self._records.pop(key, None)
+                self._details.pop(key, None)
+                self._failures.pop(key, None)
             else:
                 self._records[key] = record
-                self._decrypt(record.details_token)
+                self._decrypt(key, record)
             self._patterns.pop(connections.workspace_of(key), None)
 
     async def wait_ready(self) -> None:
@@ -122,19 +124,23 @@ class Secrets:
             )
             log.error("%s", self._unavailable)
 
-    def _decrypt(self, token: str) -> None:
-        if token in self._details or token in self._failures:
-            return
+    def _decrypt(self, key: str, record: ConnectionRecord) -> None:
+        """Decrypt a copy for its own key only: details sealed for another workspace or name
+        (a record someone copied here) are refused."""
+        self._details.pop(key, None)
+        self._failures.pop(key, None)
         if self._key is None:
-            self._failures[token] = self._key_error
+            self._failures[key] = self._key_error
             return
         try:
-            self._details[token] = self._key.open(token)
+            self._details[key] = self._key.open(
+                record.details_token, name=record.name, workspaces=[connections.workspace_of(key)]
+            )
         except (SecretKeyError, msgspec.DecodeError) as exc:
-            self._failures[token] = str(exc)
+            self._failures[key] = str(exc)
 
-    def _of(self, workspace: str) -> list[ConnectionRecord]:
-        return [r for k, r in self._records.items() if connections.workspace_of(k) == workspace]
+    def _of(self, workspace: str) -> dict[str, ConnectionRecord]:
+        return {k: r for k, r in self._records.items() if connections.workspace_of(k) == workspace}
 
     # --- a run -------------------------------------------------------------------------------
     @staticmethod
@@ -152,10 +158,10 @@ class Secrets:
                 f"the executor cannot decrypt connections: {self._unavailable}"
             )
         granted: dict[str, Any] = {}
-        for record in self._of(workspace):
-            details = self._details.get(record.details_token)
+        for key, record in self._of(workspace).items():
+            details = self._details.get(key)
             if details is None:
-                why = self._failures.get(record.details_token, "not decrypted")
+                why = self._failures.get(key, "not decrypted")
                 raise SecretsUnavailable(
                     f"the executor cannot decrypt connections of workspace {workspace!r} "
                     f"(connection {record.name!r}): {why}"
@@ -187,8 +193,8 @@ class Secrets:
         if workspace in self._patterns:
             return self._patterns[workspace]
         values: set[str] = set()
-        for record in self._of(workspace):
-            details = self._details.get(record.details_token)
+        for key in self._of(workspace):
+            details = self._details.get(key)
             if details is not None:
                 for value in connections.secret_values(details):
                     values |= _variants(value)

@@ -68,6 +68,29 @@ class ExecutorSettings:
 
     def __post_init__(self) -> None:
         self.run_uid_range  # noqa: B018 (a bad range is refused when the settings are made)
+        if not names.MIN_ACK_WAIT_S <= self.ack_wait_s <= names.MAX_ACK_WAIT_S:
+            raise ValueError(
+                f"the ack wait must be between {names.MIN_ACK_WAIT_S:g} and "
+                f"{names.MAX_ACK_WAIT_S:g} seconds, not {self.ack_wait_s:g}"
+            )
+
+    @property
+    def beat_interval_s(self) -> float:
+        """How often the heartbeat is written: at least six times per ack wait."""
+        return min(self.heartbeat_interval_s, self.ack_wait_s / 6)
+
+    @property
+    def record_ttl_s(self) -> int:
+        """How long the server keeps a heartbeat: past it, the executor counts as lost."""
+        return names.executor_record_ttl_s(self.ack_wait_s)
+
+    @property
+    def lease_s(self) -> float:
+        """How long after sending its last confirmed heartbeat the executor's user processes
+        may run: half a beat short of that heartbeat's TTL, so they are killed (by the zygote,
+        whatever the executor's own state) before the record expires and a new attempt can
+        start elsewhere."""
+        return self.record_ttl_s - self.beat_interval_s / 2
 
     @property
     def run_uid_range(self) -> range | None:
@@ -149,6 +172,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _ack_wait(text: str) -> float:
+    value = float(text)
+    if not names.MIN_ACK_WAIT_S <= value <= names.MAX_ACK_WAIT_S:
+        raise argparse.ArgumentTypeError(
+            f"must be between {names.MIN_ACK_WAIT_S:g} and {names.MAX_ACK_WAIT_S:g} seconds, "
+            f"not {value:g}"
+        )
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="taskbus executor",
@@ -160,7 +193,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="where zips, environments and run folders are kept")
     p.add_argument("--env-dir", help="virtualenv cache (default <work-dir>/envs)")
     p.add_argument("--env-cache-max-bytes", type=_positive_int, help="virtualenv cache cap")
-    p.add_argument("--ack-wait", type=_positive_float, help="run queue ack wait, seconds")
+    p.add_argument(
+        "--ack-wait",
+        type=_ack_wait,
+        help=f"run queue ack wait, seconds ({names.MIN_ACK_WAIT_S:g} to {names.MAX_ACK_WAIT_S:g})",
+    )
     p.add_argument("--kill-grace", type=_positive_float, help="SIGTERM to SIGKILL, seconds")
     p.add_argument("--shutdown-grace", type=_positive_float, help="runs may finish, seconds")
     p.add_argument("--max-log-bytes", type=_positive_int, help="log cap per run, bytes")

@@ -21,6 +21,14 @@ When the executor's end of the socket closes (the executor exited or was killed)
 SIGKILLs the process groups of the children it still has, then exits: no user process outlives
 its executor (the run may already be retried elsewhere).
 
+The lease (a watchdog outside the executor's event loop): the executor renews a deadline on
+``time.monotonic()`` (one clock for every process of the host, blind to wall-clock jumps) with
+every heartbeat the server confirmed. When it passes, the zygote kills every child it has, with
+its cgroup (frozen, then SIGKILLed, then thawed: nothing it forked escapes) or its process group
+and the orphans re-parented to the zygote, and forks nothing more until it is renewed: a
+frozen, partitioned or stalled executor's runs are gone before their heartbeat record expires,
+which is what lets another executor retry them.
+
 Confinement (``confine``, also used by the spawn launcher): before user code runs, the child
 joins its run's cgroups, gets a mount namespace where folders an unprivileged UID cannot
 traverse (e.g. a 0700 /root holding the interpreter) are covered by an empty tmpfs with only
@@ -29,8 +37,10 @@ setgid, setuid, no_new_privs). The zygote itself runs as the executor's user, a 
 subreaper (orphans of its runs are re-parented to it, not to init), with no secret in its
 environment (a forked child's /proc/self/environ shows the zygote's).
 
-Messages, zygote → executor: ``{"ready": pid}``, ``{"id": n, "pid": p}`` or
-``{"id": n, "error": text}``, ``{"exit": p, "code": c}``.
+Messages, executor → zygote: a run request ``{"id": n, ..., "lease": deadline}`` with its two
+fds, ``{"lease": deadline}``. Zygote → executor: ``{"ready": pid}``, ``{"id": n, "pid": p}`` or
+``{"id": n, "error": text}``, ``{"exit": p, "code": c, "fenced": bool}`` (fenced: killed when
+the lease ran out).
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ import select
 import signal
 import socket
 import sys
+import time
 
 TYPE_CHECKING = False  # typing is not imported at run time: it would cost every run
 if TYPE_CHECKING:
@@ -124,7 +135,7 @@ def _send(sock: socket.socket, message: dict[str, object]) -> None:
     sock.send(json.dumps(message).encode())
 
 
-def _reap(sock: socket.socket, live: set[int]) -> None:
+def _reap(sock: socket.socket, live: set[int], fenced: set[int]) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -133,10 +144,75 @@ def _reap(sock: socket.socket, live: set[int]) -> None:
         if pid == 0:
             return
         live.discard(pid)
+        code = os.waitstatus_to_exitcode(status)
+        message: dict[str, object] = {"exit": pid, "code": code}
+        if pid in fenced:
+            fenced.discard(pid)
+            message["fenced"] = True
         try:
-            _send(sock, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+            _send(sock, message)
         except OSError:
             pass  # the executor is gone: the next poll sees the closed socket
+
+
+def _kill_cgroup(procs_files: list[str]) -> None:
+    """Freeze the run's cgroup, SIGKILL every member, thaw (cgroup v1; see executor.cgroups)."""
+    folders = [os.path.dirname(path) for path in procs_files]
+    states = [os.path.join(f, "freezer.state") for f in folders if os.path.exists(
+        os.path.join(f, "freezer.state"))]  # fmt: skip
+    for state in states:
+        try:
+            with open(state, "w") as handle:
+                handle.write("FROZEN")
+            deadline = time.monotonic() + 0.2
+            while time.monotonic() < deadline:
+                with open(state) as handle:
+                    if handle.read().strip() == "FROZEN":
+                        break
+                time.sleep(0.001)
+        except OSError:
+            pass
+    for path in procs_files:
+        try:
+            with open(path) as handle:
+                members = [int(line) for line in handle.read().split()]
+        except OSError:
+            continue
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    for state in states:
+        try:
+            with open(state, "w") as handle:
+                handle.write("THAWED")
+        except OSError:
+            pass
+
+
+def _orphans() -> list[int]:
+    """Processes re-parented to this zygote (a subreaper) that it never forked itself."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1 and int(fields[1]) == me:
+            found.append(int(entry))
+    return found
+
+
+def _fence(doomed: set[int], cgroups: dict[int, list[str]]) -> None:
+    """The lease ran out: kill these children with everything they started."""
+    for pid in doomed:
+        _kill_cgroup(cgroups.get(pid) or [])
+    _kill_all(doomed)
+    _kill_all(set(_orphans()))
 
 
 def _kill_all(live: set[int]) -> None:
@@ -162,16 +238,29 @@ def serve(sock: socket.socket) -> tuple[dict[str, object], list[int]]:
     # (and the collection at exit) from touching, hence copying, those pages: ~4 ms per run.
     gc.freeze()
     live: set[int] = set()
+    fenced: set[int] = set()  # killed when the lease ran out, not yet reaped
+    cgroups: dict[int, list[str]] = {}  # a child's cgroup.procs files
+    lease: float | None = None  # time.monotonic() deadline; None: never given (no watchdog)
     _send(sock, {"ready": os.getpid()})
     while True:
-        for fd, _events in poller.poll():
+        timeout_ms = None
+        if lease is not None and live - fenced:
+            timeout_ms = max(0, int((lease - time.monotonic()) * 1000) + 1)
+        ready = poller.poll(timeout_ms)
+        if lease is not None and live - fenced and time.monotonic() >= lease:
+            doomed = live - fenced
+            _fence(doomed, cgroups)
+            fenced |= doomed
+        for fd, _events in ready:
             if fd == wake_r:
                 try:
                     while os.read(wake_r, 512):
                         pass
                 except BlockingIOError:
                     pass
-                _reap(sock, live)
+                _reap(sock, live, fenced)
+                for gone in set(cgroups) - live:
+                    del cgroups[gone]
                 continue
             try:
                 data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 2)
@@ -181,6 +270,16 @@ def serve(sock: socket.socket) -> tuple[dict[str, object], list[int]]:
                 _kill_all(live)  # the executor is gone: so are its runs
                 sys.exit(0)
             request = json.loads(data)
+            if request.get("lease") is not None:
+                lease = max(lease or 0.0, float(request["lease"]))
+            if "id" not in request:  # a lease renewal
+                continue
+            if lease is not None and time.monotonic() >= lease:
+                for passed in fds:
+                    os.close(passed)
+                _send(sock, {"id": request["id"], "error": "the executor's lease ran out "
+                             "(no heartbeat confirmed by NATS in time)"})  # fmt: skip
+                continue
             if (request.get("confine") or {}).get("expose"):
                 _libc()  # loaded once here, not in every child
             try:
@@ -198,13 +297,14 @@ def serve(sock: socket.socket) -> tuple[dict[str, object], list[int]]:
                 sock.close()
                 return request, fds
             live.add(pid)
+            cgroups[pid] = list((request.get("confine") or {}).get("cgroups") or ())
             for passed in fds:
                 os.close(passed)
             try:
                 _send(sock, {"id": request["id"], "pid": pid})
             except OSError:
                 pass  # the executor is gone: the next poll sees the closed socket
-            _reap(sock, live)
+            _reap(sock, live, fenced)
 
 
 def become(request: dict[str, object], fds: list[int]) -> None:

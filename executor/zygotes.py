@@ -40,6 +40,7 @@ class ZygoteLost(RuntimeError):
 class ZygoteChild:
     pid: int
     code: asyncio.Future[int] = field(repr=False)
+    fenced: bool = False  # the zygote killed it: the executor's lease ran out
 
     async def wait(self) -> int:
         return await asyncio.shield(self.code)
@@ -59,6 +60,8 @@ class Zygote:
         self._ready: asyncio.Future[int] | None = None
         self._requests: dict[int, asyncio.Future[ZygoteChild]] = {}
         self._children: dict[int, asyncio.Future[int]] = {}
+        self._child: dict[int, ZygoteChild] = {}
+        self.lease: float | None = None  # the executor's lease (time.monotonic deadline)
         self._ids = itertools.count(1)
         self._starting: asyncio.Lock = asyncio.Lock()
         self.last_used = time.monotonic()
@@ -121,7 +124,11 @@ class Zygote:
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(int(message["ready"]))
         elif "exit" in message:
-            code = self._children.pop(int(message["exit"]), None)
+            pid = int(message["exit"])
+            child = self._child.pop(pid, None)
+            if child is not None and message.get("fenced"):
+                child.fenced = True
+            code = self._children.pop(pid, None)
             if code is not None and not code.done():
                 code.set_result(int(message["code"]))
         elif "id" in message:
@@ -134,7 +141,8 @@ class Zygote:
                 pid = int(message["pid"])
                 code = self._children[pid] = asyncio.get_running_loop().create_future()
                 # The exit message may follow in this very read: hand the future over now.
-                request.set_result(ZygoteChild(pid=pid, code=code))
+                child = self._child[pid] = ZygoteChild(pid=pid, code=code)
+                request.set_result(child)
 
     def _lost(self) -> None:
         """The zygote exited: fail what waits on it, kill the children it can no longer reap."""
@@ -151,6 +159,20 @@ class Zygote:
             signal_group(pid, signal.SIGKILL)
         self._requests.clear()
         self._children.clear()
+        self._child.clear()
+
+    def renew(self, deadline: float) -> None:
+        """Pass the executor's new lease on (see ``executor.zygote``)."""
+        self.lease = deadline
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sock.send(json.dumps({"lease": deadline}).encode())
+        except BlockingIOError:
+            pass  # the next renewal, or the next launch, carries it
+        except OSError as exc:
+            log.debug("could not renew the lease of the zygote for %s: %r", self.python, exc)
 
     async def launch(self, launch: Launch) -> ZygoteChild:
         await self.start()
@@ -168,6 +190,7 @@ class Zygote:
                 "cwd": str(launch.cwd),
                 "env": dict(launch.env),
                 "confine": dict(launch.confine),
+                "lease": self.lease,
             }
         ).encode()
         while True:
@@ -205,6 +228,13 @@ class ZygotePool:
         self._env["PYTHONUNBUFFERED"] = "1"
         self._zygotes: dict[str, Zygote] = {}
         self._max = max_zygotes
+        self._lease: float | None = None
+
+    def renew(self, deadline: float) -> None:
+        """The executor's lease, renewed: every zygote's children may run until ``deadline``."""
+        self._lease = deadline
+        for zygote in self._zygotes.values():
+            zygote.renew(deadline)
 
     def has(self, python: str) -> bool:
         return python in self._zygotes
@@ -214,6 +244,7 @@ class ZygotePool:
         zygote = self._zygotes.get(python)
         if zygote is None:
             zygote = self._zygotes[python] = Zygote(python, self._env, on_close)
+            zygote.lease = self._lease
             self._trim()
         return zygote
 

@@ -53,7 +53,11 @@ class AsyncConnection(display.Shown):
         """The details in clear (a copy): ``SecretKeyError`` when the key is missing or is
         not the one they were stored with."""
         if self._details is None:
-            self._details = self._client._secret_key().open(self._record.details_token)
+            self._details = self._client._secret_key().open(
+                self._record.details_token,
+                name=self._record.name,
+                workspaces=self._record.workspaces,
+            )
         result: dict[str, Any] = json.loads(json.dumps(self._details))
         return result
 

@@ -35,7 +35,7 @@ class AsyncWorkspace(display.Shown):
     async def add_connection(self, name: str) -> None:
         """Add the connection ``name`` to this workspace (its runs may then read it)."""
         bus = await self._client._connected()
-        await connections.add(bus, name, self._record.name)
+        await connections.add(bus, name, self._record.name, self._client._secret_key())
 
     async def remove_connection(self, name: str) -> None:
         bus = await self._client._connected()

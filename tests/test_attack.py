@@ -140,6 +140,7 @@ attempt("fs executor environ", read(f"/proc/{args['executor_pid']}/environ"))
 attempt("fs victim cached code", write(args["victim_tree"] + "/main.py"))
 secret_in_env = any(args["executor_secret"] in v for v in os.environ.values())
 report("env executor secret", secret_in_env)
+print(open(os.environ["TASKBUS_CREDS"]).read(), flush=True)  # to use it from outside later
 print("HOSTILE DONE", flush=True)
 """
 
@@ -238,6 +239,9 @@ async def attack(
         for name in ("sdk read victim args", "sdk kill victim task", "sdk victim logs"):
             assert "PermissionDenied" in results[name], (name, results[name])
         assert "victim-args-0042" not in "\n".join(out + err)
+        # Its own credential, printed, is masked before the lines are stored.
+        assert "-----BEGIN NATS USER JWT-----" in out
+        assert not [line for line in out if line.startswith(("eyJ", "SU"))], out
 
         # Everything of the victim's is intact.
         task_now = await store.get(admin.tasks, victim.id, TaskRecord)

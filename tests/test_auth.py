@@ -4,6 +4,9 @@ authenticates as itself and may do only what SECURITY.md gives it."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,7 +14,7 @@ from pathlib import Path
 import pytest
 from nats.js import api
 
-from broker import names, store
+from broker import names, store, tokens
 from broker.authority import Authority
 from broker.connection import Bus, connect
 from broker.errors import NotConnected, PermissionDenied
@@ -21,7 +24,7 @@ from broker.server import EmbeddedServer, ServerSettings
 from broker.settings import ConnectSettings
 from broker.status import RunStatus, TaskKind
 from tests.conftest import as_role
-from tests.helpers import make_zip
+from tests.helpers import REPO, daemon_env, make_zip
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 TASK_ID = "7f1c1f2e-0000-4000-8000-000000000001"
@@ -258,7 +261,9 @@ async def test_only_users_and_executors_read_connections(
         )
         assert made.workspaces == ["default"]
         found = await store.get(executor.connections, "default.db", ConnectionRecord)
-        assert found is not None and key.open(found[0].details_token) == {"pw": "x"}
+        assert found is not None and key.open(
+            found[0].details_token, name="db", workspaces=["default"]
+        ) == {"pw": "x"}
         error = await refused(
             scheduler, store.get(scheduler.connections, "default.db", ConnectionRecord)
         )
@@ -293,3 +298,62 @@ async def test_a_store_made_without_authentication_opens_with_everything_in_it(
             assert found is not None and found[0].json_args == {"secret": "victim-args"}
         finally:
             await user.close()
+
+
+def taskbus(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "console.cli", *args],
+        capture_output=True, text=True, cwd=REPO, env=env or daemon_env(), timeout=60,
+    )  # fmt: skip
+
+
+def test_auth_init_and_user_prepare_a_cluster_from_the_cli(tmp_path: Path) -> None:
+    root = tmp_path / "auth"
+    made = taskbus("auth", "init", "--dir", str(root), "--tls", "nats1,nats2")
+    assert made.returncode == 0, made.stderr
+    assert "server config" in made.stdout and (root / "tls" / "ca.pem").is_file()
+    again = taskbus("auth", "init", "--dir", str(root))
+    assert again.returncode == 2 and "already holds an authority" in again.stderr
+    issued = taskbus(
+        "auth", "user", "alice", "--role", "user", "--workspace", "fraud", "--dir", str(root)
+    )
+    assert issued.returncode == 0, issued.stderr
+    creds = tokens.read_creds(issued.stdout.strip())
+    assert (creds.name, creds.role, creds.tag("workspace")) == ("alice", "user", "fraud")
+    assert Path(issued.stdout.strip()).stat().st_mode & 0o077 == 0
+    bad = taskbus("auth", "user", "a.b", "--role", "user", "--dir", str(root))
+    assert bad.returncode == 2 and "cannot be used" in bad.stderr
+
+    # A server with that config requires the credentials; `provision` makes the resources.
+    authority = Authority(root)
+    settings = ServerSettings(data_dir=tmp_path / "s", port=0, config_file=authority.server_config)
+    with EmbeddedServer(settings) as server:
+        provisioned = taskbus(
+            "provision", "--url", server.url, "--creds", str(authority.creds_path("admin"))
+        )
+        assert provisioned.returncode == 0, provisioned.stderr
+        as_user = taskbus("tasks", "--url", server.url, "--creds", issued.stdout.strip(), "--json")
+        assert as_user.returncode == 0 and json.loads(as_user.stdout) == [], as_user.stderr
+        refused = taskbus("tasks", "--url", server.url)  # no credential here
+        assert refused.returncode == 3 and "requires a credential" in refused.stderr
+        wrong = taskbus(
+            "provision", "--url", server.url, "--creds", str(authority.creds_path("user"))
+        )
+        assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+
+
+async def test_a_daemon_with_another_role_s_credential_says_so_and_exits_2(
+    secure_server: EmbeddedServer, authority: Authority, tmp_path: Path
+) -> None:
+    for module in ("executor", "broker.scheduler"):
+        args = [sys.executable, "-m", module, "--url", secure_server.url]
+        args += ["--creds", str(authority.creds_path("user"))]
+        if module == "executor":
+            args += ["--work-dir", str(tmp_path / "work")]
+        done = await asyncio.to_thread(
+            subprocess.run,
+            args, capture_output=True, text=True, cwd=REPO, env=daemon_env(), timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 2, (module, done.stderr)
+        assert "the user credential 'user' may not" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr

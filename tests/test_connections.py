@@ -4,6 +4,7 @@ lines; bad input and missing keys answered with clear errors."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -270,7 +271,46 @@ def test_taskbus_up_makes_a_private_key_file_found_without_the_variable(
     authority = Authority(tmp_path / "data" / names.AUTH_DIR).ensure_local()
     path = authority.secret_key
     assert path.stat().st_mode & 0o777 == 0o600
-    token = SecretKey.load().seal(DETAILS)
+    token = SecretKey.load().seal(DETAILS, name="db", workspace="a")
     assert str(path) == SecretKey.load().source
     Authority(authority.root).ensure_local()  # again: the same key, never a new one
-    assert SecretKey.load().open(token) == DETAILS
+    assert SecretKey.load().open(token, name="db", workspaces=["a"]) == DETAILS
+    # A token opens only for the connection and workspace it was sealed for.
+    for name, workspace in (("db", "b"), ("other", "a")):
+        with pytest.raises(sdk.SecretKeyError, match="sealed for connection 'db'"):
+            SecretKey.load().open(token, name=name, workspaces=[workspace])
+
+
+async def test_a_record_copied_to_another_workspace_does_not_decrypt_there(
+    bus: Bus, secret_key: str
+) -> None:
+    """Someone who may write connection records but has no key copies workspace b's record
+    under workspace a's key: the executor refuses to decrypt it for a's runs."""
+    from broker import connections, store
+    from broker.models import ConnectionRecord, OrchestrationRecord, utcnow
+    from broker.secret_key import SecretKey
+    from executor.secrets import Secrets, SecretsUnavailable
+
+    key = SecretKey.load()
+    await connections.create(
+        bus, key, name="vault", connection_type="x", details=DETAILS, workspace="b"
+    )
+    stolen = await store.get(bus.connections, names.connection_key("b", "vault"), ConnectionRecord)
+    assert stolen is not None
+    copied = stolen[0].__class__(
+        name="stolen", connection_type="x", details_token=stolen[0].details_token,
+        workspaces=["a"], created_at=utcnow(),
+    )  # fmt: skip
+    await store.put(bus.connections, names.connection_key("a", "stolen"), copied)
+    secrets = Secrets(bus, key)
+    async with asyncio.TaskGroup() as tasks:
+        watching = tasks.create_task(secrets.watch())
+        await secrets.wait_ready()
+        orchestration = OrchestrationRecord(
+            id="o", name="o", file_name="o.zip", sha="0" * 64, size=1, workspace="a",
+            created_at=utcnow(), updated_at=utcnow(),
+        )  # fmt: skip
+        with pytest.raises(SecretsUnavailable, match="sealed for connection 'vault'"):
+            secrets.run_file_text(orchestration)
+        assert names.connection_key("a", "stolen") not in secrets._details
+        watching.cancel()

@@ -128,7 +128,7 @@ async def test_web_refuses_requests_without_the_token_and_other_origins(
 def test_web_on_a_port_in_use_says_so_in_one_line_and_exits_2(nats_url: str) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        for argv in (["-m", "console"], ["-m", "sdk.cli", "console"]):
+        for argv in (["-m", "console"], ["-m", "console.cli", "console"]):
             result = subprocess.run(
                 [sys.executable, *argv, "--web", "--port", str(port), "--url", nats_url],
                 env=daemon_env(), cwd=REPO, capture_output=True, text=True, timeout=60,

@@ -79,7 +79,11 @@ async def test_a_lost_executor_is_recorded_and_retried_when_allowed(
         lost = await wait_run(bus, once.id)
         again = await wait_run(bus, retried.id)
 
-    assert (lost.status, lost.reason, lost.attempt) == (RunStatus.FAILURE, "executor lost", 1)
+    assert (lost.status, lost.reason, lost.attempt) == (
+        RunStatus.FAILURE,
+        f"executor lost ({first_id})",
+        1,
+    )
     assert (again.status, again.attempt) == (RunStatus.SUCCESS, 2)
     assert again.executor not in ("", first_id)
     lost_lines = await log_lines(bus, lost)

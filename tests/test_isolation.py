@@ -32,8 +32,7 @@ from tests.test_executor import (
 pytestmark = pytest.mark.skipif(not can_switch_uids(), reason="needs root or CAP_SETUID")
 
 SECRET = "secret-xyz"
-# > 1 MiB (hardlinked from the cached tree) and incompressible (not refused as a zip bomb)
-BIG = random.Random(0).randbytes(1_400_000)
+BIG = random.Random(0).randbytes(2 << 20)  # model weights: > 1 MiB, hardlinked, incompressible
 
 VICTIM = """
 import hashlib, json, os, time, six

@@ -179,6 +179,9 @@ def _lock_data_dir(data_dir: Path) -> None:
     """One stack per data directory: a second nats-server on the same JetStream store, or a
     second executor on the same work dir, would corrupt the first one's state."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    # Private: daemon logs name every workspace's tasks and runs (runs reach the executor's
+    # folders under it through their own mount namespace, not through this directory).
+    data_dir.chmod(0o700)
     handle = (data_dir / "taskbus.lock").open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -20,6 +20,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
 from textual.widgets import Static
 
+from broker.errors import PermissionDenied
 from broker.text import printable
 from console.context import Context, context_of
 from console.widgets.key_bar import KeyBar
@@ -79,7 +80,7 @@ class ConsoleScreen(Screen[None]):
             self.tick()
 
     def data_version(self) -> int:
-        return self.ctx.state.version_of(*self.WATCHES, "link")
+        return self.ctx.state.version_of(*self.WATCHES, "link", "workspace")
 
     def _visible(self) -> bool:
         stack = self.app.screen_stack
@@ -147,6 +148,9 @@ class ConsoleScreen(Screen[None]):
         async def run() -> None:
             try:
                 await work
+            except PermissionDenied as exc:  # the credential's role does not allow it
+                self.notify(printable(str(exc)), title="Refused", severity="error", markup=False)
+                return
             except Exception as exc:
                 self.notify(printable(str(exc)), title="Failed", severity="error", markup=False)
                 return

@@ -25,7 +25,10 @@ class CommandLineScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         yield Input(
-            placeholder=":tasks failed · :runs · :orchestrations · :executors · :help",
+            placeholder=(
+                ":tasks failed · :runs · :orchestrations · :executors · :connections · "
+                ":ws NAME · :help"
+            ),
             suggester=SuggestFromList(suggestions(), case_sensitive=False),
             id="command",
         )

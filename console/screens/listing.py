@@ -40,6 +40,9 @@ class ListScreen(ConsoleScreen):
         Binding("escape", "clear_filter", "Clear filter", id="clear-filter"),
         Binding("o", "sort_next", "Sort", id="sort"),
         Binding("O", "sort_reverse", "Reverse sort", show=False, id="sort-reverse"),
+        # Off the key bar (it is full at 140 columns); ``?`` and the palette list it, and the
+        # header shows the workspace chosen.
+        Binding("w", "next_workspace", "Switch workspace", show=False, id="workspace"),
     ]
 
     def __init__(self) -> None:
@@ -79,6 +82,11 @@ class ListScreen(ConsoleScreen):
     def sort_value(self, key: str, column: str) -> Any:
         return self.filter_values(key)[0].get(column, "")
 
+    def in_workspace(self, key: str) -> bool:
+        """Whether the row shows under the workspace chosen (``state.workspace`` is not None;
+        rows that belong to no workspace, such as executors, always show)."""
+        return True
+
     def render_row(self, key: str) -> tuple[Sequence[Text], str]:
         return [], ""
 
@@ -95,6 +103,8 @@ class ListScreen(ConsoleScreen):
 
     def ordered_keys(self) -> list[str]:
         keys = list(self.all_keys())
+        if self.ctx.state.workspace is not None:
+            keys = [k for k in keys if self.in_workspace(k)]
         self.total = len(keys)
         q = self.query_
         if q.active:
@@ -105,6 +115,9 @@ class ListScreen(ConsoleScreen):
 
     def empty_message(self) -> str:
         """What an empty table says: nothing exists yet, or the filter hides everything."""
+        workspace = self.ctx.state.workspace
+        if not self.total and workspace is not None:
+            return f"No {self.NOUN} in workspace {workspace!r} (w switches, :ws shows all)."
         if not self.total or not self.query_.active:
             return self.EMPTY
         noun = self.NOUN.removesuffix("s")
@@ -128,6 +141,8 @@ class ListScreen(ConsoleScreen):
 
     def _update_summary(self) -> None:
         parts = [f"{count(self.shown)} of {count(self.total)} {self.NOUN}"]
+        if self.ctx.state.workspace is not None:
+            parts[0] += f" in workspace {self.ctx.state.workspace}"
         if self.query_.active:
             parts.append(f"filter: {self.query_.text}")
         label = next((c.label for c in self.COLUMNS if c.key == self.sort_column), "")
@@ -152,6 +167,13 @@ class ListScreen(ConsoleScreen):
 
     def action_filter(self) -> None:
         self.query_one(FilterBar).open(self.query_.text)
+
+    def action_next_workspace(self) -> None:
+        """All workspaces → each one in turn → all again."""
+        state = self.ctx.state
+        order: list[str | None] = [None, *state.known_workspaces()]
+        at = order.index(state.workspace) if state.workspace in order else 0
+        state.set_workspace(order[(at + 1) % len(order)])
 
     def action_clear_filter(self) -> None:
         self.set_filter("")

@@ -19,6 +19,7 @@ from console.format import DASH, clock_time, short_sha, span
 from console.screens.base import CommandRequested
 from console.screens.listing import ListScreen
 from console.screens.upload import UploadScreen
+from console.state import workspace_name
 from console.widgets.record_table import Column, RecordTable
 
 
@@ -35,9 +36,10 @@ class OrchestrationsScreen(ListScreen):
     COLUMNS: ClassVar[list[Column]] = [
         Column("name", "Name", min_width=14),
         Column("status", "Status", 18),  # "packaging 12m05s"; errors have their own column
-        Column("error", "Error", min_width=16),  # cut with "…": the pane below has it whole
+        Column("error", "Error", 20),  # cut with "…": the pane below has it whole
         Column("sha", "SHA", 15),
         Column("file", "File", min_width=18),
+        Column("workspace", "Workspace", 10),
         Column("created", "Created", 19),
     ]
     FIELDS = ("name", "status", "error", "sha", "file", "id", "workspace")
@@ -62,8 +64,11 @@ class OrchestrationsScreen(ListScreen):
             "sha": orch.sha,
             "file": orch.file_name,
             "id": orch.id,
-            "workspace": orch.workspace,
+            "workspace": workspace_name(orch.workspace),
         }
+
+    def in_workspace(self, key: str) -> bool:
+        return self.ctx.state.in_workspace(self.ctx.state.orchestrations[key].workspace)
 
     def sort_value(self, key: str, column: str) -> Any:
         orch = self.ctx.state.orchestrations[key]
@@ -89,6 +94,7 @@ class OrchestrationsScreen(ListScreen):
             cell(orch.error.replace("\n", " ") or DASH),
             cell(short_sha(orch.sha)),
             cell(orch.file_name),
+            cell(workspace_name(orch.workspace)),
             cell(clock_time(orch.created_at, self.ctx.clock.local)),
         ]
         return cells, ORCHESTRATION_STYLES.get(orch.status, "")
@@ -112,6 +118,8 @@ class OrchestrationsScreen(ListScreen):
             text.append(printable(orch.id))
             text.append("  sha ", dim)
             text.append(printable(orch.sha))
+            text.append("  workspace ", dim)
+            text.append(printable(workspace_name(orch.workspace)))
             text.append("\nentrypoint ", dim)
             text.append(printable(orch.entrypoint) or DASH)
             text.append("  requirements ", dim)

@@ -81,7 +81,8 @@ class RunsScreen(ListScreen):
         return self._order
 
     def ordered_keys(self) -> list[str]:
-        if self.sort_column == "created" and self.sort_reverse and not self.query_.active:
+        default_order = self.sort_column == "created" and self.sort_reverse
+        if default_order and not self.query_.active and self.ctx.state.workspace is None:
             # The default order, kept incrementally; the list is rebuilt only when runs
             # arrived or went (a deleted run's key is dropped then).
             state = self.ctx.state
@@ -98,6 +99,11 @@ class RunsScreen(ListScreen):
 
     def row_token(self, key: str) -> Hashable:
         return self._record(key)
+
+    def in_workspace(self, key: str) -> bool:
+        state = self.ctx.state
+        task = state.tasks.get(key.partition(".")[0])
+        return task is not None and state.in_workspace(task.workspace)
 
     def fields(self, key: str) -> dict[str, str]:
         run = self._record(key)

@@ -15,6 +15,7 @@ from console.cells import RUN_STYLES, TASK_STYLES, cell, yes_no
 from console.format import DASH, age, countdown
 from console.screens.listing import ListScreen
 from console.screens.task_actions import TASK_ACTIONS, TASK_BINDINGS, TaskActions
+from console.state import workspace_name
 from console.widgets.record_table import Column, RecordTable
 
 NEVER = 0.0
@@ -47,6 +48,7 @@ class TasksScreen(TaskActions, ListScreen):
         Column("schedule", "Schedule", 15),
         Column("next", "Next run", 10),
         Column("active", "Active", 6),
+        Column("workspace", "Workspace", 12),
         Column("updated", "Updated", 11),
     ]
     FIELDS = (
@@ -59,6 +61,7 @@ class TasksScreen(TaskActions, ListScreen):
         "id",
         "orchestration",
         "orch_id",
+        "workspace",
     )
     ALIASES: ClassVar[dict[str, dict[str, str]]] = {
         "status": {"failure": "failed", "running": "started"},
@@ -104,7 +107,11 @@ class TasksScreen(TaskActions, ListScreen):
             "id": task.id,
             "orchestration": state.orchestration_name(task.orchestration_id),
             "orch_id": task.orchestration_id,
+            "workspace": workspace_name(task.workspace),
         }
+
+    def in_workspace(self, key: str) -> bool:
+        return self.ctx.state.in_workspace(self.ctx.state.tasks[key].workspace)
 
     def next_fire(self, task: TaskRecord) -> datetime | None:
         if task.kind is not TaskKind.SCHEDULED or task.paused or task.killed:
@@ -146,6 +153,7 @@ class TasksScreen(TaskActions, ListScreen):
             cell(task.schedule or DASH),
             cell(countdown(self.next_fire(task), now)),
             cell(yes_no(state.is_active(key))),
+            cell(workspace_name(task.workspace)),
             cell(age(task.updated_at, now)),
         ]
         return cells, row_style(summary.status, newest)

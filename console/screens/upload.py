@@ -76,7 +76,11 @@ class UploadScreen(ModalScreen[OrchestrationRecord | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static("Upload an orchestration", id="title")
+            workspace = context_of(self).state.workspace
+            title = "Upload an orchestration"
+            if workspace is not None:
+                title += f" to workspace {printable(workspace)}"
+            yield Static(Text(title), id="title")
             yield Label("Path of the .zip (→ completes)")
             yield Input(placeholder="~/work/hello.zip", id="path", suggester=PathSuggester())
             yield Label("Name (optional; defaults to the file name)")
@@ -127,7 +131,8 @@ class UploadScreen(ModalScreen[OrchestrationRecord | None]):
         button = self.query_one("#upload", Button)
         button.disabled = True
         try:
-            record = await context_of(self).feed.upload(path, name or None)
+            ctx = context_of(self)
+            record = await ctx.feed.upload(path, name or None, ctx.state.workspace)
         except Exception as exc:  # every failure is shown inline, the dialog stays open
             self.show_error(str(exc))
             return

@@ -51,6 +51,10 @@ class StatusBar(Widget):
         line = Text(no_wrap=True, overflow="ellipsis", end="")
         line.append(" Taskbus ", style("title"))
         line.append(f"{SEP.strip()} {printable(self.view)}  ")
+        if state.workspace is not None:  # every view is narrowed to it: say so up front
+            line.append("workspace ", style("muted"))
+            line.append(printable(state.workspace), style("warn"))
+            line.append("  ")
         link = state.link
         if link is Link.CONNECTED:
             line.append("● connected", style("ok"))

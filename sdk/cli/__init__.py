@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command's handler, and turn every Taskbus error into one line
     on stderr and an exit code."""
-    from broker.errors import NotConnected, TaskbusError
+    from broker.errors import CredentialError, NotConnected, PermissionDenied, TaskbusError
 
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passthrough", False):
@@ -59,7 +59,9 @@ def dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None)
         return NOT_CONNECTED
     except TaskbusError as exc:
         error(exc)
-        return USAGE if isinstance(exc, ValueError | TypeError | LookupError) else FAILED
+        # Bad input, an unknown name, a credential that cannot be used or does not allow it.
+        usage = (ValueError, TypeError, LookupError, PermissionDenied, CredentialError)
+        return USAGE if isinstance(exc, usage) else FAILED
     except (ValueError, TypeError) as exc:  # the library's checks of arguments
         error(exc)
         return USAGE

@@ -149,8 +149,11 @@ def provision(args: argparse.Namespace) -> int:
     settings = ConnectSettings.from_args(args, name="taskbus-provision", local_role="admin")
 
     async def once() -> None:
-        bus = await connect(settings)
-        await bus.close()
+        bus = await connect(settings)  # an admin credential provisions as it connects
+        try:
+            bus.require_role("provision streams and buckets")
+        finally:
+            await bus.close()
 
     asyncio.run(once())
     print(f"provisioned {','.join(settings.urls)} (replicas {settings.replicas})")

@@ -1,6 +1,11 @@
 """Run latency and throughput, on a private nats-server and real executor subprocesses.
 
-    python tests/bench/bench_runs.py [--runs 100] [--burst 300] [--no-zygote]
+    python tests/bench/bench_runs.py [--runs 100] [--burst 300] [--no-zygote] [--secure]
+
+With --secure the server requires credentials (operator mode, as `taskbus up` runs it), the
+executor holds only the executor credential and the run signing key, every run gets its own
+credential, and — as root — its own UID, cgroup and mount namespace: the cost of the trust
+boundary, next to the plain figures of a run without it.
 
 Prints p50/p99 of:
   (a) catalog.create_task(run once) returning → the first statement of main.py executing
@@ -31,12 +36,14 @@ sys.path.insert(0, str(REPO))
 
 from nats.js.kv import KeyValue  # noqa: E402
 
-from broker import catalog, dispatch, logs, store  # noqa: E402
+from broker import catalog, dispatch, logs, names, store  # noqa: E402
+from broker.authority import Authority  # noqa: E402
 from broker.connection import Bus, connect  # noqa: E402
 from broker.models import OrchestrationRecord, Record, RunRecord  # noqa: E402
 from broker.server import EmbeddedServer, ServerSettings  # noqa: E402
 from broker.settings import ConnectSettings  # noqa: E402
 from broker.status import ORCHESTRATION_SETTLED, RUN_TERMINAL, RunStatus, TaskKind  # noqa: E402
+from executor.uids import can_switch_uids  # noqa: E402
 from tests.helpers import Daemon, make_zip, wait_for_executors  # noqa: E402
 
 R = TypeVar("R", bound=Record)
@@ -148,12 +155,22 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--burst", type=int, default=300)
     parser.add_argument("--no-zygote", action="store_true")
+    parser.add_argument("--secure", action="store_true", help="credentials and isolation on")
     options = parser.parse_args()
     extra = ["--no-zygote"] if options.no_zygote else []
     with tempfile.TemporaryDirectory(prefix="taskbus-bench-") as folder:
         root = Path(folder)
-        with EmbeddedServer(ServerSettings(data_dir=root / "nats", port=0)) as server:
-            bus = await connect(ConnectSettings(urls=[server.url]))
+        config, creds = None, None
+        if options.secure:
+            authority = Authority(root / "auth").ensure_local()
+            config, creds = authority.server_config, str(authority.creds_path("admin"))
+            os.environ[names.ENV_CREDS] = str(authority.creds_path("executor"))
+            os.environ[names.ENV_RUN_SIGNING_KEY] = str(authority.run_signing_key)
+            if can_switch_uids():
+                os.environ[names.ENV_RUN_UIDS] = names.DEFAULT_RUN_UIDS
+        settings = ServerSettings(data_dir=root / "nats", port=0, config_file=config)
+        with EmbeddedServer(settings) as server:
+            bus = await connect(ConnectSettings(urls=[server.url], creds_file=creds))
             executor = Daemon(
                 ["-m", "executor", "--url", server.url, "--slots", "4",
                  "--work-dir", str(root / "ex"), *extra],
@@ -176,7 +193,10 @@ async def main() -> None:
             rate = await throughput(bus, server.url, plain, root / "burst", options.burst)
             await bus.close()
     launcher = "spawn" if options.no_zygote else "zygote"
-    print(f"launcher: {launcher}; machine: {os.cpu_count()} cores")
+    trust = "secure (own credential per run" if options.secure else "plain (no authentication"
+    if options.secure:
+        trust += ", own UID" if can_switch_uids() else ", shared UID"
+    print(f"launcher: {launcher}; {trust}); machine: {os.cpu_count()} cores")
     print(describe("(a) create_task → main.py first statement", a))
     print(describe("(b) print() → logs.follow reader", b))
     print(describe("    cached-env run, create_task → first statement", c))
