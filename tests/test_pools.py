@@ -13,7 +13,7 @@ import sdk
 from broker import names, store
 from broker.connection import Bus
 from broker.errors import TaskbusError
-from broker.models import ExecutorRecord
+from broker.models import ExecutorRecord, RunRecord, utcnow
 from broker.status import RunStatus, TaskStatus
 from tests.helpers import Daemon, wait_for_executors
 from tests.test_executor import start_executor, upload
@@ -74,3 +74,20 @@ async def test_a_bad_pool_name_is_refused_before_anything_is_stored(
             await o.run_once("bad", pool=pool)  # type: ignore[arg-type]
         assert isinstance(caught.value, ValueError)
         assert len(await client.list_tasks()) == 0
+
+
+def test_the_console_says_which_pool_a_pending_run_waits_for() -> None:
+    from console.state import ConsoleState
+
+    now = utcnow()
+    state = ConsoleState(["nats://127.0.0.1:4222"])
+    heartbeat = {"host": "h", "pid": 1, "slots": 1, "started_at": now, "heartbeat_at": now}
+    state.apply_executor("a", ExecutorRecord(id="a", pool="default", **heartbeat))
+    waiting = RunRecord(task_id="t", run_id="r", pool="gpu", created_at=now)
+    state.apply_run("t.r", waiting)
+    assert state.run_reason(waiting) == "waiting: no executor serves pool 'gpu'"
+    state.apply_executor("b", ExecutorRecord(id="b", pool="gpu", **heartbeat))
+    assert state.run_reason(waiting) == ""
+    ended = RunRecord(task_id="t", run_id="s", pool="tpu", status=RunStatus.FAILURE,
+                      reason="exit code 1", created_at=now)  # fmt: skip
+    assert state.run_reason(ended) == "exit code 1"
