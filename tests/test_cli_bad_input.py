@@ -3,6 +3,8 @@ subprocesses against a real server."""
 
 from __future__ import annotations
 
+import json
+
 import sdk
 from broker.connection import Bus
 from tests.test_cli import one_error_line, taskbus
@@ -70,3 +72,21 @@ def test_an_http_url_is_refused_with_what_to_write() -> None:
         assert "Name or service not known" not in line
     result = taskbus("tasks", url="http://127.0.0.1:8222")
     assert "use nats://127.0.0.1:4222" in one_error_line(result)
+
+
+async def test_run_and_schedule_take_retries_pool_and_limits(bus: Bus, nats_url: str) -> None:
+    orch = await upload(bus, {"main.py": NEVER_RUNS}, settled=False)
+    options = ["--retries", "2", "--retry-delay", "3", "--pool", "nowhere", "--memory", "64MiB",
+               "--cpus", "0.5", "--json"]  # fmt: skip
+    ran = taskbus("run", orch.id, "--name", "r", *options, url=nats_url)
+    scheduled = taskbus("schedule", orch.id, "--name", "s", "--cron", "0 0 1 1 *", *options,
+                        url=nats_url)  # fmt: skip
+    for result in (ran, scheduled):
+        assert result.returncode == 0, result.stderr
+        task = json.loads(result.stdout)
+        assert (task["retries"], task["retry_delay_s"], task["pool"]) == (2, 3.0, "nowhere")
+        assert (task["memory_limit_bytes"], task["cpu_limit"]) == (64 << 20, 0.5)
+    bad = taskbus("run", orch.id, "--name", "b", "--memory", "lots", url=nats_url)
+    assert bad.returncode == 2 and "memory_limit 'lots' is not a size" in one_error_line(bad)
+    bad = taskbus("run", orch.id, "--name", "b", "--pool", "a.b", url=nats_url)
+    assert bad.returncode == 2 and "pool must be a name" in one_error_line(bad)
