@@ -8,12 +8,14 @@ executor that owns a run writes it.
 from __future__ import annotations
 
 import json
+import math
+import re
 import uuid
 from typing import Any, TypeVar
 
 import msgspec
 
-from broker import archive, cron, dispatch, names, store, workspaces
+from broker import archive, cron, dispatch, limits, names, store, workspaces
 from broker.connection import Bus
 from broker.errors import (
     InvalidArgument,
@@ -24,8 +26,15 @@ from broker.errors import (
     TaskNotFound,
     WrongArgumentType,
 )
-from broker.models import OrchestrationRecord, RunRecord, TaskRecord, utcnow
-from broker.status import MissedPolicy, OrchestrationStatus, Overlap, TaskKind, task_status
+from broker.models import ExecutorRecord, OrchestrationRecord, RunRecord, TaskRecord, utcnow
+from broker.status import (
+    MissedPolicy,
+    OrchestrationStatus,
+    Overlap,
+    RunStatus,
+    TaskKind,
+    task_status,
+)
 
 
 def new_id() -> str:
@@ -68,6 +77,63 @@ def check_timeout(timeout: object) -> int | None:
             f"timeout must be a positive whole number of seconds or None, not {timeout!r}"
         )
     return timeout
+
+
+_POOL = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_retries(retries: object, retry_delay_s: object) -> tuple[int, float]:
+    """A whole number of retries (0 to ``names.MAX_RETRIES``) and a delay of seconds >= 0."""
+    if (
+        isinstance(retries, bool)
+        or not isinstance(retries, int)
+        or not (0 <= retries <= names.MAX_RETRIES)
+    ):
+        raise InvalidArgument(
+            f"retries must be a whole number from 0 to {names.MAX_RETRIES}, not {retries!r}"
+        )
+    if (
+        isinstance(retry_delay_s, bool)
+        or not isinstance(retry_delay_s, int | float)
+        or not math.isfinite(retry_delay_s)
+        or retry_delay_s < 0
+    ):
+        raise InvalidArgument(
+            f"retry_delay_s must be a number of seconds >= 0 (the first retry's delay; each "
+            f"one after waits twice as long), not {retry_delay_s!r}"
+        )
+    return retries, float(retry_delay_s)
+
+
+def check_pool(pool: object) -> str:
+    """A pool name: letters, digits, ``-`` and ``_`` (it is a token of the run queue's subject)."""
+    if not isinstance(pool, str) or not _POOL.fullmatch(pool):
+        raise InvalidArgument(
+            f"pool must be a name of letters, digits, '-' and '_' (at most 64), such as "
+            f"'default' or 'gpu', not {pool!r}"
+        )
+    return pool
+
+
+def check_limits(memory_limit: object, cpu_limit: object) -> tuple[int | None, float | None]:
+    """``memory_limit`` ("2GiB", bytes) and ``cpu_limit`` (1.5) as bytes and CPUs."""
+    try:
+        return limits.parse_memory(memory_limit), limits.parse_cpus(cpu_limit)  # type: ignore[arg-type]
+    except limits.InvalidLimit as exc:
+        raise InvalidArgument(str(exc)) from None
+
+
+async def served_pools(bus: Bus) -> set[str]:
+    """The pools that some live executor serves (from the executors' heartbeats)."""
+    records = await store.scan(bus, names.EXECUTORS, ExecutorRecord)
+    return {record.pool for record in records.values()}
+
+
+def waiting_reason(run: RunRecord, served: set[str]) -> str:
+    """Why a pending run has not started, derived at read time ("" when nothing is amiss)."""
+    if run.status is RunStatus.PENDING and run.pool not in served:
+        return f"waiting: no executor serves pool {run.pool!r}"
+    return ""
 
 
 P = TypeVar("P", Overlap, MissedPolicy)
@@ -172,13 +238,20 @@ async def create_task(
     tz: str = "UTC",
     overlap: str = "allow",
     missed: str = "latest",
-    retries: int = 0,
+    retries: object = 0,
+    retry_delay_s: object = 10,
+    pool: object = names.DEFAULT_POOL,
+    memory_limit: object = None,
+    cpu_limit: object = None,
     workspace: str | None = None,
 ) -> TaskRecord:
     """Validate everything first (nothing is stored on bad input), then store the task; a
     run-once task gets its run at once."""
     args = check_json_args({} if json_args is None else json_args)
     timeout_s = check_timeout(timeout)
+    retry_count, delay_s = check_retries(retries, retry_delay_s)
+    pool_name = check_pool(pool)
+    memory_limit_bytes, cpus = check_limits(memory_limit, cpu_limit)
     if kind is TaskKind.SCHEDULED:
         cron.validate(schedule, tz)
     else:
@@ -204,7 +277,11 @@ async def create_task(
         tz=tz,
         overlap=overlap_policy,
         missed=missed_policy,
-        retries=retries,
+        retries=retry_count,
+        retry_delay_s=delay_s,
+        pool=pool_name,
+        memory_limit_bytes=memory_limit_bytes,
+        cpu_limit=cpus,
         workspace=current.workspace if workspace is None else workspaces.label(workspace),
         created_at=now,
         updated_at=now,

@@ -3,6 +3,15 @@
 The SDK (run once, run now) and the scheduler (cron fires) both call ``enqueue_run``: the run
 record is created as ``pending`` with KV ``create()`` first (idempotent: a run id derived from
 task and instant exists at most once), then the request is published with a ``Nats-Msg-Id``.
+
+Retries (``enqueue_retry``): an attempt that failed or timed out is one run record; its retry
+is a new record (``attempt`` + 1, ``retry_of`` the previous run id, its own log), with a run
+id derived from the previous one, so enqueueing it twice (an executor that died between the
+final status and the ack, and the redelivery that finishes its work) makes one. The executor
+that recorded the end enqueues it at once, before it acks; the back-off is the request's
+``not_before``, which executors honour by naking it with a delay (``executor.claim``), so the
+waiting retry lives in the stream, not in any process's timer. (A run whose executor vanished
+never ended: the redelivered request continues that same record as the next attempt.)
 """
 
 from __future__ import annotations
@@ -10,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
+
+import msgspec
 
 from broker import names, store
 from broker.connection import Bus
@@ -24,7 +35,7 @@ from broker.models import (
     utcnow,
 )
 from broker.publisher import PubAck
-from broker.status import RunStatus
+from broker.status import RunStatus, will_retry
 
 # Run ids for scheduled fires are uuid5(task id, instant): two schedulers agree on them.
 _RUN_NAMESPACE = uuid.UUID("6f1d3c3e-62f4-4d0e-9a7c-2b1c8a9e5d10")
@@ -151,12 +162,57 @@ async def _send_all(
     return answers
 
 
+def retry_delay_s(task: TaskRecord, attempt: int) -> float:
+    """The back-off before the attempt after ``attempt``: ``retry_delay_s`` doubled for each
+    retry before it, at most ``names.RETRY_DELAY_MAX_S``."""
+    return float(min(task.retry_delay_s * 2 ** (attempt - 1), names.RETRY_DELAY_MAX_S))
+
+
+async def enqueue_retry(bus: Bus, run: RunRecord) -> RunRecord | None:
+    """The next attempt of an ended run when its task retries it (``status.will_retry``),
+    created and requested once however often this is called; None when none follows."""
+    found = await store.get(bus.tasks, run.task_id, TaskRecord)
+    if found is None or not will_retry(task := found[0], run):
+        return None
+    delay_s = retry_delay_s(task, run.attempt)
+    ended = run.finished_at or utcnow()
+    retry_id = str(uuid.uuid5(_RUN_NAMESPACE, f"{run.task_id}.retry.{run.run_id}"))
+    cause = run.reason or str(run.status)
+    record = msgspec.structs.replace(
+        _pending(task, retry_id, None, utcnow()),
+        attempt=run.attempt + 1,
+        retry_of=run.run_id,
+        not_before=ended + timedelta(seconds=delay_s),
+        reason=(
+            f"retry {run.attempt} of {task.retries} after {cause}: starts {delay_s:g} s after "
+            f"attempt {run.attempt} ended"
+        ),
+    )
+    key = names.run_key(task.id, retry_id)
+    if not await store.create(bus.runs, key, record, bus.publisher):
+        existing = await store.get(bus.runs, key, RunRecord)
+        if existing is None or existing[0].status is not RunStatus.PENDING:
+            return existing[0] if existing else None
+        record = existing[0]
+    await bus.publisher.publish(
+        *_request(task, retry_id, None, record.created_at, not_before=record.not_before)
+    )
+    return record
+
+
 def _pending(task: TaskRecord, run_id: str, instant: datetime | None, now: datetime) -> RunRecord:
-    return RunRecord(task_id=task.id, run_id=run_id, instant=instant, created_at=now)
+    return RunRecord(
+        task_id=task.id, run_id=run_id, instant=instant, pool=task.pool, created_at=now
+    )
 
 
 def _request(
-    task: TaskRecord, run_id: str, instant: datetime | None, now: datetime
+    task: TaskRecord,
+    run_id: str,
+    instant: datetime | None,
+    now: datetime,
+    *,
+    not_before: datetime | None = None,
 ) -> tuple[str, bytes, dict[str, str]]:
     """The run request's subject, payload and headers."""
     request = RunRequest(
@@ -168,6 +224,7 @@ def _request(
         retries=task.retries,
         memory_limit_bytes=task.memory_limit_bytes,
         cpu_limit=task.cpu_limit,
+        not_before=not_before,
         requested_at=now,
     )
     headers = {names.MSG_ID: msg_id_for(task.id, run_id, instant)}

@@ -54,7 +54,8 @@ class TaskRecord(Record, frozen=True, kw_only=True):
     missed: MissedPolicy = MissedPolicy.LATEST
     missed_cap: int = 10  # with MissedPolicy.ALL: at most this many catch-up fires
     starting_deadline_s: float = 300.0  # a missed fire older than this is not caught up
-    retries: int = 0  # extra attempts after an executor is lost
+    retries: int = 0  # extra attempts after a failed, timed-out or lost one
+    retry_delay_s: float = 10.0  # before the first retry; doubled for each one after
     pool: str = "default"
     workspace: str = ""
     memory_limit_bytes: int | None = None  # the run's memory cap (cgroup, else RLIMIT_AS)
@@ -75,6 +76,9 @@ class RunRecord(Record, frozen=True, kw_only=True):
     exit_code: int | None = None
     reason: str = ""  # why it ended the way it did: "timeout 60s", "executor lost", "missed"…
     instant: datetime | None = None  # the scheduled instant this run fires for
+    pool: str = "default"  # the pool whose executors may take it
+    retry_of: str = ""  # the run id of the attempt this run retries ("" for a first attempt)
+    not_before: datetime | None = None  # a retry starts no sooner (its back-off)
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -147,6 +151,7 @@ class RunRequest(Record, frozen=True, kw_only=True):
     retries: int = 0
     memory_limit_bytes: int | None = None
     cpu_limit: float | None = None
+    not_before: datetime | None = None  # a retry's back-off: executors nak it until then
     requested_at: datetime
 
 

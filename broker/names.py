@@ -127,6 +127,12 @@ RUNQ_ACK_WAIT_S = 30.0
 # A message stays in a work queue after max_deliver; redeliveries of one run are bounded by
 # the run record's attempt counter instead, so the consumer itself never gives up.
 RUNQ_MAX_DELIVER = -1
+# Retries (TaskRecord.retries): the n-th retry waits retry_delay_s * 2**(n-1), at most an hour
+# (a longer wait is an outage, not a back-off). A waiting retry's request is naked for at most
+# RETRY_RECHECK_S at a time, so a kill of its task is recorded within that.
+RETRY_DELAY_MAX_S = 3600.0
+RETRY_RECHECK_S = 5.0
+MAX_RETRIES = 100
 # Packaging resolves requirements and builds an environment: minutes, not seconds.
 PKGQ_ACK_WAIT_S = 60.0
 # Executors write a heartbeat every interval (at most a sixth of the ack wait). Three missed

@@ -9,13 +9,18 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from broker import names
+from broker.errors import InvalidArgument
 
 if TYPE_CHECKING:
     import argparse
 
 
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")  # what nats-py connects to
+
+
 def split_urls(value: str) -> list[str]:
-    """ "a,b , c" -> ["a", "b", "c"]; a bare host:port gets the nats:// scheme."""
+    """ "a,b , c" -> ["a", "b", "c"]; a bare host:port gets the nats:// scheme; a URL of
+    another scheme (http://…) is refused with ``InvalidArgument`` saying what to write."""
     urls = []
     for part in value.split(","):
         url = part.strip()
@@ -23,8 +28,22 @@ def split_urls(value: str) -> list[str]:
             continue
         if "://" not in url:
             url = f"nats://{url}"
+        scheme = url.partition("://")[0].lower()
+        if scheme not in NATS_SCHEMES:
+            raise InvalidArgument(
+                f"{url!r}: {scheme}:// is not a NATS URL: use nats://{_host(url)}:"
+                f"{names.DEFAULT_PORT} (nats://, tls://, ws:// or wss://; the server's client "
+                f"port, not its HTTP monitoring port)"
+            )
         urls.append(url)
     return urls
+
+
+def _host(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or "host"
+    except ValueError:
+        return "host"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -45,6 +45,8 @@ RUN_TERMINAL = frozenset(
     }
 )
 RUN_ACTIVE = frozenset({RunStatus.PENDING, RunStatus.RUNNING})
+# The ends of an attempt that a task's ``retries`` retry; a killed run is never retried.
+RUN_RETRIED = frozenset({RunStatus.FAILURE, RunStatus.TIMED_OUT})
 
 
 class TaskStatus(StrEnum):
@@ -106,6 +108,19 @@ _RUN_TO_TASK = {
 }
 
 
+def will_retry(task: TaskRecord, run: RunRecord) -> bool:
+    """Does another attempt follow this ended run? It failed or timed out after it started
+    (a run refused before it started, e.g. its orchestration failed packaging, is not retried),
+    its task is not killed, and it has attempts left: ``attempt`` counts every attempt,
+    ``1 + retries`` at most."""
+    return (
+        run.status in RUN_RETRIED
+        and run.started_at is not None
+        and not task.killed
+        and run.attempt < 1 + task.retries
+    )
+
+
 def task_status(task: TaskRecord, runs: Iterable[RunRecord]) -> TaskStatus:
     """Derive a task's status from its record and its runs; it is never stored.
 
@@ -125,4 +140,6 @@ def task_status(task: TaskRecord, runs: Iterable[RunRecord]) -> TaskStatus:
     if not runs:
         return TaskStatus.PENDING
     newest = max(runs, key=lambda run: run.created_at)
+    if will_retry(task, newest):  # its retry is being enqueued: the task goes on
+        return TaskStatus.STARTED
     return _RUN_TO_TASK[newest.status]

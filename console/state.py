@@ -13,6 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from broker import names
+from broker.catalog import waiting_reason
 from broker.models import (
     ConnectionRecord,
     ExecutorRecord,
@@ -21,7 +22,7 @@ from broker.models import (
     TaskRecord,
     WorkspaceRecord,
 )
-from broker.status import RUN_ACTIVE, TASK_TERMINAL, TaskStatus, task_status
+from broker.status import RUN_ACTIVE, TASK_TERMINAL, RunStatus, TaskStatus, task_status
 from console.format import display_url
 
 
@@ -326,6 +327,15 @@ class ConsoleState:
     def task_name(self, task_id: str) -> str:
         task = self.tasks.get(task_id)
         return task.name if task is not None else task_id[:8]
+
+    def run_reason(self, run: RunRecord) -> str:
+        """The run's reason; a pending run whose pool no live executor serves says so
+        (``catalog.waiting_reason``, derived from the heartbeats, never stored)."""
+        if run.status is not RunStatus.PENDING:
+            return run.reason
+        served = {entry.record.pool for entry in self.executors.values() if not entry.gone}
+        waiting = waiting_reason(run, served)
+        return "; ".join(filter(None, (waiting, run.reason)))
 
     def forget_lost_executors(self, now: datetime) -> None:
         stale = [

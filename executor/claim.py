@@ -23,7 +23,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-from broker import names, store
+from broker import dispatch, names, store
 from broker.connection import Bus
 from broker.models import (
     ExecutorRecord,
@@ -36,7 +36,7 @@ from broker.models import (
     decode,
     utcnow,
 )
-from broker.status import RUN_TERMINAL, OrchestrationStatus, RunStatus
+from broker.status import RUN_RETRIED, RUN_TERMINAL, OrchestrationStatus, RunStatus
 from executor.context import Context
 from executor.control import kill_reason
 from executor.logstream import LogStream
@@ -90,7 +90,7 @@ class Claim:
         run = self.record = run_found[0]
         if run.status in RUN_TERMINAL:
             log.info("  %s already %s; duplicate delivery acked", self.key, run.status)
-            await self.settle(self.msg.ack)
+            await self.done()  # its retry, if its executor died before enqueueing it
             return False
         if orchestration is None and orch_found is not None:
             orchestration = orch_found[0]
@@ -107,6 +107,10 @@ class Claim:
             return False
         if kill:
             return await self._end_untaken(RunStatus.KILLED, f"{kill} before the run started")
+        wait_s = (request.not_before - utcnow()).total_seconds() if request.not_before else 0
+        if wait_s > 0:  # a retry's back-off; rechecked now and then for a kill
+            await self.settle(lambda: self.msg.nak(delay=min(wait_s, names.RETRY_RECHECK_S)))
+            return False
         if orchestration is None:
             return await self._end_untaken(
                 RunStatus.FAILURE, f"orchestration {request.orchestration_id} no longer exists"
@@ -236,6 +240,19 @@ class Claim:
             return None
         self.record = written
         return written
+
+    async def done(self) -> None:
+        """The run's record has ended: enqueue its retry if its task retries it
+        (``dispatch.enqueue_retry``, idempotent), then ack; if the retry could not be
+        enqueued, leave the request unacked so that its redelivery does it."""
+        run = self.record
+        try:
+            if run and run.status in RUN_RETRIED and run.attempt <= self.request.retries:
+                await dispatch.enqueue_retry(self.ctx.bus, run)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("could not enqueue the retry of %s (redelivery will): %s", self.key, exc)
+            return
+        await self.settle(self.msg.ack)
 
     async def settle(self, action: Callable[[], object]) -> None:
         try:

@@ -361,7 +361,7 @@ class RunJob:
             log.warning("⊘ %s was taken over elsewhere; its %s is not recorded", self.key,
                         outcome.status)  # fmt: skip
             return
-        await claim.settle(claim.msg.ack)
+        await claim.done()
         elapsed = time.monotonic() - self._received
         arrow = "←" if outcome.status in (RunStatus.SUCCESS, RunStatus.FAILURE) else "⊘"
         log.info("%s %s %s%s in %.3f s", arrow, self.key, outcome.status,

@@ -15,7 +15,7 @@ class OrchestrationList(ShownList[D]):
 
 
 class TaskList(ShownList[D]):
-    columns = (
+    columns: tuple[str, ...] = (
         "id",
         "name",
         "last run status",
@@ -28,6 +28,12 @@ class TaskList(ShownList[D]):
         "workspace",
     )
     empty = "(no tasks)"
+
+
+class TaskTable(TaskList[D]):
+    """Tasks as ``taskbus tasks`` shows them: with each task's status (paused, killed, …)."""
+
+    columns: tuple[str, ...] = ("id", "name", "status", *TaskList.columns[2:])
 
 
 class TaskRunList(ShownList[D]):

@@ -6,7 +6,7 @@ import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import anyio
 
@@ -16,6 +16,7 @@ from broker.errors import (
     InvalidName,
     OrchestrationNotFound,
     OrchestrationNotReady,
+    WrongArgumentType,
 )
 from broker.models import OrchestrationRecord
 from broker.status import OrchestrationStatus, TaskKind
@@ -60,6 +61,20 @@ def check_json_args_limits(json_args: object) -> None:
             f"allowed (they travel in every run request). Pass a reference instead: a path, URL "
             f"or key the task reads its data from."
         )
+
+
+class RunOptions(TypedDict, total=False):
+    """The keyword-only options of every ``run_*`` beyond the reference (API.md)."""
+
+    retries: int
+    retry_delay_s: float
+    pool: str
+    memory_limit: str | int | None
+    cpu_limit: float | None
+
+
+_SPEC_KEYS = {"json_args", "timeout", "debug", "schedule", "tz", "overlap", "missed",
+              *RunOptions.__annotations__}  # fmt: skip
 
 
 class AsyncOrchestration(display.Shown):
@@ -156,6 +171,12 @@ class AsyncOrchestration(display.Shown):
         raise AssertionError("a KV watch does not end")
 
     async def _create(self, name: str, kind: TaskKind, **spec: Any) -> AsyncTask:
+        unknown = sorted(set(spec) - _SPEC_KEYS)
+        if unknown:
+            raise WrongArgumentType(
+                f"run_* got unexpected keyword argument(s) {', '.join(unknown)}; the options "
+                f"are {', '.join(sorted(RunOptions.__annotations__))}"
+            )
         check_name(name)
         check_json_args_limits(spec.get("json_args"))
         bus = await self._client._connected()
@@ -169,16 +190,22 @@ class AsyncOrchestration(display.Shown):
         json_args: dict[str, Any] | None = None,
         timeout: int | None = None,
         debug: bool = False,
+        **options: Unpack[RunOptions],
     ) -> AsyncTask:
         """Run once now (as soon as the orchestration is ready). ``name`` defaults to the
         orchestration's (the reference allows None); ``json_args`` must be a JSON object
-        (``{}`` when None); ``timeout`` in whole seconds."""
+        (``{}`` when None); ``timeout`` in whole seconds. Keyword-only options (every
+        ``run_*``): ``retries=0`` and ``retry_delay_s=10`` (a failed, timed-out or
+        executor-lost attempt is retried, each retry waiting twice as long as the one before;
+        a killed one never), ``pool="default"`` (only executors of that pool take the runs),
+        ``memory_limit`` (``"2GiB"``) and ``cpu_limit`` (``1.5``)."""
         return await self._create(
             self._record.name if name is None else name,
             TaskKind.RUN_ONCE,
             json_args=json_args,
             timeout=timeout,
             debug=debug,
+            **options,
         )
 
     async def run_scheduled(
@@ -192,10 +219,11 @@ class AsyncOrchestration(display.Shown):
         tz: str = "UTC",
         overlap: str = "allow",
         missed: str = "latest",
+        **options: Unpack[RunOptions],
     ) -> AsyncTask:
         """Run on a cron ``schedule`` in zone ``tz``; ``timeout`` applies to each run;
         ``overlap`` is ``allow``, ``forbid`` or ``replace``; ``missed`` is ``latest``,
-        ``skip`` or ``all``."""
+        ``skip`` or ``all``; the other options as for ``run_once``."""
         return await self._create(
             name,
             TaskKind.SCHEDULED,
@@ -206,13 +234,21 @@ class AsyncOrchestration(display.Shown):
             tz=tz,
             overlap=overlap,
             missed=missed,
+            **options,
         )
 
     async def run_continuously(
-        self, name: str, json_args: dict[str, Any] | None = None, debug: bool = False
+        self,
+        name: str,
+        json_args: dict[str, Any] | None = None,
+        debug: bool = False,
+        **options: Unpack[RunOptions],
     ) -> AsyncTask:
-        """Start a new run after each one ends (with back-off on failures) until killed."""
-        return await self._create(name, TaskKind.CONTINUOUS, json_args=json_args, debug=debug)
+        """Start a new run after each one ends (with back-off on failures) until killed; the
+        options as for ``run_once`` (a retried run's chain goes on after its last attempt)."""
+        return await self._create(
+            name, TaskKind.CONTINUOUS, json_args=json_args, debug=debug, **options
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The orchestration as JSON-ready values, as last fetched."""
@@ -293,8 +329,9 @@ class Orchestration(display.Shown):
         json_args: dict[str, Any] | None = None,
         timeout: int | None = None,
         debug: bool = False,
+        **options: Unpack[RunOptions],
     ) -> Task:
-        return self._task(partial(self._a.run_once, name, json_args, timeout, debug))
+        return self._task(partial(self._a.run_once, name, json_args, timeout, debug, **options))
 
     def run_scheduled(
         self,
@@ -307,6 +344,7 @@ class Orchestration(display.Shown):
         tz: str = "UTC",
         overlap: str = "allow",
         missed: str = "latest",
+        **options: Unpack[RunOptions],
     ) -> Task:
         return self._task(
             partial(
@@ -315,13 +353,18 @@ class Orchestration(display.Shown):
                 tz=tz,
                 overlap=overlap,
                 missed=missed,
+                **options,
             )
         )
 
     def run_continuously(
-        self, name: str, json_args: dict[str, Any] | None = None, debug: bool = False
+        self,
+        name: str,
+        json_args: dict[str, Any] | None = None,
+        debug: bool = False,
+        **options: Unpack[RunOptions],
     ) -> Task:
-        return self._task(partial(self._a.run_continuously, name, json_args, debug))
+        return self._task(partial(self._a.run_continuously, name, json_args, debug, **options))
 
     def to_dict(self) -> dict[str, Any]:
         return self._a.to_dict()

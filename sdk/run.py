@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import anyio
 
-from broker import logs, names, store
+from broker import catalog, logs, names, store
 from broker.errors import InvalidArgument, WaitTimeout
 from broker.models import RunRecord
 from broker.status import RUN_TERMINAL, RunStatus
@@ -48,9 +48,10 @@ class AsyncTaskRun(display.Shown):
     """One run of a task. ``status()`` is always fresh; the other getters read the record as
     last fetched, which ``refresh()``, ``status()`` and ``wait()`` fetch again."""
 
-    def __init__(self, client: AsyncClient, record: RunRecord) -> None:
+    def __init__(self, client: AsyncClient, record: RunRecord, waiting: str = "") -> None:
         self._client = client
         self._record = record
+        self._waiting = waiting  # why a pending run has not started, derived when read
 
     def id(self) -> str:
         return self._record.run_id
@@ -73,7 +74,12 @@ class AsyncTaskRun(display.Shown):
         return self._record.exit_code
 
     def reason(self) -> str:
-        return self._record.reason
+        """Why the run ended as it did; for a pending run, why it has not started (e.g.
+        ``waiting: no executor serves pool 'gpu'``), as of the last fetch."""
+        reason = self._record.reason
+        if self._waiting and self._record.status is RunStatus.PENDING:
+            return f"{self._waiting}; {reason}" if reason else self._waiting
+        return reason
 
     def created_at(self) -> datetime:
         return self._record.created_at
@@ -96,6 +102,9 @@ class AsyncTaskRun(display.Shown):
         found = await store.get(bus.runs, self._key, RunRecord)
         if found is not None:
             self._record = found[0]
+        pending = self._record.status is RunStatus.PENDING
+        served = await catalog.served_pools(bus) if pending else set()
+        self._waiting = catalog.waiting_reason(self._record, served)
         return self
 
     @overload
@@ -171,7 +180,7 @@ class AsyncTaskRun(display.Shown):
             "attempt": str(r.attempt),
             "executor": r.executor or display.NONE,
             "exit code": display.NONE if r.exit_code is None else str(r.exit_code),
-            "reason": r.reason or display.NONE,
+            "reason": self.reason() or display.NONE,
             "created at": display.iso(r.created_at),
             "started at": display.iso(r.started_at),
             "finished at": display.iso(r.finished_at),

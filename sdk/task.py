@@ -88,6 +88,14 @@ class AsyncTask(display.Shown):
         bus = await self._client._connected()
         return (await workspaces.get(bus.workspaces, self.workspace_name())).id
 
+    def retries(self) -> int:
+        """How many times a failed, timed-out or executor-lost run is retried."""
+        return self._record.retries
+
+    def pool(self) -> str:
+        """The executor pool whose executors take this task's runs."""
+        return self._record.pool
+
     def created_at(self) -> datetime:
         return self._record.created_at
 
@@ -142,6 +150,11 @@ class AsyncTask(display.Shown):
             )
         bus = await self._client._connected()
         self._record = await catalog.set_task_flags(bus, self._record.id, paused=paused)
+        if self._record.killed:
+            raise InvalidArgument(
+                f"Task {self.name()!r} ({self.id()}) was killed: a killed task cannot be "
+                f"{'paused' if paused else 'resumed'}. Create a new task to run it again."
+            )
         return self
 
     async def last_runs(
@@ -156,7 +169,11 @@ class AsyncTask(display.Shown):
         runs = [r for r in self._runs if wanted == "all" or r.status == wanted]
         if limit is not None:
             runs = runs[:limit]
-        return TaskRunList(AsyncTaskRun(self._client, r) for r in runs)
+        pending = any(r.status is RunStatus.PENDING for r in runs)
+        served = await catalog.served_pools(bus) if pending else set()
+        return TaskRunList(
+            AsyncTaskRun(self._client, r, catalog.waiting_reason(r, served)) for r in runs
+        )
 
     async def wait(self, timeout: float | None = None) -> TaskStatus:
         """Wait until the task reaches a final status (a run-once task's run ended, or the
@@ -244,6 +261,8 @@ class AsyncTask(display.Shown):
             "orchestration": r.orchestration_id,
             "input data": json.dumps(r.json_args),
             "timeout": display.NONE if r.timeout_s is None else f"{r.timeout_s} s",
+            "retries": str(r.retries),
+            "pool": r.pool,
             "created at": display.iso(r.created_at),
             "updated at": display.iso(r.updated_at),
             "workspace": workspaces.name_of(r.workspace),
@@ -289,6 +308,12 @@ class Task(display.Shown):
 
     def workspace_id(self) -> int:
         return self._portal.call(self._a.workspace_id)
+
+    def retries(self) -> int:
+        return self._a.retries()
+
+    def pool(self) -> str:
+        return self._a.pool()
 
     def created_at(self) -> datetime:
         return self._a.created_at()

@@ -287,7 +287,8 @@ def test_run_once_task_record_and_getters(client: sdk.Client) -> None:
     run = runs[0]
     assert run.task_id() == task.id() and run.status() == "pending"
     assert run.attempt() == 1 and run.exit_code() is None and run.executor() == ""
-    assert run.started_at() is None and run.finished_at() is None and run.reason() == ""
+    assert run.started_at() is None and run.finished_at() is None
+    assert run.reason() == "waiting: no executor serves pool 'default'"  # none is running
     assert run.created_at().tzinfo is not None
     assert run.logs() == [] and repr(run.logs()) == "(no logs yet)"
     assert "(no logs yet)" in run.logs()._repr_html_()
@@ -360,7 +361,8 @@ def test_scheduled_and_continuous_tasks(client: sdk.Client) -> None:
     assert [t.name() for t in client.list_tasks()] == ["cron", "once", "loop"]
     assert loop.kill() == "pending_kill"
     assert loop.status() == "killed" and loop.active() is False  # no run to stop
-    loop.resume()  # killing is final
+    with pytest.raises(sdk.TaskbusError, match="a killed task cannot be resumed"):
+        loop.resume()  # killing is final, and saying so
     assert loop.status() == "killed"
     assert [t.name() for t in client.list_tasks(killed=True)] == ["loop"]
     assert {t.name() for t in client.list_tasks()} == {"cron", "once", "loop"}

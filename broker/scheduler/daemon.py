@@ -38,7 +38,7 @@ from broker.scheduler.policy import Action, Step
 from broker.scheduler.runbook import RunBook
 from broker.scheduler.settings import SchedulerSettings
 from broker.scheduler.timetable import Timetable
-from broker.status import RUN_ACTIVE, Overlap, TaskKind
+from broker.status import RUN_ACTIVE, Overlap, TaskKind, will_retry
 
 log = logging.getLogger("broker.scheduler")
 
@@ -358,8 +358,8 @@ class Scheduler:
         if task is None or task.paused or not self._runs_ready:
             return
         runs = self.book.newest_first(task_id)
-        if runs and runs[0].status in RUN_ACTIVE:
-            self.timetable.disarm(task_id)
+        if runs and (runs[0].status in RUN_ACTIVE or will_retry(task, runs[0])):
+            self.timetable.disarm(task_id)  # the chain goes on after the run (or its retry)
             return
         when = utcnow()
         if runs:
@@ -383,7 +383,7 @@ class Scheduler:
         runs = self.book.newest_first(task.id)
         previous = runs[0] if runs else None
         if previous is not None:
-            if previous.status in RUN_ACTIVE:
+            if previous.status in RUN_ACTIVE or will_retry(task, previous):
                 return
             ready_at = self._ready_at(runs)
             if ready_at > now:

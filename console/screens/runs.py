@@ -114,7 +114,7 @@ class RunsScreen(ListScreen):
             "run": run.run_id,
             "status": str(run.status),
             "executor": run.executor,
-            "reason": run.reason,
+            "reason": self.ctx.state.run_reason(run),
             "exit": "" if run.exit_code is None else str(run.exit_code),
             "task_id": run.task_id,
         }
@@ -149,7 +149,7 @@ class RunsScreen(ListScreen):
             cell(clock_time(run.created_at, self.ctx.clock.local)),
             cell(duration(run.started_at, run.finished_at, now)),
             cell(DASH if run.exit_code is None else run.exit_code),
-            cell(run.reason or DASH),
+            cell(self.ctx.state.run_reason(run) or DASH),
         ]
         return cells, RUN_STYLES.get(run.status, "")
 

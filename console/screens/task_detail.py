@@ -159,7 +159,7 @@ class TaskDetailScreen(TaskActions, ConsoleScreen):
             cell(clock_time(run.started_at, zone)),
             cell(duration(run.started_at, run.finished_at, now)),
             cell(DASH if run.exit_code is None else run.exit_code),
-            cell(run.reason or DASH),
+            cell(self.ctx.state.run_reason(run) or DASH),
         ]
         return cells, RUN_STYLES.get(run.status, "")
 

@@ -13,7 +13,7 @@ from sdk.cli import FAILED, OK, USAGE, error
 
 if TYPE_CHECKING:
     from sdk.client import Client
-    from sdk.orchestration import Orchestration
+    from sdk.orchestration import Orchestration, RunOptions
     from sdk.run import TaskRun
     from sdk.task import Task
 
@@ -117,10 +117,10 @@ def run(args: argparse.Namespace) -> int:
     with _client(args) as client:
         orch = _orchestration(client, args)
         if args.continuous:
-            task = orch.run_continuously(args.name, json_args, args.debug)
+            task = orch.run_continuously(args.name, json_args, args.debug, **_options(args))
             _emit(args, task, task.to_dict())
             return OK
-        task = orch.run_once(args.name, json_args, args.timeout, args.debug)
+        task = orch.run_once(args.name, json_args, args.timeout, args.debug, **_options(args))
         if not (args.wait or args.follow):
             _emit(args, task, task.to_dict())
             return OK
@@ -152,15 +152,29 @@ def schedule(args: argparse.Namespace) -> int:
             tz=args.tz,
             overlap=args.overlap,
             missed=args.missed,
+            **_options(args),
         )
         _emit(args, task, task.to_dict())
     return OK
 
 
+def _options(args: argparse.Namespace) -> RunOptions:
+    """``--retries --retry-delay --pool --memory --cpus`` as ``run_*``'s options."""
+    return {
+        "retries": args.retries,
+        "retry_delay_s": args.retry_delay,
+        "pool": args.pool,
+        "memory_limit": args.memory,
+        "cpu_limit": args.cpus,
+    }
+
+
 def tasks(args: argparse.Namespace) -> int:
+    from sdk.lists import TaskTable
+
     with _client(args) as client:
         found = client.list_tasks(killed=args.killed, workspace_name=args.workspace)
-        _emit(args, found, [t.to_dict() for t in found])
+        _emit(args, TaskTable(found), [t.to_dict() for t in found])
     return OK
 
 
@@ -174,11 +188,18 @@ def runs(args: argparse.Namespace) -> int:
 def logs(args: argparse.Namespace) -> int:
     with _client(args) as client:
         task = _task(client, args)
-        chosen = _pick_run(task.last_runs(), args.run_id)
+        found = task.last_runs()
+        if not found and args.run_id is None:  # nothing failed: there is nothing to show yet
+            if args.json:
+                print("[]")
+            else:
+                print(f"task {task.id()} ({printable(task.name())}) has no runs yet")
+            return OK
+        chosen = _pick_run(found, args.run_id)
         if chosen is None:
-            what = f"no run {args.run_id}" if args.run_id else "no runs yet"
-            error(f"task {task.id()} ({task.name()}) has {what}; `taskbus runs {task.id()}`")
-            return USAGE if args.run_id else FAILED
+            error(f"task {task.id()} ({task.name()}) has no run {args.run_id}; "
+                  f"`taskbus runs {task.id()}` lists them")  # fmt: skip
+            return USAGE
         if args.follow:
             _print_lines(args, chosen.logs(args.limit, follow=True))
         elif args.json:

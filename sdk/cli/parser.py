@@ -59,6 +59,23 @@ def positive(value: str) -> int:
     return number
 
 
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    """The ``run_*`` options beyond the reference; the library checks their values."""
+    parser.add_argument(
+        "--retries", type=int, default=0,
+        help="retry a failed, timed-out or executor-lost run this many times (default 0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--retry-delay", type=float, default=10.0, metavar="SECONDS",
+        help="seconds before the first retry, doubled for each one after (default 10)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool", default="default", help="only executors of this pool take the runs (default)"
+    )
+    parser.add_argument("--memory", help="memory limit of each run, e.g. 512MiB or 2GiB")
+    parser.add_argument("--cpus", help="CPUs each run may use, e.g. 1.5")
+
+
 def add_user_commands(commands: Commands) -> None:
     from sdk.cli import auth
     from sdk.cli import workspaces as workspace_commands
@@ -92,6 +109,7 @@ def add_user_commands(commands: Commands) -> None:
     p.add_argument(
         "--follow", "-f", action="store_true", help="print the run's logs live (implies --wait)"
     )
+    _run_options(p)
     _workspace(p, "the orchestration's workspace (its tasks run there)")
     json_option(p)
 
@@ -104,6 +122,7 @@ def add_user_commands(commands: Commands) -> None:
     p.add_argument("--missed", default="latest", help="latest (default), skip or all")
     p.add_argument("--args", help="json_args: a JSON object, or @file holding one")
     p.add_argument("--timeout", type=int, help="seconds each run may take")
+    _run_options(p)
     _workspace(p, "the orchestration's workspace (its tasks run there)")
     json_option(p)
 
