@@ -1,8 +1,26 @@
 """Putting work on the queues: the one way a run, a packaging job or a kill is requested.
 
-The SDK (run once, run now) and the scheduler (cron fires) both call ``enqueue_run``: the run
-record is created as ``pending`` with KV ``create()`` first (idempotent: a run id derived from
-task and instant exists at most once), then the request is published with a ``Nats-Msg-Id``.
+The SDK (run once, run now, through ``broker.catalog``) and the scheduler (cron fires, through
+``broker.scheduler.firing``) both call ``enqueue_run``: the run record is created as
+``pending`` with KV ``create()`` first (idempotent: a run id derived from task and instant
+exists at most once), then the ``RunRequest`` is published on the run queue
+(``names.RUNQ_STREAM``, a work queue) with a ``Nats-Msg-Id``, its acknowledgement awaited
+through ``broker.publisher``.
+
+Trace "a run request becoming a process", one hop per module, each docstring naming the next:
+
+1. ``broker.dispatch`` (here): the pending run record, then the request on the run queue;
+2. ``executor.daemon``: a ``fetch(1)`` on the queue while a slot is free, a ``RunJob`` each;
+3. ``executor.runner``: the run job, from the request to its ack;
+4. ``executor.claim``: the run record compare-and-set to ``running`` under this executor;
+5. ``executor.isolation``: the run's private space and allowlisted environment (with its own
+   credential from ``executor.credentials`` and its connections file from
+   ``executor.secrets``);
+6. ``executor.process``: the launch contract and the fresh-interpreter launcher;
+7. ``executor.zygotes``: the warm-interpreter launcher, the executor's side;
+8. ``executor.zygote``: the fork, confinement (cgroup, mounts, UID) and ``__main__``.
+
+next: ``executor.daemon`` (the request's reader).
 """
 
 from __future__ import annotations

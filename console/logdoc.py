@@ -8,6 +8,8 @@ step, so a burst of tens of thousands of lines costs the UI one update per tick.
 ``LogLayout`` maps visual rows to lines under a stream filter and an optional wrap width
 (character wrap, so the row count of a line is known without rendering it), and ``LogSearch``
 keeps the matches of a search term as lines arrive.
+
+next: ``console.widgets.log_view`` (the widget that drains and draws a document).
 """
 
 from __future__ import annotations

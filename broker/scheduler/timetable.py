@@ -2,6 +2,8 @@
 
 Re-arming or disarming a task bumps its generation; stale heap entries are skipped when they
 surface (and the heap is compacted when they outnumber live ones), so a change is O(log n).
+
+next: ``broker.scheduler.policy`` (what the daemon does with the instants popped here).
 """
 
 from __future__ import annotations
