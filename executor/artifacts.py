@@ -3,7 +3,7 @@ and a private working copy for every run.
 
 Layout under ``<work_dir>``::
 
-    zips/<sha>.zip        downloaded with ``writeinto=`` (NATS-NOTES: a plain get is O(n²))
+    zips/<sha>.zip        downloaded with ``writeinto=`` (nats-py's plain get is O(n²))
     trees/<sha>/          extracted and pre-compiled; appears atomically (extract into a temp
                           folder, then rename), so a tree that exists is complete
     runs/<executor id>/<uuid>/   a run's working copy (its cwd); each executor process has
