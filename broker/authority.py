@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,7 +315,3 @@ class Authority:
 
 def _quote(text: str) -> str:
     return f'"{text}"'
-
-
-def expires_in(seconds: float) -> float:
-    return time.time() + seconds

@@ -246,12 +246,6 @@ class LogLayout:
             return index
         return (self.ends[index - 1] - self.skipped) if index else 0
 
-    def line_at_or_after(self, number: int) -> int | None:
-        if self.identity:
-            return number if number < self.synced else None
-        index = bisect_left(self.shown, number)
-        return self.shown[index] if index < len(self.shown) else None
-
     def numbers(self) -> Iterable[int]:
         if self.identity:
             return range(self.doc.first, self.synced)

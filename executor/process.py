@@ -79,14 +79,6 @@ def signal_group(pgid: int, sig: signal.Signals) -> bool:
     return True
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
 @dataclass(eq=False)
 class SpawnedChild:
     """A child of this process, awaited through a pidfd (readable once it has exited)."""

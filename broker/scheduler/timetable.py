@@ -49,9 +49,6 @@ class Timetable:
         if self._armed.pop(task_id, None) is not None:
             self._generation[task_id] = self._generation.get(task_id, 0) + 1
 
-    def armed_at(self, task_id: str) -> datetime | None:
-        return self._armed.get(task_id)
-
     def earliest(self) -> datetime | None:
         self._drop_stale()
         return self._heap[0].when if self._heap else None
