@@ -95,7 +95,7 @@ async def enqueue_fires(
 ) -> list[tuple[RunRecord, bool] | Exception]:
     """``enqueue_run`` for many scheduled fires at once, in one pipeline: every record create
     is sent before any answer is awaited, then every request. No task and no request round
-    trip per fire: a burst costs ~75 µs of CPU a fire, not ~136 µs (broker/scheduler/README.md).
+    trip per fire: a burst costs about half the CPU a fire (``tests/bench/bench_scheduler.py``).
 
     Each fire's outcome is what ``enqueue_run`` would return, or the exception that stopped it
     (for the caller to retry: every step is idempotent). A refused create (a peer's record, or

@@ -19,8 +19,8 @@ the next run extracts the zip again. ``__pycache__`` files are hardlinked (Pytho
 by rename, never in place); copies keep their mtime so the compiled files stay valid even with
 PYTHONDONTWRITEBYTECODE set. The entrypoint itself is not compiled (a script never is).
 
-Creating and deleting folders is the dearest part of a short run on a journaling disk (~0.1 ms
-a mkdir, up to ~0.4 ms a rmdir here), so a working copy that a run left exactly as it found it
+Creating and deleting folders is the dearest part of a short run on a journaling disk (each
+mkdir and rmdir is a journal write), so a working copy that a run left exactly as it found it
 (same entries, sizes and mtimes, folders included) is kept as a spare for the next run of the
 same zip; any other is deleted off the event loop. Run arguments files go to a tmpfs scratch
 folder when there is one (/dev/shm): a file there costs microseconds, not a disk journal entry.

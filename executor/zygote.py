@@ -230,7 +230,7 @@ def serve(sock: socket.socket) -> tuple[dict[str, object], list[int]]:
     poller.register(sock.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     # Children share the zygote's objects copy-on-write; freezing them keeps the collector
-    # (and the collection at exit) from touching, hence copying, those pages: ~4 ms per run.
+    # (and the collection at exit) from touching, hence copying, those pages, in every run.
     gc.freeze()
     live: set[int] = set()
     fenced: set[int] = set()  # killed when the lease ran out, not yet reaped
