@@ -1,5 +1,6 @@
 """The cluster's identities: one operator, a ``SYS`` and a ``TASKBUS`` account, a scoped signing
-key per role, and the ``.creds`` files issued with them (SECURITY.md, "Recommended design").
+key per role, and the ``.creds`` files issued with them (NATS's own decentralised JWT auth:
+no home-made crypto, no shared credential).
 
 Everything lives in one directory (``<data dir>/auth`` for ``taskbus up``), every file 0600:
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,7 +315,3 @@ class Authority:
 
 def _quote(text: str) -> str:
     return f'"{text}"'
-
-
-def expires_in(seconds: float) -> float:
-    return time.time() + seconds

@@ -3,6 +3,8 @@
 These are the only writers of orchestration records (creation) and task records (specs and
 the killed/paused flags). Runs are created by ``broker.dispatch``; from then on only the
 executor that owns a run writes it.
+
+next (a run once or run now): ``broker.dispatch.enqueue_run``.
 """
 
 from __future__ import annotations

@@ -47,8 +47,8 @@ class Bus:
     workspaces: KeyValue
     connections: KeyValue
     artifacts: ObjectStore
-    # Called after every reconnect: watchers are recreated here (NATS-NOTES: a watcher kept
-    # across a server restart stays blind for ~19 s).
+    # Called after every reconnect: watchers are recreated here (a watcher kept across a server
+    # restart stays blind until nats-py notices missed heartbeats, many seconds later).
     on_reconnect: list[Callback] = field(default_factory=list)
     on_disconnect: list[Callback] = field(default_factory=list)
     # Called with the refused subject when the server refuses a publish or subscription:
@@ -219,8 +219,9 @@ async def connect(
     js = nc.jetstream()
     publisher = Publisher(nc)
     try:
-        # Only the admin provisions (SECURITY.md): other roles bind to what exists. A server
-        # without authentication has no roles, so its clients provision as they always did.
+        # Only the admin provisions (no other role may create streams): others bind to what
+        # exists. A server without authentication has no roles, so its clients provision as
+        # they always did.
         if creds is None or creds.role == roles.Role.ADMIN:
             handles = await _provision_when_ready(js, settings)
         else:

@@ -1,8 +1,11 @@
 """Putting work on the queues: the one way a run, a packaging job or a kill is requested.
 
-The SDK (run once, run now) and the scheduler (cron fires) both call ``enqueue_run``: the run
-record is created as ``pending`` with KV ``create()`` first (idempotent: a run id derived from
-task and instant exists at most once), then the request is published with a ``Nats-Msg-Id``.
+The SDK (run once, run now, through ``broker.catalog``) and the scheduler (cron fires, through
+``broker.scheduler.firing``) both call ``enqueue_run``: the run record is created as
+``pending`` with KV ``create()`` first (idempotent: a run id derived from task and instant
+exists at most once), then the ``RunRequest`` is published on the run queue
+(``names.RUNQ_STREAM``, a work queue) with a ``Nats-Msg-Id``, its acknowledgement awaited
+through ``broker.publisher``.
 
 Retries (``enqueue_retry``): an attempt that failed or timed out is one run record; its retry
 is a new record (``attempt`` + 1, ``retry_of`` the previous run id, its own log), with a run
@@ -12,6 +15,21 @@ that recorded the end enqueues it at once, before it acks; the back-off is the r
 ``not_before``, which executors honour by naking it with a delay (``executor.claim``), so the
 waiting retry lives in the stream, not in any process's timer. (A run whose executor vanished
 never ended: the redelivered request continues that same record as the next attempt.)
+
+Trace "a run request becoming a process", one hop per module, each docstring naming the next:
+
+1. ``broker.dispatch`` (here): the pending run record, then the request on the run queue;
+2. ``executor.daemon``: a ``fetch(1)`` on the queue while a slot is free, a ``RunJob`` each;
+3. ``executor.runner``: the run job, from the request to its ack;
+4. ``executor.claim``: the run record compare-and-set to ``running`` under this executor;
+5. ``executor.isolation``: the run's private space and allowlisted environment (with its own
+   credential from ``executor.credentials`` and its connections file from
+   ``executor.secrets``);
+6. ``executor.process``: the launch contract and the fresh-interpreter launcher;
+7. ``executor.zygotes``: the warm-interpreter launcher, the executor's side;
+8. ``executor.zygote``: the fork, confinement (cgroup, mounts, UID) and ``__main__``.
+
+next: ``executor.daemon`` (the request's reader).
 """
 
 from __future__ import annotations
@@ -88,7 +106,7 @@ async def enqueue_fires(
 ) -> list[tuple[RunRecord, bool] | Exception]:
     """``enqueue_run`` for many scheduled fires at once, in one pipeline: every record create
     is sent before any answer is awaited, then every request. No task and no request round
-    trip per fire: a burst costs ~75 µs of CPU a fire, not ~136 µs (broker/scheduler/README.md).
+    trip per fire: a burst costs about half the CPU a fire (``tests/bench/bench_scheduler.py``).
 
     Each fire's outcome is what ``enqueue_run`` would return, or the exception that stopped it
     (for the caller to retry: every step is idempotent). A refused create (a peer's record, or

@@ -1,4 +1,4 @@
-"""Per-task resource limits as users spell them (API.md): ``memory_limit="2GiB"``,
+"""Per-task resource limits as users spell them in the SDK: ``memory_limit="2GiB"``,
 ``cpu_limit=1.5``; checked where a task is made, stored as bytes and CPUs."""
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
 """Reading a run's log lines: history, then live lines until the run's last batch.
 
-Executors publish ``LogBatch``es on ``taskbus.logs.<task_id>.<run_id>``; each line carries a
-per-run sequence, its stream and its timestamp. Readers use one ordered push consumer from the
-start of the subject (replaying 3,000 lines takes ~20 ms).
+Executors publish ``LogBatch``es on ``taskbus.logs.<task_id>.<run_id>`` (``executor.logstream``);
+each line carries a per-run sequence, its stream and its timestamp. Readers use one ordered
+push consumer from the start of the subject: the server pushes the stored batches without a
+request per message, so a run's history replays in one pass.
+
+next: ``sdk.run`` (``AsyncTaskRun.logs``, which the CLI's ``logs -f`` iterates). The console
+reads the same subject with its own ``console.logtail``.
 """
 
 from __future__ import annotations

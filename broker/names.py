@@ -87,7 +87,7 @@ ENV_RUN_SIGNING_KEY = "TASKBUS_RUN_SIGNING_KEY"
 ENV_DATA_DIR = "TASKBUS_DATA_DIR"
 ENV_REPLICAS = "TASKBUS_REPLICAS"  # 1 embedded, 3 in a cluster
 ENV_RUN_RETENTION_DAYS = "TASKBUS_RUN_RETENTION_DAYS"  # finished runs' records kept this long
-# Set by the executor for every task run (the in-task contract of DESIGN.md).
+# Set by the executor for every task run (the in-task contract: what ``sdk.intask`` reads).
 ENV_TASK_ID = "TASKBUS_TASK_ID"
 ENV_WALLAROO_TASK_ID = "WALLAROO_TASK_ID"  # the same id, where the reference's code reads it
 ENV_RUN_ID = "TASKBUS_RUN_ID"

@@ -1,4 +1,5 @@
-"""Idempotent provisioning of every JetStream resource in DESIGN.md, and binding to them.
+"""Idempotent provisioning of every JetStream resource (streams, buckets, object store named in
+``broker.names``), and binding to them.
 
 Only the admin provisions (``taskbus up``/``server``/``provision``, or any client of a server
 without authentication): creating a resource that exists with the same configuration is a
@@ -84,7 +85,7 @@ def _kv(bucket: str, replicas: int, **params: Any) -> js_api.KeyValueConfig:
         history=1,
         storage=js_api.StorageType.FILE,
         replicas=replicas,
-        direct=True,  # faster gets; any replica can answer (NATS-NOTES)
+        direct=True,  # faster gets; any replica can answer
         **params,
     )
 

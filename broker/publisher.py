@@ -1,13 +1,15 @@
 """JetStream publishes acknowledged through one shared inbox: the hot path of every fire.
 
 nats-py's ``js.publish`` is a request per message: a new future, an ``asyncio.wait_for`` and a
-``json.loads`` into a dataclass — about 60 µs of CPU, two of them per scheduled fire, and most
-of a 10,000-fire burst's lag. ``Publisher`` sends each message with a reply subject under one
-wildcard inbox subscribed once, matches the acknowledgement by its token and decodes it with
-msgspec: less than half the cost (a fire's two publishes: 129 → 58 µs measured), the same
-guarantee (the caller awaits the stream's ack, or gets an error or a timeout). nats-py's own
-``publish_async`` has no timeout: an ack lost in a reconnect would leave its future pending
-for ever.
+``json.loads`` into a dataclass, two of them per scheduled fire, and most of a large burst's
+lag. ``Publisher`` sends each message with a reply subject under one wildcard inbox subscribed
+once, matches the acknowledgement by its token and decodes it with msgspec: less than half the
+CPU (``tests/bench/bench_scheduler.py`` prints the fire lag), the same guarantee (the caller
+awaits the stream's ack, or gets an error or a timeout). nats-py's own ``publish_async`` has no
+timeout: an ack lost in a reconnect would leave its future pending for ever.
+
+The last hop of the trace "a cron instant becoming a run request" (listed in
+``broker.scheduler.daemon``); the request's reader is ``executor.daemon``.
 """
 
 from __future__ import annotations

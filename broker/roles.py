@@ -1,4 +1,4 @@
-"""Who may do what on the bus: one subject-permission template per role (SECURITY.md).
+"""Who may do what on the bus: one subject-permission template per role (least privilege).
 
 Each role is a scoped signing key of the TASKBUS account whose template is below; nats-server
 applies the template to every user the key signs, filling ``{{tag(task)}}``-style holes from
@@ -94,8 +94,8 @@ def _permissions(role: Role) -> tuple[list[str], list[str]]:
         return [">"], [">"]
     if role is Role.RUN:
         own_runs = n.kv_subject(n.RUNS, "{{tag(task)}}.*")
-        # Its own task, orchestration and run record; nothing else (SECURITY.md: a run may
-        # read its own task, orchestration and arguments). Nothing on the connections bucket:
+        # Its own task, orchestration and run record; nothing else (a run may read its own
+        # task, orchestration and arguments). Nothing on the connections bucket:
         # the executor decrypts its workspace's connections into a file for it.
         return [
             get_key(n.TASKS, "{{tag(task)}}"),
@@ -112,7 +112,7 @@ def _permissions(role: Role) -> tuple[list[str], list[str]]:
         *read_bucket(n.EXECUTORS),
     ]
     if role is Role.SCHEDULER:
-        # Never the connections bucket (SECURITY.md: the scheduler must never read them).
+        # Never the connections bucket (the scheduler must never read connection details).
         return [
             *account_info,
             *reads_all,
@@ -137,7 +137,7 @@ def _permissions(role: Role) -> tuple[list[str], list[str]]:
             *consume_queue(n.PKGQ_STREAM),
         ], [OWN_INBOX, n.kv_subject(n.TASKS), n.kv_subject(n.CONTROL)]
     # OPERATOR and USER: drive tasks; read everything, logs included; manage workspaces and
-    # connections (SECURITY.md: users manage connections; details stay encrypted on the bus).
+    # connections (users manage connections; details stay encrypted on the bus).
     return [
         *account_info,
         *reads_all,

@@ -1,5 +1,5 @@
-"""The key that encrypts connection details (SECURITY.md §7): ``cryptography``'s Fernet
-(AES-128-CBC with an HMAC-SHA256, authenticated), never a home-made cipher.
+"""The key that encrypts connection details at rest (the bus never holds it): ``cryptography``'s
+Fernet (AES-128-CBC with an HMAC-SHA256, authenticated), never a home-made cipher.
 
 The key lives with whoever creates connections and at executors — ``TASKBUS_SECRET_KEY`` (a
 Fernet key), else ``<data dir>/auth/secret.key`` (0600, made by ``Authority.ensure_local()``)

@@ -196,7 +196,7 @@ async def watch(
     """Current records, then ``("", None)`` once caught up, then live changes for ever.
 
     A deleted or expired key yields ``(key, None)``. With ``bus``, the watch is recreated after
-    every reconnect (NATS-NOTES: an old watcher stays blind for ~19 s after a server restart)
+    every reconnect (an old watcher stays blind for many seconds after a server restart)
     and replays the current records and the caught-up marker again, and creating it is retried
     while the server does not answer; without it, the caller recreates the watch itself.
     """

@@ -1,4 +1,4 @@
-"""User-controlled text made safe for a terminal (SECURITY.md property 6, "clean terminals").
+"""User-controlled text made safe for a terminal: no name or log line can drive the terminal.
 
 Task, orchestration and connection names, errors, reasons, arguments and log lines come from
 users; printed raw, an escape sequence in them could set the terminal's title, write its

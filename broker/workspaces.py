@@ -65,7 +65,8 @@ def check_name(name: object) -> str:
 
 
 def check_filters(workspace_id: object, workspace_name: object) -> None:
-    """The ``workspace_id=`` / ``workspace_name=`` filters' types (API.md: a TypeError)."""
+    """The ``workspace_id=`` / ``workspace_name=`` filters' types (a wrong type is a TypeError,
+    as in the reference SDK)."""
     if workspace_id is not None and (
         isinstance(workspace_id, bool) or not isinstance(workspace_id, int)
     ):

@@ -8,6 +8,8 @@ step, so a burst of tens of thousands of lines costs the UI one update per tick.
 ``LogLayout`` maps visual rows to lines under a stream filter and an optional wrap width
 (character wrap, so the row count of a line is known without rendering it), and ``LogSearch``
 keeps the matches of a search term as lines arrive.
+
+next: ``console.widgets.log_view`` (the widget that drains and draws a document).
 """
 
 from __future__ import annotations
@@ -243,12 +245,6 @@ class LogLayout:
         if self.wrap is None:
             return index
         return (self.ends[index - 1] - self.skipped) if index else 0
-
-    def line_at_or_after(self, number: int) -> int | None:
-        if self.identity:
-            return number if number < self.synced else None
-        index = bisect_left(self.shown, number)
-        return self.shown[index] if index < len(self.shown) else None
 
     def numbers(self) -> Iterable[int]:
         if self.identity:

@@ -1,9 +1,12 @@
 """Following one run's logs: history, then live batches, into a ``LogDocument``.
 
-One ordered push consumer on the run's subject (NATS-NOTES: replaying 3,000 lines takes
-~20 ms). The callback decodes a ``LogBatch`` and appends its lines to the document's pending
-list, nothing more; the log view drains that list from its own timer. After a reconnect the
-tail resumes from the last stream sequence it saw, and the per-line sequence drops replays.
+One ordered push consumer on the run's subject (the server pushes the stored batches without a
+request per message, so the history replays in one pass). The callback decodes a ``LogBatch``
+and appends its lines to the document's pending list, nothing more; the log view drains that
+list from its own timer. After a reconnect the tail resumes from the last stream sequence it
+saw, and the per-line sequence drops replays.
+
+Opened by ``console.feed.open_log`` for ``console.screens.run_logs``. next: ``console.logdoc``.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Like ``KeyValue.watch`` (an ordered push consumer delivering the last value per key), but
 with a callback instead of an iterator, so each change costs one O(1) call on the UI loop,
 and it remembers the last stream sequence seen: after a reconnect it resumes from there
-instead of replaying 100,000 runs (NATS-NOTES: a watcher must be recreated after a server
-restart). If the server came back with an older store, it reloads from scratch.
+instead of replaying 100,000 runs (a watcher must be recreated after a server restart: the
+old one stays blind until nats-py notices missed heartbeats). If the server came back with an
+older store, it reloads from scratch.
 """
 
 from __future__ import annotations

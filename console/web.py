@@ -1,7 +1,7 @@
 """``taskbus console --web``: the same app in a browser through textual-serve, behind a token.
 
 textual-serve starts one console process per browser tab and has no authentication of its
-own; this server adds what Jupyter does (SECURITY.md property 9):
+own; this server adds what Jupyter does:
 
 - a random token in the URL it prints (``http://127.0.0.1:8000/?token=…``); every request
   without it — pages, static files, downloads, WebSockets — gets 403. The first request with

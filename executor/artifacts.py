@@ -3,7 +3,7 @@ and a private working copy for every run.
 
 Layout under ``<work_dir>``::
 
-    zips/<sha>.zip        downloaded with ``writeinto=`` (NATS-NOTES: a plain get is O(n²))
+    zips/<sha>.zip        downloaded with ``writeinto=`` (nats-py's plain get is O(n²))
     trees/<sha>/          extracted and pre-compiled; appears atomically (extract into a temp
                           folder, then rename), so a tree that exists is complete
     runs/<executor id>/<uuid>/   a run's working copy (its cwd); each executor process has
@@ -26,8 +26,8 @@ replaces them by rename, never in place); copies keep their mtime so the compile
 valid even with PYTHONDONTWRITEBYTECODE set. The entrypoint itself is not compiled (a script
 never is). (Such a run can write the cached trees themselves: no copy policy protects them.)
 
-Creating and deleting folders is the dearest part of a short run on a journaling disk (~0.1 ms
-a mkdir, up to ~0.4 ms a rmdir here), so a working copy that a run left exactly as it found it
+Creating and deleting folders is the dearest part of a short run on a journaling disk (each
+mkdir and rmdir is a journal write), so a working copy that a run left exactly as it found it
 is kept as a spare for the next run of the same zip; any other is deleted off the event loop.
 "Exactly" is every entry's inode, owner, mode, size, mtime and ctime (a run can reset an mtime
 with ``utime``, never a ctime; a file shared with other copies is judged without its ctime,

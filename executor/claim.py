@@ -8,7 +8,8 @@ allows, else ``failure``/"executor lost (<its id>)". Otherwise compare-and-set t
 with this executor's id and the attempt: every later write is fenced on that (status,
 executor, attempt), so a run taken over elsewhere is never overwritten by a stale executor.
 
-Running what was taken is ``executor.runner``'s part.
+Running what was taken is ``executor.runner``'s part. next: ``executor.isolation`` (the
+run's private space, which the runner prepares once the claim is taken).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Each run's own NATS credential (SECURITY.md property 2), minted by the executor.
+"""Each run's own NATS credential (user code never sees the executor's), minted by the executor.
 
 The executor holds the run role's scoped signing key (``TASKBUS_RUN_SIGNING_KEY`` or
 ``--run-signing-key``), never the account key: whatever it signs gets the run template of

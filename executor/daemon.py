@@ -15,6 +15,10 @@
 SIGINT/SIGTERM: stop taking work, let running runs finish for ``shutdown_grace_s``, then kill
 them (recorded as ``killed``, reason "executor shut down"); a second signal kills at once.
 One summary line is logged at the end.
+
+next: ``executor.runner`` (``_take_run`` decodes a request and runs a ``RunJob`` for it; the
+launcher it gets, ``launcher_for``, is ``executor.process.Spawner`` or a warm interpreter from
+``executor.zygotes``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""What keeps a run to itself (SECURITY.md properties 2 and 3).
+"""What keeps a run to itself: it holds only its own credential, and cannot read the
+executor's secrets nor touch another run's files.
 
 Every run gets:
 - an allowlisted environment (``run_environment``): PATH, LANG/LC_*, TZ, PYTHONPATH, the
@@ -26,6 +27,9 @@ Every run gets:
 
 What the host allows is decided once at start (a confined probe process must import the SDK as
 a run UID) and said in one log line.
+
+next: ``executor.process`` (``RunSpace.confine`` travels in the ``Launch``; the child applies
+it with ``executor.zygote.confine`` before user code runs).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """One run's output on the bus: pipes read in chunks, split into lines, numbered, batched.
 
-The executor reads the child's stdout and stderr pipes in chunks (split by hand: ~50 ns a
-line, against ~0.7 µs for ``readline``), keeps the two streams apart, stamps and numbers every
+The executor reads the child's stdout and stderr pipes in chunks (``PipeReader``, on the event
+loop's reader callbacks; split by hand, an order of magnitude cheaper per line than
+``readline``), keeps the two streams apart, stamps and numbers every
 line (per run, from 1), and publishes ``LogBatch``es in order from a single flusher: a batch
 goes out once it has ``batch_lines`` lines or ``linger_s`` after its first line, so a quiet
 task's line reaches readers within milliseconds and a chatty one's lines share messages.
@@ -14,6 +15,22 @@ never silently drops) its replacement's lines, which continue the same numbering
 is no longer this executor's (``owned()`` turns false) nothing more is published. While NATS is
 away a batch is retried for ``PUBLISH_GIVE_UP_S``; once ``close()`` is called everything left
 must be stored within ``FINAL_PUBLISH_GIVE_UP_S``, so shutdown always finishes.
+
+Trace "a print() reaching the console and the SDK", one hop per module, each docstring naming
+the next (the pipes are opened by ``executor.runner`` and passed to the launcher as fds 1/2):
+
+1. ``executor.logstream`` (here): pipe → lines → ``LogBatch`` on
+   ``names.logs_subject(task, run)`` in the ``names.LOGS_STREAM`` stream;
+2. ``broker.logs``: the SDK's reader, history then live lines until the ``eof`` batch;
+3. ``sdk.run``: ``run.logs()`` / ``run.logs(follow=True)`` (and so ``taskbus logs -f`` in
+   ``sdk.cli.commands``);
+4. ``console.logtail``: the console's own reader of the same subject, into a document;
+5. ``console.logdoc``: the lines in memory, drained by a timer;
+6. ``console.widgets.log_view``: the widget that draws them;
+7. ``console.screens.run_logs``: the screen that opens the tail (through ``console.feed``) and
+   holds the view.
+
+next: ``broker.logs`` (SDK and CLI) and ``console.logtail`` (console).
 """
 
 from __future__ import annotations

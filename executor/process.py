@@ -2,12 +2,15 @@
 
 Every run is ``<python> <entrypoint>`` in its own session (so its own process group), with the
 in-task environment, stdin on /dev/null and stdout/stderr on two pipes the executor reads. Two
-launchers give that same contract: ``Spawner`` starts a fresh interpreter (fork+exec, ~30 ms
-with this machine's site-packages), ``executor.zygotes`` forks one from a warm interpreter
-(~2 ms). A process is awaited through a pidfd, not asyncio's child watcher (on Python 3.11 the
-default watcher adds a thread per child). Signals go to the whole group; "no such process"
-counts as dead. A spawned child gets SIGKILL when the executor dies (Linux parent-death
+launchers give that same contract: ``Spawner`` starts a fresh interpreter (fork+exec, then every
+import of interpreter start-up), ``executor.zygotes`` forks one from a warm interpreter that has
+done those imports already (``tests/bench/bench_runs.py`` measures both: with and without
+``--no-zygote``). A process is awaited through a pidfd, not asyncio's child watcher (on Python
+3.11 the default watcher adds a thread per child). Signals go to the whole group; "no such
+process" counts as dead. A spawned child gets SIGKILL when the executor dies (Linux parent-death
 signal); a zygote kills its children when the executor's socket closes.
+
+next: ``executor.zygotes`` (the warm launcher), then ``executor.zygote`` (the forked child).
 """
 
 from __future__ import annotations
@@ -72,14 +75,6 @@ def signal_group(pgid: int, sig: signal.Signals) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # a pgid reused by someone else's process: ours is gone
-        return False
-    return True
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
         return False
     return True
 

@@ -3,11 +3,21 @@
 Taking is ``executor.claim``'s part: it decides whether the run starts here, and fences every
 later write on this executor's claim.
 
-Running: see ``executor.process`` for the process contract. From the claim on (the environment
-may take minutes to build) the request is kept alive with ``in_progress()`` every third of the
-ack wait, and a kill ends the run at once, even while it is still being prepared. On exit the
-last log batch (``eof``) is stored, then the final status, then the request is acked. A run
-found taken over elsewhere publishes no more log lines.
+Preparing: the cached code tree and virtualenv (``executor.artifacts``,
+``executor.environments``), then the run's private space from ``executor.isolation`` holding
+its arguments file, its own credential (``executor.credentials``, through
+``Context.run_credentials``) and its workspace's connections (``executor.secrets``).
+
+Running: see ``executor.process`` for the process contract. Its stdout and stderr are two pipes
+read by ``executor.logstream.PipeReader``s (the trace "a print() reaching the console and the
+SDK" starts there). From the claim on (the environment may take minutes to build) the request
+is kept alive with ``in_progress()`` every third of the ack wait, and a kill ends the run at
+once, even while it is still being prepared. On exit the last log batch (``eof``) is stored,
+then the final status, then the request is acked. A run found taken over elsewhere publishes
+no more log lines.
+
+next: ``executor.claim`` (taking), then ``executor.isolation`` (the run's space and
+environment), then ``executor.process`` (the launch).
 """
 
 from __future__ import annotations

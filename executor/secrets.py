@@ -1,5 +1,5 @@
-"""Connections for runs (SECURITY.md §7): decrypted here, handed to a run as a private file,
-and masked out of its log lines.
+"""Connections for runs (encrypted at rest, the key only on executors): decrypted here, handed
+to a run as a private file, and masked out of its log lines.
 
 The executor holds the operator's key (``TASKBUS_SECRET_KEY``, taken out of its own
 environment as soon as it is read so that no run inherits it, else ``<data dir>/auth/

@@ -45,8 +45,8 @@ class ExecutorSettings:
     log_batch_lines: int = 500  # ... or is published once it has this many
     heartbeat_interval_s: float = names.HEARTBEAT_INTERVAL_S
     fetch_timeout_s: float = 0.5  # one long-poll pull request; also bounds shutdown
-    # Fork runs from a warm interpreter per environment (~2 ms) instead of spawning a fresh
-    # one (~30 ms with this machine's site-packages); both give the same process contract.
+    # Fork runs from a warm interpreter per environment instead of spawning a fresh one (which
+    # pays the interpreter's start-up and imports); both give the same process contract.
     zygote: bool = True
     keep_run_dirs: bool = False  # keep each run's working copy after it ends (debugging)
     # Packaging resolves requirements for this executor's interpreter.

@@ -5,7 +5,7 @@ site-packages a run would get from ``<python> main.py``), it waits on a SOCK_SEQ
 for requests, each a JSON object plus two file descriptors (the run's stdout and stderr pipes)
 passed with SCM_RIGHTS, and answers with the pid of a forked child; when a child ends it sends
 its exit code. It imports nothing beyond what interpreter start-up already loaded, so a fork
-costs ~2 ms where a fresh ``python main.py`` costs ~30 ms here.
+skips the start-up a fresh ``python main.py`` pays for.
 
 The child becomes what ``python main.py`` would have been: a new session, fds 0/1/2 on
 /dev/null and the two pipes, the run's working directory and environment, ``sys.argv`` and
@@ -14,7 +14,7 @@ The child becomes what ``python main.py`` would have been: a new session, fds 0/
 Interpreter shutdown is done by hand, in python's order: non-daemon threads joined, atexit
 handlers run, the run's own objects collected (its ``__main__`` namespace first), every open
 file flushed, then ``os._exit``. What is skipped is the teardown of every module, which in a
-forked child costs ~4 ms of copy-on-write faults for nothing the task can observe, except
+forked child costs copy-on-write faults on every module for nothing the task can observe, except
 ``__del__`` methods of objects held by imported modules (open files are flushed regardless).
 
 When the executor's end of the socket closes (the executor exited or was killed), the zygote
@@ -41,6 +41,8 @@ Messages, executor → zygote: a run request ``{"id": n, ..., "lease": deadline}
 fds, ``{"lease": deadline}``. Zygote → executor: ``{"ready": pid}``, ``{"id": n, "pid": p}`` or
 ``{"id": n, "error": text}``, ``{"exit": p, "code": c, "fenced": bool}`` (fenced: killed when
 the lease ran out).
+
+The last hop of the trace "a run request becoming a process" (listed in ``broker.dispatch``).
 """
 
 from __future__ import annotations
@@ -235,7 +237,7 @@ def serve(sock: socket.socket) -> tuple[dict[str, object], list[int]]:
     poller.register(sock.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     # Children share the zygote's objects copy-on-write; freezing them keeps the collector
-    # (and the collection at exit) from touching, hence copying, those pages: ~4 ms per run.
+    # (and the collection at exit) from touching, hence copying, those pages, in every run.
     gc.freeze()
     live: set[int] = set()
     fenced: set[int] = set()  # killed when the lease ran out, not yet reaped

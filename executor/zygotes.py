@@ -1,4 +1,5 @@
-"""Warm interpreters that fork runs (~2 ms) instead of starting a fresh one (~30 ms).
+"""Warm interpreters that fork runs instead of starting a fresh one: a fork skips the
+interpreter's start-up and imports.
 
 One ``Zygote`` per interpreter (the executor's own, and each cached virtualenv in use), started
 on first use as ``<python> executor/zygote.py <fd>`` in its own session, so it loads exactly
@@ -6,6 +7,10 @@ what ``<python> main.py`` would load. Requests and answers travel on a SOCK_SEQP
 the run's output pipes are passed as file descriptors. The zygote reaps its children and sends
 their exit codes, so a ``ZygoteChild`` is awaited like any child. If a zygote dies, its running
 children are killed and their runs end with the reason; the next run starts a new zygote.
+Each request carries the lease deadline the zygote's watchdog enforces (``renew``, called by
+``executor.heartbeat`` for every heartbeat the server confirmed).
+
+next: ``executor.zygote`` (the other end of the socket, where the run's process is forked).
 """
 
 from __future__ import annotations

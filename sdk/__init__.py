@@ -1,4 +1,4 @@
-"""Taskbus Python SDK: ``import sdk; wl = sdk.Client()`` (see API.md).
+"""Taskbus Python SDK: ``import sdk; wl = sdk.Client()`` (the reference SDK's API).
 
 ``import sdk`` is cheap: only ``in_task`` and ``task_args`` are loaded eagerly (they need no
 connection, and a task's child process calls them at start). Everything else — the clients,

@@ -2,7 +2,7 @@
 
 Every object describes itself as an ordered ``{label: text}`` mapping (``_display()``); a
 single object renders it as a two-column table, a list renders one row per object with the
-list's columns (the reference SDK's columns, API.md). Text tables show control characters
+list's columns (the reference SDK's columns). Text tables show control characters
 escaped (``broker.text.printable``: a name cannot retitle or clear a terminal); HTML tables
 are HTML-escaped.
 """

@@ -1,8 +1,8 @@
 """Helpers for code running inside a task run: cheap on purpose.
 
 A task's child process imports these at start, so this module imports only the standard
-library's ``json`` and ``os`` (and the names module): no nats, msgspec, anyio or asyncio, which
-would cost a child ~100 ms.
+library's ``json`` and ``os`` (and the names module): no nats, msgspec, anyio or asyncio, whose
+imports would lengthen every run's start.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Orchestrations (uploaded zips of code): getters, readiness, and creating tasks from them."""
+"""Orchestrations (uploaded zips of code): getters, readiness, and creating tasks from them.
+
+``run_once`` creates a run-once task through ``broker.catalog.create_task``, which requests its
+run. next: ``broker.catalog``, then ``broker.dispatch`` (which lists the rest of the trace "a
+run request becoming a process").
+"""
 
 from __future__ import annotations
 

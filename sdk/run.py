@@ -1,4 +1,10 @@
-"""Task runs (the executions of a task): getters, logs (read or follow) and wait."""
+"""Task runs (the executions of a task): getters, logs (read or follow) and wait.
+
+``logs`` reads through ``broker.logs`` (``read``/``tail``, and ``follow`` for live lines); the
+sync ``TaskRun`` runs the same iterator on the client's portal. The last hop of the SDK's side
+of the trace "a print() reaching the console and the SDK" (listed in ``executor.logstream``);
+``sdk.cli.commands`` prints these lines for ``taskbus logs``.
+"""
 
 from __future__ import annotations
 

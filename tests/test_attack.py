@@ -1,9 +1,9 @@
-"""SECURITY.md's attack, as a test: an uploaded orchestration whose main.py uses only what it
-finds in its environment and on its machine — ``sdk.Client()``, raw nats-py with the
-credential it was given, the filesystem — tries every action on the list. Each one must fail
-(refused by the server's permissions or the kernel's), and everything of the victim's must be
-intact afterwards. Real operator-mode nats-server, real executor with per-run credentials and,
-where it may switch UIDs (root, as in CI), a UID of its own for the run."""
+"""The attack a run must not get away with, as a test: an uploaded orchestration whose main.py
+uses only what it finds in its environment and on its machine — ``sdk.Client()``, raw nats-py
+with the credential it was given, the filesystem — tries every action on the list. Each one must
+fail (refused by the server's permissions or the kernel's), and everything of the victim's must
+be intact afterwards. Real operator-mode nats-server, real executor with per-run credentials
+and, where it may switch UIDs (root, as in CI), a UID of its own for the run."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Identities and permissions, enforced by a real nats-server in operator mode: every role
-authenticates as itself and may do only what SECURITY.md gives it."""
+authenticates as itself and may do only what its role's template in ``broker.roles`` gives
+it."""
 
 from __future__ import annotations
 
@@ -238,7 +239,7 @@ async def test_uploading_through_the_sdk_works_with_a_user_credential(
 async def test_only_users_and_executors_read_connections(
     secure_server: EmbeddedServer, authority: Authority, tmp_path: Path
 ) -> None:
-    """SECURITY.md: users manage connections, executors read them for their runs; the
+    """Users manage connections, executors read them for their runs; the
     scheduler never reads one, and a run reads its file, not the bucket."""
     from broker import connections
     from broker.models import ConnectionRecord

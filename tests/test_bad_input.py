@@ -1,4 +1,5 @@
-"""Bad input gets a clear Taskbus error, never a raw one (issue 10, SECURITY.md property 5).
+"""Bad input gets a clear Taskbus error, never a raw one (issue 10; the server side checks what
+the SDK checks).
 
 Zips: every refusal the SDK makes before upload is made again by a real executor before it
 unpacks anything, for zips uploaded with raw nats (skipping the SDK's check). Arguments too big

@@ -127,7 +127,7 @@ def test_colours_render_and_other_control_characters_show_escaped() -> None:
     raw = "\x1b[1;32mok\x1b[0m\tdone [/bold]\x07"
     assert plain(raw) == "ok      done [/bold]\\x07"
     assert Text.from_ansi(clean(raw)).plain == plain(raw)
-    # a carriage return could hide what came before it: shown, not obeyed (SECURITY.md 6)
+    # a carriage return could hide what came before it: shown, not obeyed
     assert plain("progress 10%\rprogress 100%") == "progress 10%\\rprogress 100%"
     assert plain("osc \x1b]52;c;aGk=\x07 \x9b2J \x1b[2J") == (
         "osc \\x1b]52;c;aGk=\\x07 \\x9b2J \\x1b[2J"

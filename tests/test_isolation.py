@@ -1,6 +1,7 @@
-"""Isolated runs (SECURITY.md properties 2 and 3): a hostile run, started by a root executor
-that holds a secret in its environment, can neither read the executor's secrets nor another
-run's arguments, nor change the shared code tree or virtualenv; the other run and the next run
+"""Isolated runs (each with its own credential, UID and files): a hostile run, started by a root
+executor that holds a secret in its environment, can neither read the executor's secrets nor
+another run's arguments, nor change the shared code tree or virtualenv; the other run and the
+next run
 of the victim's orchestration are unchanged. Real executor, real UIDs, real processes."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Safe packaging (SECURITY.md property 4): requirements.txt holds PEP 508 lines only, the
-index is the operator's, ``--hash`` pins are enforced, and no uv output reaches a user.
+"""Safe packaging: requirements.txt holds PEP 508 lines only, the index is the operator's,
+``--hash`` pins are enforced, and no uv output reaches a user.
 
 Refusals are checked where a user meets them (the SDK's upload) and where they are enforced
 (a real executor packaging a zip uploaded with raw nats, skipping the SDK's check). A real

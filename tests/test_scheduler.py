@@ -326,8 +326,9 @@ async def test_new_paused_resumed_and_killed_tasks_take_effect_within_a_second(
 async def test_watches_recover_after_the_server_restarts(
     bus: Bus, nats_server: EmbeddedServer, start_daemon: Callable[..., Daemon]
 ) -> None:
-    """NATS-NOTES: a watcher kept across a server restart stays blind for ~19 s. The scheduler
-    recreates its watches on reconnect: a task created right after it fires within seconds."""
+    """A watcher kept across a server restart stays blind until nats-py notices missed
+    heartbeats. The scheduler recreates its watches on reconnect: a task created right after
+    it fires within seconds."""
     await start_scheduler(start_daemon, nats_server.url)
     orch = await orchestration(bus)
     back = asyncio.Event()

@@ -1,5 +1,6 @@
 """SDK waits survive a server restart: their watches are recreated on reconnect instead of
-staying blind until nats-py's ordered consumer notices (~19 s, NATS-NOTES)."""
+staying blind until nats-py's ordered consumer notices (many seconds: it waits for missed
+heartbeats)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Clean terminals (SECURITY.md property 6): names, errors, reasons, arguments and log lines
-with escape sequences reach no terminal raw — not the CLI, not the SDK's reprs, not the
-console. They show escaped (``\\x1b]52;…``); ``--json`` and the SDK's data keep them exact."""
+"""Clean terminals: names, errors, reasons, arguments and log lines with escape sequences reach
+no terminal raw — not the CLI, not the SDK's reprs, not the console. They show escaped
+(``\\x1b]52;…``); ``--json`` and the SDK's data keep them exact."""
 
 from __future__ import annotations
 

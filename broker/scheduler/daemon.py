@@ -11,6 +11,20 @@ fail-over gap and no split-brain window to reason about; the price is a second, 
 Reading guide: ``_on_task`` (the tasks watch) arms and disarms; ``_clock`` pops what is due;
 ``_due_scheduled`` plans (``policy.plan``) and ``Firing.carry_out`` (firing.py) does it on the
 bus; ``_continue`` drives continuous tasks from the runs watch.
+
+Trace "a cron instant becoming a run request", one hop per module, each docstring naming the
+next:
+
+1. ``broker.scheduler.daemon`` (here): the tasks watch arms each task at its next instant
+   (``broker.cron.next_fire``, in the task's time zone), ``_clock`` pops what is due;
+2. ``broker.scheduler.timetable``: the heap of next instants the clock sleeps on;
+3. ``broker.scheduler.policy``: which due instants run, and which are recorded missed/skipped;
+4. ``broker.scheduler.firing``: the plan carried out on the bus, idempotently;
+5. ``broker.dispatch``: the pending run record (KV ``create()``), then the ``RunRequest`` on
+   the run queue — where the trace "a run request becoming a process" goes on;
+6. ``broker.publisher``: the stream's acknowledgements for a burst of fires, one inbox.
+
+next: ``broker.scheduler.timetable``, then ``broker.scheduler.policy``.
 """
 
 from __future__ import annotations
@@ -114,7 +128,7 @@ class Scheduler:
 
     async def _reconnected(self) -> None:
         self._online.set()
-        self._restart.set()  # NATS-NOTES: a watcher kept across a restart stays blind
+        self._restart.set()  # a watcher kept across a server restart stays blind for long seconds
 
     async def _disconnected(self) -> None:
         self._online.clear()

@@ -3,6 +3,8 @@
 
 Every action is idempotent (run ids derived from task and instant, or from the previous run),
 so a retry after a bus error, a peer scheduler, or a restart never makes a second run.
+
+next: ``broker.dispatch`` (``enqueue_fires`` pipelines the on-time fires of one instant).
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ each consecutive failure (``backoff_min_s`` → ``backoff_max_s``); a successful
 ran at least ``healthy_run_s``, resets it. Successive runs start at least ``min_interval_s``
 apart, so a task that exits at once does not run in a hot loop. The next run's id is derived
 from the previous run's id, so two schedulers create it once.
+
+next: ``broker.scheduler.firing`` (the plan's steps carried out on the bus).
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Re-arming or disarming a task bumps its generation; stale heap entries are skipped when they
 surface (and the heap is compacted when they outnumber live ones), so a change is O(log n).
+
+next: ``broker.scheduler.policy`` (what the daemon does with the instants popped here).
 """
 
 from __future__ import annotations
@@ -46,9 +48,6 @@ class Timetable:
     def disarm(self, task_id: str) -> None:
         if self._armed.pop(task_id, None) is not None:
             self._generation[task_id] = self._generation.get(task_id, 0) + 1
-
-    def armed_at(self, task_id: str) -> datetime | None:
-        return self._armed.get(task_id)
 
     def earliest(self) -> datetime | None:
         self._drop_stale()

@@ -1,5 +1,10 @@
 """One run's logs: history then the live tail, with follow, wrap, time zone, stream filter and
-search. The ``N new lines`` marker appears when you scroll up while lines keep coming."""
+search. The ``N new lines`` marker appears when you scroll up while lines keep coming.
+
+The last hop of the console's side of the trace "a print() reaching the console and the SDK"
+(listed in ``executor.logstream``): ``console.logtail`` fills a ``console.logdoc`` document
+that ``console.widgets.log_view`` draws.
+"""
 
 from __future__ import annotations
 

@@ -1,15 +1,17 @@
 """A log viewer for one run: renders only visible lines, follows the tail, never freezes.
 
-The document (``console.logdoc``) is filled by the NATS callback; this widget drains it from
-its own 15 Hz timer (CONSOLE-NOTES: batching like this sustained 60,000 lines/s), so a burst
-costs one layout step and one repaint per tick. Rendered lines are cached (LRU) by line
-number; SGR colours from user output are rendered with ``Text.from_ansi`` (never as markup),
-every other control character or escape sequence is shown escaped (``\\x1b]52;…``), never
-sent to the terminal (``console.logdoc.clean``).
+The document (``console.logdoc``) is filled by the NATS callback; this widget drains it from its
+own 15 Hz timer (a repaint per line cannot keep up with a chatty task; one per tick can,
+whatever the rate), so a burst costs one layout step and one repaint per tick. Rendered lines
+are cached (LRU) by line number; SGR colours from user output are rendered with
+``Text.from_ansi`` (never as markup), every other control character or escape sequence is shown
+escaped (``\\x1b]52;…``), never sent to the terminal (``console.logdoc.clean``).
 
 Follow: on while at the end. Scrolling up stops it and counts ``unseen`` lines; ``end``
 resumes. Search highlights every match and ``n``/``N`` move between them without hiding the
 lines around them.
+
+next: ``console.screens.run_logs`` (the screen that opens the tail and holds this view).
 """
 
 from __future__ import annotations

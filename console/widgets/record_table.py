@@ -1,7 +1,8 @@
 """A table that renders only the rows on screen (Textual's line API).
 
-``DataTable`` costs grow with its rows (CONSOLE-NOTES: 47 ms per update at 10k rows, 14 s to
-first paint 100k). This table holds only an ordered list of row keys; each visible row is
+``DataTable`` costs grow with its rows (an update or a first paint touches every row, so
+10,000 rows make each update slow and 100,000 a long wait for the first paint). This table
+holds only an ordered list of row keys; each visible row is
 rendered on demand by the screen's ``render_row`` callback, so 10,000 tasks or 100,000 runs
 cost the same to draw as 40. Updates never clear anything: ``set_keys`` swaps the order and
 keeps the cursor on the same key at the same place on screen; ``refresh()`` repaints the
