@@ -123,7 +123,7 @@ def test_taskbus_help_and_tasks_load_only_what_they_use(nats_url: str) -> None:
     )
 
 
-CONNECTION_OPTIONS = ["--url", "--user", "--password", "--token", "--creds"]
+CONNECTION_OPTIONS = ["--url", "--user", "--password", "--token", "--creds", "--tls-ca"]
 ENTRY_POINTS = [
     ["console.cli"], ["console.cli", "tasks"], ["console.cli", "executor"],
     ["console.cli", "scheduler"], ["console.cli", "console"], ["sdk.cli"], ["sdk.cli", "logs"],
@@ -171,7 +171,7 @@ async def test_the_console_takes_credentials_on_its_command_line(tmp_path: Path)
         app = TaskbusApp(wrong, retry_s=0.1, freeze_gc=False)
         async with app.run_test() as pilot:
             await wait_for(pilot, lambda: app.state.attempts >= 1 and app.state.link_detail)
-            assert app.state.link is Link.DOWN and "credentials" in app.state.link_detail
+            assert app.state.link is Link.DOWN and "refused the credential" in app.state.link_detail
         right, _ = settings_from(["--url", server.url, "--user", "ops", "--password", "s3cret"])
         app = TaskbusApp(right, retry_s=0.1, freeze_gc=False)
         async with app.run_test() as pilot:
