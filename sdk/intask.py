@@ -41,5 +41,8 @@ def connections() -> dict[str, Any] | None:
     with open(path, encoding="utf-8") as file:
         data = json.load(file)
     if not isinstance(data, dict):
-        raise TypeError(f"{names.ENV_CONNECTIONS_FILE} ({path}) does not hold a JSON object")
+        raise WrongArgumentType(
+            f"{names.ENV_CONNECTIONS_FILE} ({path}) does not hold a JSON object: the executor "
+            f"writes it; do not replace it"
+        )
     return data

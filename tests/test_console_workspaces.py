@@ -199,7 +199,7 @@ async def test_connections_view_never_shows_a_secret(bus: Bus, nats_url: str) ->
     await connections.create(
         bus, key, name="warehouse", connection_type="postgres", details=SECRETS, workspace="team-a"
     )
-    await connections.add(bus, "warehouse", names.DEFAULT_WORKSPACE)
+    await connections.add(bus, "warehouse", names.DEFAULT_WORKSPACE, key)
     await connections.create(
         bus, key, name="bucket", connection_type="[s3]", details={"k": "AKIA-SECRET"},
         workspace="team-a",

@@ -9,15 +9,18 @@ import ast
 import asyncio
 import base64
 import builtins
+import functools
 import hashlib
+import http.server
 import json
 import os
 import re
 import signal
 import sys
+import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import ModuleType
@@ -169,21 +172,51 @@ def test_a_zip_s_own_wallaroo_package_wins_over_the_shim(
     assert lines == ["imported zip", "holders 2", "shim last True"]
 
 
-def test_in_an_environment_the_real_package_wins_and_the_shim_is_the_fallback(
-    nats_url: str, executor: Daemon, tmp_path: Path
+@pytest.fixture
+def local_index(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A package index on loopback (PEP 503 pages: http.server's folder listings): the
+    operator's index, given to the executor as TASKBUS_INDEX_URL."""
+    root = tmp_path / "index"
+    (root / "simple").mkdir(parents=True)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/simple/", root / "simple"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+async def test_in_an_environment_the_real_package_wins_and_the_shim_is_the_fallback(
+    bus: Bus,
+    nats_url: str,
+    tmp_path: Path,
+    start_daemon: Callable[..., Daemon],
+    local_index: tuple[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Requirements that install a package named ``wallaroo`` (a local stand-in for the real
-    one) get it; requirements without it still get the shim, after the environment."""
-    real = wheel(tmp_path, "wallaroo", "ORIGIN = 'requirements'\n")
-    other = wheel(tmp_path, "notwallaroo", "")
+    one, on the operator's index) get it; requirements without it still get the shim, after
+    the environment."""
+    index_url, simple = local_index
+    for name, init in (("wallaroo", "ORIGIN = 'requirements'\n"), ("notwallaroo", "")):
+        (simple / name).mkdir()
+        wheel(simple / name, name, init)
+    monkeypatch.setenv("TASKBUS_INDEX_URL", index_url)
+    start_daemon("executor", "--url", nats_url, "--work-dir", str(tmp_path / "executor"))
+    await wait_for_executors(bus, 1)
+    await asyncio.to_thread(real_package_wins, nats_url)
+
+
+def real_package_wins(nats_url: str) -> None:
     with sdk.Client(nats_url) as wl:
-        with_real = {"main.py": WHICH_WALLAROO, "requirements.txt": f"wallaroo @ {real.as_uri()}\n"}
+        with_real = {"main.py": WHICH_WALLAROO, "requirements.txt": "wallaroo==0.0.1\n"}
         _, lines = task_output(wl, make_zip(with_real), name="real")
         assert lines == ["imported requirements", "holders 2", "shim last True"]
-        without = {
-            "main.py": WHICH_WALLAROO,
-            "requirements.txt": f"notwallaroo @ {other.as_uri()}\n",
-        }
+        without = {"main.py": WHICH_WALLAROO, "requirements.txt": "notwallaroo==0.0.1\n"}
         _, lines = task_output(wl, make_zip(without), name="fallback")
         assert lines == ["imported shim", "holders 1", "shim last True"]
 
@@ -259,7 +292,8 @@ async def _record_skipped(url: str, task_id: str, instant: datetime) -> RunRecor
 def test_running_an_orchestration_that_failed_packaging_raises_the_reference_error(
     nats_url: str, executor: Daemon
 ) -> None:
-    files = {"main.py": "print(1)\n", "requirements.txt": "this is not a requirement !!\n"}
+    # A well-formed requirement no index has: packaging fails at resolution.
+    files = {"main.py": "print(1)\n", "requirements.txt": "taskbus-no-such-package-4711==0.0.1\n"}
     with sdk.Client(nats_url) as wl:
         broken = wl.upload_orchestration(bytes_buffer=make_zip(files))
         with pytest.raises(sdk.OrchestrationNotReady):

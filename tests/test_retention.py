@@ -85,7 +85,7 @@ async def test_a_skipped_fire_record_expires_too(bus: Bus) -> None:
     now = utcnow().replace(microsecond=0)
     task = task_record("t", "o", kind=TaskKind.SCHEDULED, schedule="* * * * *")
     skipped = await dispatch.record_skipped_run(bus, task, now - timedelta(minutes=1), "missed")
-    assert skipped is not None and skipped.status is RunStatus.KILLED
+    assert skipped is not None and skipped.status is RunStatus.SKIPPED
 
     await wait_expired(bus, names.run_key(task.id, skipped.run_id))
 
