@@ -1,6 +1,6 @@
 """The executor daemon: takes runs and packaging jobs from the bus and reports on itself.
 
-``run(settings)`` connects (reconnecting for ever), then, in one task group:
+``Executor(settings, bus).run()`` (started by ``executor.service``), in one task group:
 - a heartbeat ``ExecutorRecord`` in the executors bucket every interval (``executor.heartbeat``);
 - the run-queue intake: one ``fetch(1)`` long-poll at a time while a slot is free (a
   ``fetch(n>1)`` holds its first message until the batch fills or the poll expires; a
@@ -12,9 +12,10 @@
 - fencing: when no heartbeat put has been confirmed by the server for half the ack wait, the
   executor kills its own runs (``executor.heartbeat`` says why and how).
 
-SIGINT/SIGTERM: stop taking work, let running runs finish for ``shutdown_grace_s``, then kill
-them (recorded as ``killed``, reason "executor shut down"); a second signal kills at once.
-One summary line is logged at the end.
+``stop(reason)`` (SIGINT/SIGTERM, through ``executor.service``): stop taking work, let running
+runs finish for ``shutdown_grace_s``, then kill them (recorded as ``killed``, reason "executor
+shut down"); ``stop(reason, now=True)`` (a second signal) kills at once. ``summary()`` is the
+line logged at the end.
 
 next: ``executor.runner`` (``_take_run`` decodes a request and runs a ``RunJob`` for it; the
 launcher it gets, ``launcher_for``, is ``executor.process.Spawner`` or a warm interpreter from
@@ -25,9 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -39,9 +38,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
-from broker import names, roles, store
+from broker import names, store
 from broker.authority import RunSigner
-from broker.connection import Bus, connect
+from broker.connection import Bus
 from broker.models import PackageRequest, RunControl, RunRequest, TaskRecord, decode
 from executor.artifacts import Artifacts
 from executor.context import Context
@@ -175,7 +174,6 @@ class Executor:
 
     async def run(self) -> None:
         settings, bus = self.settings, self.bus
-        started = time.monotonic()
         runq = await pull_subscription(
             bus.js, stream=names.RUNQ_STREAM, consumer=names.runq_consumer(settings.pool),
             subject=names.runq_subject(settings.pool), ack_wait_s=settings.ack_wait_s,
@@ -228,14 +226,16 @@ class Executor:
             self._zygotes.close()
             self.ctx.artifacts.close(keep_runs=settings.keep_run_dirs)
             self.isolation.close()
-            stats = self.ctx.stats
-            runs = sum(stats.values())
-            detail = ", ".join(f"{count} {status}" for status, count in sorted(stats.items()))
-            log.info(
-                "executor %s stopped after %.1f s (%s): %d runs%s, %d packaged",
-                settings.id, time.monotonic() - started, self._stop_reason or "error", runs,
-                f" ({detail})" if detail else "", self.packaged,
-            )  # fmt: skip
+
+    def summary(self, elapsed_s: float) -> str:
+        """The line logged at shutdown: why it stopped, its runs by outcome, packaging jobs."""
+        stats = self.ctx.stats
+        detail = ", ".join(f"{count} {status}" for status, count in sorted(stats.items()))
+        return (
+            f"executor {self.settings.id} stopped after {elapsed_s:.1f} s "
+            f"({self._stop_reason or 'error'}): {sum(stats.values())} runs"
+            f"{f' ({detail})' if detail else ''}, {self.packaged} packaged"
+        )
 
     async def _drain(self) -> None:
         """Let running work finish for the grace period, then kill what is left."""
@@ -383,32 +383,3 @@ class Executor:
             reason = kill_reason(task[0] if task else None, control[0] if control else None)
             if reason:
                 job.request_kill(reason)
-
-
-async def serve(settings: ExecutorSettings) -> None:
-    bus = await connect(settings.connect, reconnect_forever=True)
-    try:
-        bus.require_role("take run requests", roles.Role.EXECUTOR)
-        executor = Executor(settings, bus)
-    except BaseException:
-        await bus.close()
-        raise
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch_signals, executor)
-            await executor.run()
-            tg.cancel_scope.cancel()
-    finally:
-        await bus.close()
-
-
-async def _watch_signals(executor: Executor) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            executor.stop(name, now=executor.stopping)
-
-
-def run(settings: ExecutorSettings) -> None:
-    """Run the executor until SIGINT/SIGTERM."""
-    anyio.run(serve, settings)
