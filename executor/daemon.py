@@ -133,8 +133,8 @@ class Executor:
         self.packaged = 0
         self._stop = anyio.Event()
         self._stop_reason = ""
-        self._slots = anyio.Semaphore(settings.slots)
-        self._package_slots = anyio.Semaphore(1)
+        self._slots = anyio.CapacityLimiter(settings.slots)
+        self._package_slots = anyio.CapacityLimiter(1)
         self._waiting_scopes: set[anyio.CancelScope] = set()
         self._active = 0
         self._idle = anyio.Event()  # set when the last piece of work ends
@@ -252,47 +252,52 @@ class Executor:
 
     # --- intake ------------------------------------------------------------------------------
     async def _intake(
-        self, sub: JetStreamContext.PullSubscription, slots: anyio.Semaphore, handle: Handler
+        self, sub: JetStreamContext.PullSubscription, slots: anyio.CapacityLimiter, handle: Handler
     ) -> None:
+        """Take a slot, fetch one message into it, hand both to a task of the work group (the
+        slot is borrowed on behalf of that piece of work and given back when it ends)."""
         assert self._work is not None
         while not self._stop.is_set():
+            slot = object()
             with anyio.CancelScope() as waiting:
                 self._waiting_scopes.add(waiting)
                 try:
-                    await slots.acquire()
+                    await slots.acquire_on_behalf_of(slot)
                 finally:
                     self._waiting_scopes.discard(waiting)
             if waiting.cancelled_caught:
                 return
             if self._stop.is_set():
-                slots.release()
+                slots.release_on_behalf_of(slot)
                 return
             try:
                 msgs = await sub.fetch(1, timeout=self.settings.fetch_timeout_s)
             except (TimeoutError, nats.errors.TimeoutError):
-                slots.release()
+                slots.release_on_behalf_of(slot)
                 continue
             except Exception as exc:  # disconnected, or the consumer is being recreated
-                slots.release()
+                slots.release_on_behalf_of(slot)
                 log.debug("fetch failed: %r", exc)
                 await anyio.sleep(0.25)
                 continue
             if self._stop.is_set():
                 for msg in msgs:
                     await quietly(msg.nak())
-                slots.release()
+                slots.release_on_behalf_of(slot)
                 return
             self._active += 1
-            self._work.start_soon(self._guarded, handle, msgs[0], slots)
+            self._work.start_soon(self._guarded, handle, msgs[0], slots, slot)
 
-    async def _guarded(self, handle: Handler, msg: Msg, slots: anyio.Semaphore) -> None:
+    async def _guarded(
+        self, handle: Handler, msg: Msg, slots: anyio.CapacityLimiter, slot: object
+    ) -> None:
         try:
             await handle(msg)
         except Exception:
             log.exception("error handling %s", msg.subject)
         finally:
             self._active -= 1
-            slots.release()
+            slots.release_on_behalf_of(slot)
             if not self._active:
                 self._idle.set()
 
