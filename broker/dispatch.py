@@ -42,6 +42,7 @@ from datetime import datetime, timedelta
 import msgspec
 
 from broker import names, store
+from broker.backoff import Backoff
 from broker.connection import Bus
 from broker.models import (
     PackageRequest,
@@ -183,7 +184,7 @@ async def _send_all(
 def retry_delay_s(task: TaskRecord, attempt: int) -> float:
     """The back-off before the attempt after ``attempt``: ``retry_delay_s`` doubled for each
     retry before it, at most ``names.RETRY_DELAY_MAX_S``."""
-    return float(min(task.retry_delay_s * 2 ** (attempt - 1), names.RETRY_DELAY_MAX_S))
+    return Backoff(first_s=task.retry_delay_s, max_s=names.RETRY_DELAY_MAX_S).delay_s(attempt)
 
 
 async def enqueue_retry(bus: Bus, run: RunRecord) -> RunRecord | None:

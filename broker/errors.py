@@ -45,6 +45,8 @@
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 
 class TaskbusError(Exception):
     """The root of every error Taskbus raises on purpose."""
@@ -81,15 +83,24 @@ class CredentialError(TaskbusError):
     """A credential file or key cannot be read, or is not what it should be."""
 
 
-def exit_status(exc: TaskbusError) -> int:
-    """How a daemon stopped by ``exc`` exits, in the ``taskbus`` CLI's codes: 3 when no
-    server answered, 2 for a credential that cannot be used or does not allow the daemon's
-    work (a usage error), else 1 (it could not start)."""
+class ExitCode(IntEnum):
+    """The exit codes of every Taskbus command and daemon: the one table scripts can trust."""
+
+    OK = 0
+    FAILED = 1  # the work failed: a run that did not succeed, a daemon that could not start
+    USAGE = 2  # bad input, an unknown name, a credential that cannot be used or is refused
+    NOT_CONNECTED = 3  # no server to talk to
+    INTERRUPTED = 130  # SIGINT (Ctrl+C), as shells report it: 128 + 2
+
+
+def exit_status(exc: TaskbusError) -> ExitCode:
+    """How a command or daemon stopped by ``exc`` exits: ``NOT_CONNECTED`` when no server
+    answered; ``USAGE`` for bad input, an unknown name, or a credential that cannot be used or
+    does not allow the work; else ``FAILED``."""
     if isinstance(exc, NotConnected):
-        return 3
-    if isinstance(exc, PermissionDenied | CredentialError):
-        return 2
-    return 1
+        return ExitCode.NOT_CONNECTED
+    usage = (ValueError, TypeError, LookupError, PermissionDenied, CredentialError)
+    return ExitCode.USAGE if isinstance(exc, usage) else ExitCode.FAILED
 
 
 class RequestTimeout(CommunicationFailed, TimeoutError):

@@ -7,7 +7,6 @@ ready" line, and stops it with SIGTERM (JetStream flushes its store on the way o
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 from broker.errors import ServerError
+from broker.service import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +50,6 @@ def server_binary() -> str:
     )
 
 
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
-
-
-def die_with_parent() -> None:
-    """A ``preexec_fn``: the child gets SIGTERM when the thread that started it dies (Linux),
-    so a killed ``taskbus up`` or a closed terminal never leaves its daemons behind. Start
-    such children from the main thread only."""
-    if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -76,7 +64,8 @@ class ServerSettings:
     host: str = "127.0.0.1"
     config_file: Path | None = None  # a full nats-server config (cluster, auth) instead
     extra_args: tuple[str, ...] = ()
-    die_with_parent: bool = False  # see die_with_parent(); for `taskbus up` and `server`
+    # SIGTERM when the starting thread dies (broker.service.die_with_parent): `up`, `server`
+    die_with_parent: bool = False
     log_file: Path | None = None  # the server's output is appended here too (`taskbus up`)
 
 

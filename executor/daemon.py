@@ -1,6 +1,6 @@
 """The executor daemon: takes runs and packaging jobs from the bus and reports on itself.
 
-``run(settings)`` connects (reconnecting for ever), then, in one task group:
+``Executor(settings, bus).run()`` (started by ``executor.service``), in one task group:
 - a heartbeat ``ExecutorRecord`` in the executors bucket every interval (``executor.heartbeat``);
 - the run-queue intake: one ``fetch(1)`` long-poll at a time while a slot is free (a
   ``fetch(n>1)`` holds its first message until the batch fills or the poll expires; a
@@ -12,9 +12,10 @@
 - fencing: when no heartbeat put has been confirmed by the server for half the ack wait, the
   executor kills its own runs (``executor.heartbeat`` says why and how).
 
-SIGINT/SIGTERM: stop taking work, let running runs finish for ``shutdown_grace_s``, then kill
-them (recorded as ``killed``, reason "executor shut down"); a second signal kills at once.
-One summary line is logged at the end.
+``stop(reason)`` (SIGINT/SIGTERM, through ``executor.service``): stop taking work, let running
+runs finish for ``shutdown_grace_s``, then kill them (recorded as ``killed``, reason "executor
+shut down"); ``stop(reason, now=True)`` (a second signal) kills at once. ``summary()`` is the
+line logged at the end.
 
 next: ``executor.runner`` (``_take_run`` decodes a request and runs a ``RunJob`` for it; the
 launcher it gets, ``launcher_for``, is ``executor.process.Spawner`` or a warm interpreter from
@@ -25,9 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -39,9 +38,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
-from broker import names, roles, store
+from broker import names, store
 from broker.authority import RunSigner
-from broker.connection import Bus, connect
+from broker.connection import Bus
 from broker.models import PackageRequest, RunControl, RunRequest, TaskRecord, decode
 from executor.artifacts import Artifacts
 from executor.context import Context
@@ -134,8 +133,8 @@ class Executor:
         self.packaged = 0
         self._stop = anyio.Event()
         self._stop_reason = ""
-        self._slots = anyio.Semaphore(settings.slots)
-        self._package_slots = anyio.Semaphore(1)
+        self._slots = anyio.CapacityLimiter(settings.slots)
+        self._package_slots = anyio.CapacityLimiter(1)
         self._waiting_scopes: set[anyio.CancelScope] = set()
         self._active = 0
         self._idle = anyio.Event()  # set when the last piece of work ends
@@ -175,7 +174,6 @@ class Executor:
 
     async def run(self) -> None:
         settings, bus = self.settings, self.bus
-        started = time.monotonic()
         runq = await pull_subscription(
             bus.js, stream=names.RUNQ_STREAM, consumer=names.runq_consumer(settings.pool),
             subject=names.runq_subject(settings.pool), ack_wait_s=settings.ack_wait_s,
@@ -228,14 +226,16 @@ class Executor:
             self._zygotes.close()
             self.ctx.artifacts.close(keep_runs=settings.keep_run_dirs)
             self.isolation.close()
-            stats = self.ctx.stats
-            runs = sum(stats.values())
-            detail = ", ".join(f"{count} {status}" for status, count in sorted(stats.items()))
-            log.info(
-                "executor %s stopped after %.1f s (%s): %d runs%s, %d packaged",
-                settings.id, time.monotonic() - started, self._stop_reason or "error", runs,
-                f" ({detail})" if detail else "", self.packaged,
-            )  # fmt: skip
+
+    def summary(self, elapsed_s: float) -> str:
+        """The line logged at shutdown: why it stopped, its runs by outcome, packaging jobs."""
+        stats = self.ctx.stats
+        detail = ", ".join(f"{count} {status}" for status, count in sorted(stats.items()))
+        return (
+            f"executor {self.settings.id} stopped after {elapsed_s:.1f} s "
+            f"({self._stop_reason or 'error'}): {sum(stats.values())} runs"
+            f"{f' ({detail})' if detail else ''}, {self.packaged} packaged"
+        )
 
     async def _drain(self) -> None:
         """Let running work finish for the grace period, then kill what is left."""
@@ -252,47 +252,52 @@ class Executor:
 
     # --- intake ------------------------------------------------------------------------------
     async def _intake(
-        self, sub: JetStreamContext.PullSubscription, slots: anyio.Semaphore, handle: Handler
+        self, sub: JetStreamContext.PullSubscription, slots: anyio.CapacityLimiter, handle: Handler
     ) -> None:
+        """Take a slot, fetch one message into it, hand both to a task of the work group (the
+        slot is borrowed on behalf of that piece of work and given back when it ends)."""
         assert self._work is not None
         while not self._stop.is_set():
+            slot = object()
             with anyio.CancelScope() as waiting:
                 self._waiting_scopes.add(waiting)
                 try:
-                    await slots.acquire()
+                    await slots.acquire_on_behalf_of(slot)
                 finally:
                     self._waiting_scopes.discard(waiting)
             if waiting.cancelled_caught:
                 return
             if self._stop.is_set():
-                slots.release()
+                slots.release_on_behalf_of(slot)
                 return
             try:
                 msgs = await sub.fetch(1, timeout=self.settings.fetch_timeout_s)
             except (TimeoutError, nats.errors.TimeoutError):
-                slots.release()
+                slots.release_on_behalf_of(slot)
                 continue
             except Exception as exc:  # disconnected, or the consumer is being recreated
-                slots.release()
+                slots.release_on_behalf_of(slot)
                 log.debug("fetch failed: %r", exc)
                 await anyio.sleep(0.25)
                 continue
             if self._stop.is_set():
                 for msg in msgs:
                     await quietly(msg.nak())
-                slots.release()
+                slots.release_on_behalf_of(slot)
                 return
             self._active += 1
-            self._work.start_soon(self._guarded, handle, msgs[0], slots)
+            self._work.start_soon(self._guarded, handle, msgs[0], slots, slot)
 
-    async def _guarded(self, handle: Handler, msg: Msg, slots: anyio.Semaphore) -> None:
+    async def _guarded(
+        self, handle: Handler, msg: Msg, slots: anyio.CapacityLimiter, slot: object
+    ) -> None:
         try:
             await handle(msg)
         except Exception:
             log.exception("error handling %s", msg.subject)
         finally:
             self._active -= 1
-            slots.release()
+            slots.release_on_behalf_of(slot)
             if not self._active:
                 self._idle.set()
 
@@ -383,32 +388,3 @@ class Executor:
             reason = kill_reason(task[0] if task else None, control[0] if control else None)
             if reason:
                 job.request_kill(reason)
-
-
-async def serve(settings: ExecutorSettings) -> None:
-    bus = await connect(settings.connect, reconnect_forever=True)
-    try:
-        bus.require_role("take run requests", roles.Role.EXECUTOR)
-        executor = Executor(settings, bus)
-    except BaseException:
-        await bus.close()
-        raise
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch_signals, executor)
-            await executor.run()
-            tg.cancel_scope.cancel()
-    finally:
-        await bus.close()
-
-
-async def _watch_signals(executor: Executor) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            executor.stop(name, now=executor.stopping)
-
-
-def run(settings: ExecutorSettings) -> None:
-    """Run the executor until SIGINT/SIGTERM."""
-    anyio.run(serve, settings)

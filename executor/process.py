@@ -16,8 +16,6 @@ next: ``executor.zygotes`` (the warm launcher), then ``executor.zygote`` (the fo
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import os
 import signal
 import subprocess
@@ -26,16 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from broker.service import die_with_parent
 from executor.zygote import confine
-
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-
-
-def _die_with_executor() -> None:
-    """A ``preexec_fn``: SIGKILL this child when the thread that forked it ends. Spawns happen
-    on the event loop's thread, which lives as long as the executor."""
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,7 +106,9 @@ class Spawner:
 
         def prepare() -> None:
             confine(spec)
-            _die_with_executor()  # after the UID switch, which clears the parent-death signal
+            # SIGKILL when the event loop's thread (it lives as long as the executor) ends;
+            # after the UID switch, which clears the parent-death signal.
+            die_with_parent(signal.SIGKILL)
 
         # A plain Popen (~0.4 ms): asyncio's subprocess API would add its child watcher.
         process = subprocess.Popen(  # noqa: ASYNC220

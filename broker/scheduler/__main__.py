@@ -1,7 +1,8 @@
-"""``python -m broker.scheduler --url URL[,URL]``: the cron scheduler daemon."""
+"""``python -m broker.scheduler --url URL[,URL]``: see ``broker.scheduler.service``."""
 
-from broker.scheduler.runner import run
-from broker.scheduler.settings import SchedulerSettings
+import sys
+
+from broker.scheduler.service import main
 
 if __name__ == "__main__":
-    run(SchedulerSettings.from_cli())
+    sys.exit(main())

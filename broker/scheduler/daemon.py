@@ -113,17 +113,15 @@ class Scheduler:
         if self._online.is_set():
             with anyio.move_on_after(self.settings.shutdown_grace_s):
                 await self._write_watermark()
-        log.info(
-            "scheduler stopped after %.1f s: %d fired, %d already fired by a peer, %d missed, "
-            "%d skipped for overlap, %d replaced, %d continuous runs started, %d tasks armed",
-            time.monotonic() - started,
-            self.stats["fired"],
-            self.stats["peer"],
-            self.stats["missed"],
-            self.stats["overlap"],
-            self.stats["replaced"],
-            self.stats["continued"],
-            len(self.timetable),
+
+    def summary(self, elapsed_s: float) -> str:
+        """The line logged at shutdown: what was fired, missed, skipped; what is armed."""
+        stats = self.stats
+        return (
+            f"scheduler stopped after {elapsed_s:.1f} s: {stats['fired']} fired, "
+            f"{stats['peer']} already fired by a peer, {stats['missed']} missed, "
+            f"{stats['overlap']} skipped for overlap, {stats['replaced']} replaced, "
+            f"{stats['continued']} continuous runs started, {len(self.timetable)} tasks armed"
         )
 
     async def _reconnected(self) -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from broker.backoff import Backoff
 from broker.models import RunRecord, TaskRecord
 from broker.status import MissedPolicy, RunStatus
 
@@ -107,9 +108,7 @@ def continuous_delay_s(
         failures += 1
         if run_seconds(run) >= healthy_run_s:
             break
-    if failures == 0:
-        return 0.0
-    return float(min(backoff_min_s * 2 ** (failures - 1), backoff_max_s))
+    return Backoff(first_s=backoff_min_s, max_s=backoff_max_s).delay_s(failures)
 
 
 def continuous_ready_at(

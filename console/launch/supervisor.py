@@ -2,7 +2,8 @@
 
 ``Supervisor`` starts one (from the calling thread), then a thread waits for it to exit; an
 exit while the stack runs is a crash: it says so through ``notify`` and starts it again after
-a back-off (``Backoff``: 1 s doubling to 30 s, reset once it stayed up a minute). ``stop()``
+a back-off (``broker.backoff.Backoff``: 1 s doubling to 30 s, reset once it stayed up a
+minute). ``stop()``
 ends the supervision first, then the daemon, so a stop is never taken for a crash.
 """
 
@@ -18,8 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from broker.backoff import Backoff
 from broker.errors import TaskbusError
-from broker.server import die_with_parent
+from broker.service import die_with_parent
 from console.launch.daemons import SAFE_PATH
 
 # A child's own clean stop must fit: the executor lets runs finish for 10 s, then gives them
@@ -27,25 +29,6 @@ from console.launch.daemons import SAFE_PATH
 STOP_GRACE_S = 25.0
 # How long after an exit a stop may still be on its way (the exit was caused by it).
 STOP_SETTLE_S = 0.2
-
-
-class Backoff:
-    """The delay before restarting a daemon that died: ``first_s`` doubling to ``max_s``; a
-    daemon that stayed up ``healthy_s`` starts over at ``first_s``."""
-
-    def __init__(self, first_s: float = 1.0, max_s: float = 30.0, healthy_s: float = 60.0) -> None:
-        self.first_s = first_s
-        self.max_s = max_s
-        self.healthy_s = healthy_s
-        self._next_s = first_s
-
-    def after(self, uptime_s: float) -> float:
-        """The delay before the next start, for a daemon that ran ``uptime_s``."""
-        if uptime_s > self.healthy_s:
-            self._next_s = self.first_s
-        delay_s = self._next_s
-        self._next_s = min(self._next_s * 2, self.max_s)
-        return delay_s
 
 
 class Daemon(Protocol):
@@ -107,7 +90,7 @@ class Supervisor:
         self.restarts = 0
         self.returncode: int | None = None  # the last exit code seen
         self._start = start
-        self._backoff = Backoff()
+        self._backoff = Backoff(first_s=1.0, max_s=30.0, healthy_s=60.0)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self.daemon = start()

@@ -3,9 +3,10 @@
 ``python -m sdk.cli`` runs them headless; the installed ``taskbus`` script is ``console.cli``,
 which adds the launcher's commands (``up``, ``server``, …) to the same parser.
 
-Exit codes scripts can trust: 0 ok; 1 the work failed (a task run that did not succeed, a
-packaging error, a daemon that could not start); 2 usage or bad input; 3 no server to talk to.
-Every Taskbus error is one line on stderr, never a traceback.
+Exit codes scripts can trust (``broker.errors.ExitCode``, the daemons' too): 0 ok; 1 the work
+failed (a task run that did not succeed, a packaging error, a daemon that could not start); 2
+usage or bad input; 3 no server to talk to; 130 interrupted. Every Taskbus error is one line on
+stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-OK = 0
-FAILED = 1
-USAGE = 2
-NOT_CONNECTED = 3
-INTERRUPTED = 130
+from broker.errors import ExitCode
+
+OK = ExitCode.OK
+FAILED = ExitCode.FAILED
+USAGE = ExitCode.USAGE
+NOT_CONNECTED = ExitCode.NOT_CONNECTED
+INTERRUPTED = ExitCode.INTERRUPTED
 
 
 def error(message: object) -> None:
@@ -37,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command's handler, and turn every Taskbus error into one line
     on stderr and an exit code."""
-    from broker.errors import CredentialError, NotConnected, PermissionDenied, TaskbusError
+    from broker.errors import TaskbusError, exit_status
 
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passthrough", False):
@@ -54,14 +57,9 @@ def dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None)
     except BrokenPipeError:  # `taskbus logs ... | head`
         sys.stderr.close()
         return OK
-    except NotConnected as exc:
-        error(exc)
-        return NOT_CONNECTED
     except TaskbusError as exc:
         error(exc)
-        # Bad input, an unknown name, a credential that cannot be used or does not allow it.
-        usage = (ValueError, TypeError, LookupError, PermissionDenied, CredentialError)
-        return USAGE if isinstance(exc, usage) else FAILED
+        return exit_status(exc)
     except (ValueError, TypeError) as exc:  # the library's checks of arguments
         error(exc)
         return USAGE
