@@ -97,6 +97,9 @@ ENV_ARGS_FILE = "TASKBUS_ARGS_FILE"
 # The package index executors resolve and install requirements from (uv's --default-index);
 # unset, uv's own configuration decides. Never the user's: requirements.txt may not name one.
 ENV_INDEX_URL = "TASKBUS_INDEX_URL"
+# The operator's base requirements file (the executor's --base-requirements): packages every
+# task environment of that executor gets under the orchestration's own pins.
+ENV_BASE_REQUIREMENTS = "TASKBUS_BASE_REQUIREMENTS"
 # The executor's run UID pool, FIRST-LAST or "none" (its --run-uids).
 ENV_RUN_UIDS = "TASKBUS_RUN_UIDS"
 # The run's connections, decrypted by the executor into a 0600 file next to the args file: a

@@ -38,7 +38,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
-from broker import names, store
+from broker import names, requirements, store
 from broker.authority import RunSigner
 from broker.connection import Bus
 from broker.models import PackageRequest, RunControl, RunRequest, TaskRecord, decode
@@ -49,7 +49,7 @@ from executor.credentials import RunCredentials, RunCredentialsFn, no_credential
 from executor.environments import Environment, Environments, with_reference_shim
 from executor.heartbeat import Heartbeat
 from executor.isolation import Isolation, allowed_environment
-from executor.packaging import package
+from executor.packaging import package, resolve_base
 from executor.process import Launcher, Spawner
 from executor.runner import RunJob
 from executor.secrets import Secrets
@@ -172,8 +172,23 @@ class Executor:
         for scope in list(self._waiting_scopes):
             scope.cancel()
 
+    async def load_base(self) -> None:
+        """Resolve ``--base-requirements`` into the base lock every environment installs
+        first (``InvalidArgument`` for a file that cannot be used), and say which is in force."""
+        path = self.settings.base_requirements
+        if path is None:
+            return
+        lock = await resolve_base(path, self.environments.index_url)
+        self.environments.base_lock = lock
+        pinned = [line.requirement for line in requirements.parse(lock, source="the base lock")]
+        log.info(
+            "base requirements from %s under every run's own: %s", path,
+            ", ".join(map(str, pinned)) or "none (the file lists nothing)",
+        )  # fmt: skip
+
     async def run(self) -> None:
         settings, bus = self.settings, self.bus
+        await self.load_base()
         runq = await pull_subscription(
             bus.js, stream=names.RUNQ_STREAM, consumer=names.runq_consumer(settings.pool),
             subject=names.runq_subject(settings.pool), ack_wait_s=settings.ack_wait_s,

@@ -1,8 +1,11 @@
 """Virtualenvs for orchestrations with requirements: built by uv from the pinned lock, cached.
 
 An environment is keyed by sha256(lock, Python version, platform): every run of every
-orchestration with the same lock shares it, and a cache hit installs nothing. Layout under
-``env_dir``::
+orchestration with the same lock shares it, and a cache hit installs nothing. An executor
+started with ``--base-requirements`` has a base lock too (resolved at start,
+``executor.packaging.resolve_base``): every environment then installs the base lock first and
+the orchestration's lock over it (so the orchestration's pins win), is keyed by both, and an
+orchestration without requirements gets the base-only one. Layout under ``env_dir``::
 
     <key>/                the virtualenv; ``<key>/.taskbus-ready`` (written last) marks it
                           complete and holds its size and build time
@@ -65,8 +68,9 @@ def python_tag() -> str:
     return f"{sys.implementation.name}-{platform.python_version()}-{sysconfig.get_platform()}"
 
 
-def env_key(lock: str) -> str:
-    return hashlib.sha256(f"{lock}\n{python_tag()}".encode()).hexdigest()[:32]
+def env_key(lock: str, base: str = "") -> str:
+    layered = f"base:\n{base}\nover it:\n" if base else ""  # no base: the key as it always was
+    return hashlib.sha256(f"{layered}{lock}\n{python_tag()}".encode()).hexdigest()[:32]
 
 
 def uv_binary() -> str:
@@ -224,17 +228,27 @@ async def run_tool(*args: str) -> tuple[int, str, str]:
 
 
 class Environments:
-    def __init__(self, root: Path, max_bytes: int, index_url: str | None = None) -> None:
+    def __init__(
+        self, root: Path, max_bytes: int, index_url: str | None = None, base_lock: str = ""
+    ) -> None:
         self.root = root
         self.max_bytes = max_bytes
         # The operator's index for every resolve and install of this host (None: uv decides).
         self.index_url = index_url or os.environ.get(names.ENV_INDEX_URL) or None
+        # Installed under every environment's own lock ("": none; set once at executor start).
+        self.base_lock = base_lock
         self.root.mkdir(parents=True, exist_ok=True)
         self._uv = uv_binary()
 
+    def needed(self, lock: str) -> bool:
+        """Whether a run with ``lock`` gets an environment (else: the executor's interpreter)."""
+        return bool(lock or self.base_lock)
+
     async def acquire(self, lock: str) -> Environment:
-        """The environment for ``lock``, built if missing; hold it until ``release()``."""
-        key = env_key(lock)
+        """The environment for ``lock`` (over the base lock, if any), built if missing; hold it
+        until ``release()``."""
+        base = self.base_lock
+        key = env_key(lock, base)
         path = self.root / key
         fd = os.open(self.root / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -246,7 +260,7 @@ class Environments:
                 await _flock(fd, fcntl.LOCK_EX)
                 hit = (path / READY).is_file()  # built meanwhile by someone else
                 if not hit:
-                    build_s = await self._build(path, lock)
+                    build_s = await self._build(path, lock, base)
                 fcntl.flock(fd, fcntl.LOCK_SH)
             if hit:
                 write_pth(path)
@@ -275,12 +289,14 @@ class Environments:
             raise
         return fd
 
-    async def _build(self, path: Path, lock: str) -> float:
+    async def _build(self, path: Path, lock: str, base: str = "") -> float:
         started = time.monotonic()
         try:  # the lock is uv's input: a record written by hand must not smuggle options in
             pinned = requirements.parse(lock, source="the pinned lock")
         except InvalidOrchestration as exc:
             raise EnvironmentBuildError(f"{exc}; upload the orchestration again") from None
+        # The base lock was resolved from parsed lines by this executor: it parses.
+        base_pinned = requirements.parse(base, source="the base lock")
         # A build that died half-way leaves a folder without the marker.
         await anyio.to_thread.run_sync(shutil.rmtree, path, True)
         code, _, output = await run_tool(
@@ -291,26 +307,44 @@ class Environments:
             raise EnvironmentBuildError(
                 "uv could not create a virtualenv on the executor; its log has uv's output"
             )
-        lock_file = path / "requirements.lock"
-        lock_file.write_text(requirements.render(pinned))
         python = str(path / "bin" / "python")
-        hashes = ["--require-hashes"] if requirements.hashed(pinned) else []
-        code, _, output = await run_tool(
-            self._uv, "pip", "sync", "--quiet", "--no-progress", "--python", python,
-            *hashes, *index_args(self.index_url), str(lock_file),
-        )  # fmt: skip
-        if code != 0:
-            shutil.rmtree(path, ignore_errors=True)
-            log.warning("uv pip sync failed (exit %d) for %s:\n%s", code, path.name, output)
-            raise EnvironmentBuildError(
-                f"installing the pinned requirements failed: {explain_failure(output, pinned)}"
-            )
+        if base_pinned:  # the base first, then the orchestration's lock over it (its pins win)
+            base_what = "the executor's base requirements"
+            await self._install(path, python, "base.lock", base_pinned, "sync", base_what)
+        if pinned:
+            how, what = ("install" if base_pinned else "sync"), "the pinned requirements"
+            await self._install(path, python, "requirements.lock", pinned, how, what)
         write_pth(path)
         build_s = time.monotonic() - started
         size = await anyio.to_thread.run_sync(_tree_size, path)
         (path / READY).write_text(json.dumps({"size": size, "build_s": round(build_s, 3)}))
         log.info("built environment %s in %.2f s (%d MiB)", path.name, build_s, size >> 20)
         return build_s
+
+    async def _install(
+        self,
+        path: Path,
+        python: str,
+        name: str,
+        pinned: list[requirements.Line],
+        how: str,
+        what: str,
+    ) -> None:
+        """``uv pip sync`` (exactly this lock) or ``install`` (over what is there) one lock."""
+        lock_file = path / name
+        lock_file.write_text(requirements.render(pinned))
+        hashes = ["--require-hashes"] if requirements.hashed(pinned) else []
+        source = [str(lock_file)] if how == "sync" else ["-r", str(lock_file)]
+        code, _, output = await run_tool(
+            self._uv, "pip", how, "--quiet", "--no-progress", "--python", python,
+            *hashes, *index_args(self.index_url), *source,
+        )  # fmt: skip
+        if code != 0:
+            shutil.rmtree(path, ignore_errors=True)
+            log.warning("uv pip %s failed (exit %d) for %s:\n%s", how, code, path.name, output)
+            raise EnvironmentBuildError(
+                f"installing {what} failed: {explain_failure(output, pinned)}"
+            )
 
     def evict(self) -> list[str]:
         """Remove least recently used environments not in use until under ``max_bytes``."""

@@ -23,11 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import anyio
 import msgspec
 
 from broker import requirements, store
 from broker.connection import Bus
-from broker.errors import InvalidOrchestration
+from broker.errors import InvalidArgument, InvalidOrchestration
 from broker.models import OrchestrationRecord, utcnow
 from broker.status import ORCHESTRATION_SETTLED, OrchestrationStatus
 from executor.artifacts import ArtifactError, Artifacts
@@ -51,19 +52,21 @@ def python_version() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
-async def resolve(text: str, index_url: str | None = None) -> str:
+async def resolve(
+    text: str, index_url: str | None = None, *, source: str = requirements.SOURCE
+) -> str:
     """Pin requirements.txt ``text`` for this interpreter: the lock every host installs ("" when
     it lists nothing). ``InvalidOrchestration`` for a refused line, ``ResolutionError`` when
     uv cannot resolve it."""
-    lines = requirements.parse(text)
+    lines = requirements.parse(text, source=source)
     if not lines:
         return ""
     hashed = requirements.hashed(lines)
     with tempfile.TemporaryDirectory(prefix="taskbus-resolve-") as folder:
-        source = Path(folder) / "requirements.txt"
-        source.write_text(requirements.render(lines, with_hashes=False))
+        infile = Path(folder) / "requirements.txt"
+        infile.write_text(requirements.render(lines, with_hashes=False))
         code, lock, errors = await run_tool(
-            uv_binary(), "pip", "compile", str(source), "--python", sys.executable,
+            uv_binary(), "pip", "compile", str(infile), "--python", sys.executable,
             "--no-header", "--no-annotate", "--quiet", "--no-progress",
             *(["--generate-hashes"] if hashed else []), *index_args(index_url),
         )  # fmt: skip
@@ -77,6 +80,25 @@ async def resolve(text: str, index_url: str | None = None) -> str:
         log.warning("uv pip compile printed a lock Taskbus refuses (%s):\n%s", exc, lock)
         raise ResolutionError("the resolver's lock was not plain requirements") from None
     return requirements.render(keep_hashes(lines, pinned) if hashed else pinned)
+
+
+async def resolve_base(path: Path, index_url: str | None = None) -> str:
+    """The executor's base requirements file (``--base-requirements``) pinned like any
+    requirements.txt (same rules, same resolver, same index); ``InvalidArgument`` saying what
+    to fix when it cannot be read, has a refused line or does not resolve."""
+    try:
+        text = await anyio.Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InvalidArgument(
+            f"--base-requirements {path}: cannot read it ({reason}); give a requirements file"
+        ) from None
+    try:
+        return await resolve(text, index_url, source=str(path))
+    except InvalidOrchestration as exc:
+        raise InvalidArgument(f"--base-requirements {exc}") from None
+    except ResolutionError as exc:
+        raise InvalidArgument(f"--base-requirements {path} could not be resolved: {exc}") from None
 
 
 def keep_hashes(

@@ -155,7 +155,7 @@ class RunJob:
         space: RunSpace | None = None
         try:
             tree = await ctx.artifacts.tree(orchestration.sha)
-            if orchestration.lock:
+            if ctx.environments.needed(orchestration.lock):  # its lock, or the base one
                 environment = await ctx.environments.acquire(orchestration.lock)
                 short = environment.key[:12]
                 if environment.hit:

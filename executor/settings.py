@@ -66,6 +66,16 @@ class ExecutorSettings:
         )
     )
 
+    # The operator's base requirements file: resolved once at start into a lock that every
+    # task environment installs first, the orchestration's own lock over it (its pins win).
+    base_requirements: Path | None = field(
+        default_factory=lambda: (
+            Path(os.environ[names.ENV_BASE_REQUIREMENTS])
+            if os.environ.get(names.ENV_BASE_REQUIREMENTS)
+            else None
+        )
+    )
+
     def __post_init__(self) -> None:
         self.run_uid_range  # noqa: B018 (a bad range is refused when the settings are made)
         if not names.MIN_ACK_WAIT_S <= self.ack_wait_s <= names.MAX_ACK_WAIT_S:
@@ -155,6 +165,9 @@ class ExecutorSettings:
             cgroups=False if args.no_cgroups else None,
             max_run_pids=args.max_run_pids,
             run_signing_key=Path(args.run_signing_key) if args.run_signing_key else None,
+            base_requirements=(
+                Path(args.base_requirements).expanduser() if args.base_requirements else None
+            ),
         )
 
 
@@ -220,5 +233,12 @@ def parser() -> argparse.ArgumentParser:
         "--run-signing-key",
         help=f"the run role's signing key (signing/run.nk of `taskbus auth init`; or "
         f"${names.ENV_RUN_SIGNING_KEY}): each run gets its own credential",
+    )
+    p.add_argument(
+        "--base-requirements",
+        metavar="FILE",
+        help=f"requirements every task environment gets under the orchestration's own pins "
+        f"(which win); an orchestration without requirements gets only these "
+        f"(or ${names.ENV_BASE_REQUIREMENTS})",
     )
     return p
