@@ -33,7 +33,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -129,6 +129,19 @@ class Follow:
         self._closed = False
         self._started = False  # a consumer was created once: a start now is a resume
         self._resume_hook: Callable[[], Awaitable[None]] | None = None
+
+    @classmethod
+    def bucket(cls, js: JetStreamContext, bucket: str, keys: str = ">", **options: Any) -> Follow:
+        """A KV bucket's current records (the last per key) matching ``keys``, then changes;
+        entries are keyed by the KV key."""
+        return cls(
+            js,
+            names.kv_stream(bucket),
+            names.kv_subject(bucket, keys),
+            prefix=names.kv_subject(bucket, ""),
+            deliver=Deliver.LAST_PER_SUBJECT,
+            **options,
+        )
 
     # --- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:

@@ -17,7 +17,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from broker import names
-from broker.follow import Deliver, Follow
+from broker.follow import Follow
 from broker.models import Record, decode, encode
 from broker.publisher import Publisher
 
@@ -157,12 +157,10 @@ async def scan(bus: Bus, bucket: str, kind: type[R], keys: str = ">") -> dict[st
     # <name>.<filter>), so server permissions can allow a listing of some keys only (a run
     # lists its own task's runs); its answer already says how many records there are.
     records: dict[str, R] = {}
-    listing = Follow(
+    listing = Follow.bucket(
         bus.js,
-        names.kv_stream(bucket),
-        names.kv_subject(bucket, keys),
-        prefix=names.kv_subject(bucket, ""),
-        deliver=Deliver.LAST_PER_SUBJECT,
+        bucket,
+        keys,
         until_loaded=True,
         named="scan",
         flow_control=False,
@@ -193,14 +191,7 @@ async def watch(
     without it, the caller recreates the watch itself.
     """
     bucket = kv._name
-    follow = Follow(
-        kv._js,
-        names.kv_stream(bucket),
-        names.kv_subject(bucket, keys),
-        prefix=names.kv_subject(bucket, ""),
-        deliver=Deliver.LAST_PER_SUBJECT,
-        bus=bus,
-    )
+    follow = Follow.bucket(kv._js, bucket, keys, bus=bus)
     try:
         while True:
             try:

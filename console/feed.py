@@ -23,7 +23,7 @@ import msgspec
 from broker import catalog, names
 from broker.connection import Bus, connect
 from broker.errors import NotConnected, PermissionDenied, TaskbusError
-from broker.follow import Deliver, EntryCallback, Follow
+from broker.follow import EntryCallback, Follow
 from broker.models import (
     ConnectionRecord,
     ExecutorRecord,
@@ -109,12 +109,9 @@ class Feed:
 
     def _watch(self, bus: Bus, collection: str, bucket: str, on_entry: EntryCallback) -> Follow:
         """Current values of a bucket, then live changes, one O(1) callback each."""
-        return Follow(
+        return Follow.bucket(
             bus.js,
-            names.kv_stream(bucket),
-            names.kv_subject(bucket),
-            prefix=names.kv_subject(bucket, ""),
-            deliver=Deliver.LAST_PER_SUBJECT,
+            bucket,
             on_entry=on_entry,
             on_loaded=partial(self.state.mark_loaded, collection),
             on_reset=partial(self.state.reset, collection),
