@@ -133,13 +133,13 @@ class Follow:
     @classmethod
     def bucket(cls, js: JetStreamContext, bucket: str, keys: str = ">", **options: Any) -> Follow:
         """A KV bucket's current records (the last per key) matching ``keys``, then changes;
-        entries are keyed by the KV key."""
+        entries are keyed by the KV key (``deliver`` may ask for every revision instead)."""
+        options.setdefault("deliver", Deliver.LAST_PER_SUBJECT)
         return cls(
             js,
             names.kv_stream(bucket),
             names.kv_subject(bucket, keys),
             prefix=names.kv_subject(bucket, ""),
-            deliver=Deliver.LAST_PER_SUBJECT,
             **options,
         )
 
