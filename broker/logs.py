@@ -2,11 +2,12 @@
 
 Executors publish ``LogBatch``es on ``taskbus.logs.<task_id>.<run_id>`` (``executor.logstream``);
 each line carries a per-run sequence, its stream and its timestamp. Readers use one ordered
-push consumer from the start of the subject: the server pushes the stored batches without a
-request per message, so a run's history replays in one pass.
+push consumer (from the start of the subject: the server pushes the stored batches without a
+request per message, so a run's history replays in one pass): a ``broker.follow.Follow``,
+which resumes after a reconnect from the last batch it saw.
 
 next: ``sdk.run`` (``AsyncTaskRun.logs``, which the CLI's ``logs -f`` iterates). The console
-reads the same subject with its own ``console.logtail``.
+reads the same subject through the same ``Follow`` (``console.logtail``).
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import nats.errors
-from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
 from broker import names, store
 from broker.connection import Bus
 from broker.errors import LogsUnavailable
+from broker.follow import Follow
 from broker.models import LogBatch, LogLine, RunRecord, decode
 from broker.status import RUN_TERMINAL
 
@@ -51,33 +52,29 @@ async def _batches(
     bus: Bus, task_id: str, run_id: str, *, follow: bool, start_seq: int | None = None
 ) -> AsyncIterator[LogBatch]:
     subject = names.logs_subject(task_id, run_id)
-    start = (
-        js_api.ConsumerConfig(
-            deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq
-        )
-        if start_seq
-        else js_api.ConsumerConfig(deliver_policy=js_api.DeliverPolicy.ALL)
+    reader = Follow(
+        bus.js,
+        names.LOGS_STREAM,
+        subject,
+        start_seq=start_seq or 0,
+        bus=bus if follow else None,
+        until_loaded=not follow,
+        inactive_threshold_s=60.0,
     )
     try:
-        sub = await bus.js.subscribe(
-            subject,
-            ordered_consumer=True,
-            config=start,
-            inactive_threshold=60.0,
-        )
+        await reader.open()
     except NotFoundError:  # no stream holds the subject
+        await reader.stop()
         raise _stream_gone() from None
     try:
-        info = await sub.consumer_info()
-        delivered = info.delivered.consumer_seq if info.delivered else 0
-        if not follow and not info.num_pending and not sub.pending_msgs and not delivered:
-            return  # nothing stored, and nothing to wait for (none sent and still in flight)
         ended_at: float | None = None
         loop = asyncio.get_running_loop()
         while True:
             try:
-                msg = await sub.next_msg(timeout=POLL_S if follow else 5.0)
-            except (TimeoutError, nats.errors.TimeoutError):
+                entry = await reader.next(POLL_S if follow else 5.0)
+            except StopAsyncIteration:
+                return  # all stored batches read (not following)
+            if entry is None:
                 if not follow:
                     return
                 if ended_at is None:
@@ -87,8 +84,10 @@ async def _batches(
                 elif loop.time() - ended_at > EOF_GRACE_S:
                     return
                 continue
+            if entry.caught_up:
+                continue
             try:
-                batch: LogBatch | None = decode(LogBatch, msg.data)
+                batch: LogBatch | None = decode(LogBatch, entry.value or b"")
             except msgspec.DecodeError as exc:  # not ours (published by hand?): skip it
                 log.warning("skipping an undecodable log batch on %s: %s", subject, exc)
                 batch = None
@@ -96,13 +95,8 @@ async def _batches(
                 yield batch
                 if batch.eof:
                     return
-            if not follow and msg.metadata.num_pending == 0:
-                return
     finally:
-        try:
-            await sub.unsubscribe()
-        except nats.errors.ConnectionClosedError:
-            pass
+        await reader.stop()
 
 
 async def read(bus: Bus, task_id: str, run_id: str) -> list[LogLine]:

@@ -43,6 +43,12 @@ MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication key (short-term guard; record
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 # Per-message TTL in seconds (nats-server 2.11+; nats-py creates KV streams allowing it).
 TTL = "Nats-TTL"
+# A KV delete or purge is a message with this header ("DEL" or "PURGE") and no value.
+KV_OPERATION = "KV-Operation"
+KV_REMOVALS = ("DEL", "PURGE")
+# On a message the server placed itself (nats-server 2.11+): a record whose TTL ran out leaves
+# one, which readers treat as a deletion of its key.
+MARKER_REASON = "Nats-Marker-Reason"
 
 
 def runq_subject(pool: str) -> str:
@@ -67,6 +73,16 @@ def run_key(task_id: str, run_id: str) -> str:
 
 def connection_key(workspace: str, name: str) -> str:
     return f"{workspace}.{name}"
+
+
+def kv_stream(bucket: str) -> str:
+    """The stream that holds a KV bucket (as nats-py and the server name it)."""
+    return f"KV_{bucket}"
+
+
+def object_stream(store: str) -> str:
+    """The stream that holds an object store."""
+    return f"OBJ_{store}"
 
 
 def kv_subject(bucket: str, key: str = ">") -> str:

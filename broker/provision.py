@@ -58,7 +58,7 @@ async def _ensure_stream(js: JetStreamContext, config: js_api.StreamConfig) -> N
 
 
 async def _ensure_kv(js: JetStreamContext, config: js_api.KeyValueConfig) -> Any:
-    stream = f"KV_{config.bucket}"
+    stream = names.kv_stream(config.bucket)
     try:
         await js.stream_info(stream)
     except NotFoundError:
@@ -67,7 +67,7 @@ async def _ensure_kv(js: JetStreamContext, config: js_api.KeyValueConfig) -> Any
         js,
         js_api.StreamConfig(
             name=stream,
-            subjects=[f"$KV.{config.bucket}.>"],
+            subjects=[names.kv_subject(config.bucket)],
             max_age=config.ttl,
             max_bytes=config.max_bytes,
             max_msgs_per_subject=config.history,
@@ -105,10 +105,18 @@ _BUCKETS = {
 def bind(js: JetStreamContext) -> dict[str, Any]:
     """The handles ``provision`` returns, for resources that exist already (no API call)."""
     handles: dict[str, Any] = {
-        attr: KeyValue(name=bucket, stream=f"KV_{bucket}", pre=f"$KV.{bucket}.", js=js, direct=True)
+        attr: KeyValue(
+            name=bucket,
+            stream=names.kv_stream(bucket),
+            pre=names.kv_subject(bucket, ""),
+            js=js,
+            direct=True,
+        )
         for attr, bucket in _BUCKETS.items()
     }
-    handles["artifacts"] = ObjectStore(name=names.ARTIFACTS, stream=f"OBJ_{names.ARTIFACTS}", js=js)
+    handles["artifacts"] = ObjectStore(
+        name=names.ARTIFACTS, stream=names.object_stream(names.ARTIFACTS), js=js
+    )
     return handles
 
 
@@ -171,7 +179,7 @@ async def _provision(js: JetStreamContext, *, replicas: int) -> dict[str, Any]:
         "connections": _kv(names.CONNECTIONS, replicas),
     }
     try:
-        await js.stream_info(f"KV_{names.WORKSPACES}")
+        await js.stream_info(names.kv_stream(names.WORKSPACES))
         new_workspaces = False
     except NotFoundError:
         new_workspaces = True

@@ -36,13 +36,9 @@ OWN_INBOX = "_INBOX.{{subject()}}.>"
 API = "$JS.API"
 
 
-def _kv_stream(bucket: str) -> str:
-    return f"KV_{bucket}"
-
-
 def read_bucket(bucket: str) -> list[str]:
     """Get any key, list and watch the bucket (publish permissions)."""
-    return read_stream(_kv_stream(bucket))
+    return read_stream(names.kv_stream(bucket))
 
 
 def read_stream(stream: str) -> list[str]:
@@ -61,7 +57,7 @@ def read_stream(stream: str) -> list[str]:
 
 def get_key(bucket: str, key: str) -> str:
     """A direct get of one key: the only way a run reads a record."""
-    return f"{API}.DIRECT.GET.{_kv_stream(bucket)}.{names.kv_subject(bucket, key)}"
+    return f"{API}.DIRECT.GET.{names.kv_stream(bucket)}.{names.kv_subject(bucket, key)}"
 
 
 def write_bucket(bucket: str, keys: str = ">") -> list[str]:
@@ -78,10 +74,6 @@ def consume_queue(stream: str) -> list[str]:
         f"{API}.CONSUMER.MSG.NEXT.{stream}.>",
         f"$JS.ACK.{stream}.>",
     ]
-
-
-def _object_store(name: str) -> str:
-    return f"OBJ_{name}"
 
 
 def _permissions(role: Role) -> tuple[list[str], list[str]]:
@@ -102,7 +94,7 @@ def _permissions(role: Role) -> tuple[list[str], list[str]]:
             get_key(n.ORCHESTRATIONS, "{{tag(orchestration)}}"),
             get_key(n.RUNS, "{{tag(task)}}.{{tag(run)}}"),
             # Its own task's runs, listed (broker.store.scan puts the filter in the subject).
-            f"{API}.CONSUMER.CREATE.{_kv_stream(n.RUNS)}.*.{own_runs}",
+            f"{API}.CONSUMER.CREATE.{names.kv_stream(n.RUNS)}.*.{own_runs}",
         ], [OWN_INBOX]
     reads_all = [
         *read_bucket(n.TASKS),
@@ -126,7 +118,7 @@ def _permissions(role: Role) -> tuple[list[str], list[str]]:
         return [
             *account_info,
             *reads_all,
-            *read_stream(_object_store(n.ARTIFACTS)),
+            *read_stream(names.object_stream(n.ARTIFACTS)),
             *read_bucket(n.CONNECTIONS),  # decrypted for the runs it executes (a live watch)
             *write_bucket(n.RUNS),
             *write_bucket(n.ORCHESTRATIONS),  # packaging writes the orchestration's status
@@ -146,7 +138,7 @@ def _permissions(role: Role) -> tuple[list[str], list[str]]:
         *write_bucket(n.WORKSPACES),
         *write_bucket(n.CONNECTIONS),
         *read_stream(n.LOGS_STREAM),
-        *read_stream(_object_store(n.ARTIFACTS)),
+        *read_stream(names.object_stream(n.ARTIFACTS)),
         *write_bucket(n.TASKS),
         *write_bucket(n.ORCHESTRATIONS),
         *write_bucket(n.RUNS),  # run_once creates its run record as pending
@@ -191,9 +183,9 @@ def describe(subject: str) -> str:
         kv = names.kv_subject(bucket, "")
         if (key := after(kv)) is not None:
             return f"write the {what} record {key!r}"
-        if (key := after(f"{API}.DIRECT.GET.{_kv_stream(bucket)}.{kv}")) is not None:
+        if (key := after(f"{API}.DIRECT.GET.{names.kv_stream(bucket)}.{kv}")) is not None:
             return f"read the {what} record {key!r}"
-        if after(f"{API}.CONSUMER.CREATE.{_kv_stream(bucket)}") is not None:
+        if after(f"{API}.CONSUMER.CREATE.{names.kv_stream(bucket)}") is not None:
             return f"list or watch {what} records"
     for prefix in (f"{API}.STREAM.DELETE.", f"{API}.STREAM.PURGE."):
         if (stream := after(prefix)) is not None:

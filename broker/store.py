@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 import nats.errors
-from nats.js import api as js_api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
+from nats.js.kv import KeyValue
 
 from broker import names
+from broker.follow import Follow
 from broker.models import Record, decode, encode
 from broker.publisher import Publisher
 
@@ -31,7 +30,7 @@ R = TypeVar("R", bound=Record)
 
 CAS_ATTEMPTS = 50  # conflicts resolve in one or two retries; 50 means something is wrong
 SCAN_TIMEOUT_S = 10.0  # one record of a listing taking longer means the server is in trouble
-RENEW_RETRY_S = 0.25  # a watch recreated after a reconnect retries this often until answered
+RENEW_RETRY_S = 0.25  # a watch not answered at its start retries this often
 
 
 async def get(kv: KeyValue, key: str, kind: type[R]) -> tuple[R, int] | None:
@@ -157,37 +156,28 @@ async def scan(bus: Bus, bucket: str, kind: type[R], keys: str = ">") -> dict[st
     # A named consumer puts its filter in the API subject ($JS.API.CONSUMER.CREATE.<stream>.
     # <name>.<filter>), so server permissions can allow a listing of some keys only (a run
     # lists its own task's runs); its answer already says how many records there are.
-    stream = f"KV_{bucket}"
-    config = js_api.ConsumerConfig(
-        name=f"scan_{uuid.uuid4().hex}",
-        deliver_subject=bus.nc.new_inbox(),
-        filter_subject=names.kv_subject(bucket, keys),
-        deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
-        ack_policy=js_api.AckPolicy.NONE,
-        max_deliver=1,
-        mem_storage=True,
-        num_replicas=1,
-        inactive_threshold=SCAN_TIMEOUT_S,
-    )
-    info = await bus.nc.jsm().add_consumer(stream, config)
     records: dict[str, R] = {}
-    prefix = len(names.kv_subject(bucket, ""))
-    if not info.num_pending:
-        return records
-    sub = await bus.js.subscribe_bind(stream=stream, config=config, consumer=info.name)
-    try:
+    listing = Follow.bucket(
+        bus.js,
+        bucket,
+        keys,
+        until_loaded=True,
+        named="scan",
+        flow_control=False,
+        inactive_threshold_s=SCAN_TIMEOUT_S,
+    )
+    async with listing:
         while True:
-            msg = await sub.next_msg(timeout=SCAN_TIMEOUT_S)
-            key = msg.subject[prefix:]
-            operation = msg.headers.get(KV_OP) if msg.headers else None
-            if msg.data and operation not in (KV_DEL, KV_PURGE):
-                record = _decoded(kind, key, msg.data)
-                if record is not None:
-                    records[key] = record
-            if msg.metadata.num_pending == 0:
+            try:
+                entry = await listing.next(SCAN_TIMEOUT_S)
+            except StopAsyncIteration:
                 return records
-    finally:
-        await sub.unsubscribe()
+            if entry is None:
+                raise nats.errors.TimeoutError
+            if entry.value is not None:
+                record = _decoded(kind, entry.key, entry.value)
+                if record is not None:
+                    records[entry.key] = record
 
 
 async def watch(
@@ -195,61 +185,33 @@ async def watch(
 ) -> AsyncIterator[tuple[str, R | None]]:
     """Current records, then ``("", None)`` once caught up, then live changes for ever.
 
-    A deleted or expired key yields ``(key, None)``. With ``bus``, the watch is recreated after
-    every reconnect (an old watcher stays blind for many seconds after a server restart)
-    and replays the current records and the caught-up marker again, and creating it is retried
-    while the server does not answer; without it, the caller recreates the watch itself.
+    A deleted or expired key yields ``(key, None)``. With ``bus``, the watch resumes after
+    every reconnect from the last change it saw (an old watcher stays blind for many seconds
+    after a server restart), and creating it is retried while the server does not answer;
+    without it, the caller recreates the watch itself.
     """
-    while True:
-        reconnected = asyncio.Event()
-        on_reconnect = _setter(reconnected)
-        try:
-            watcher = await kv.watch(keys)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-            if bus is None:
-                raise
-            # Disconnected, or just after a server restart JetStream does not answer for a
-            # moment: the caller bounds the whole watch with its own timeout.
-            log.debug("watch on %s/%s not ready again yet (%s)", kv._name, keys, exc)
-            await asyncio.sleep(RENEW_RETRY_S)
-            continue
-        if bus is not None:
-            bus.on_reconnect.append(on_reconnect)
-        try:
-            while True:
-                entry = await _next_unless(watcher, reconnected) if bus else await anext(watcher)
-                if reconnected.is_set():
-                    break
-                if entry is None:
-                    yield "", None
-                elif entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                    yield entry.key, None
-                else:
-                    record = _decoded(kind, entry.key, entry.value)
-                    if record is not None:
-                        yield entry.key, record
-        finally:
-            if bus is not None:
-                bus.on_reconnect.remove(on_reconnect)
-            await watcher.stop()
-        log.debug("recreating the watch on %s/%s after a reconnect", kv._name, keys)
-
-
-def _setter(event: asyncio.Event) -> Callable[[], Awaitable[None]]:
-    async def set_event() -> None:
-        event.set()
-
-    return set_event
-
-
-async def _next_unless(watcher: KeyValue.KeyWatcher, event: asyncio.Event) -> Any:
-    """The watcher's next entry, or None as soon as ``event`` is set."""
-    entry = asyncio.ensure_future(anext(watcher))
-    stop = asyncio.ensure_future(event.wait())
+    bucket = kv._name
+    follow = Follow.bucket(kv._js, bucket, keys, bus=bus)
     try:
-        await asyncio.wait({entry, stop}, return_when=asyncio.FIRST_COMPLETED)
+        while True:
+            try:
+                await follow.open()
+                break
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+                if bus is None:
+                    raise
+                # Disconnected, or just after a server restart JetStream does not answer for
+                # a moment: the caller bounds the whole watch with its own timeout.
+                log.debug("watch on %s/%s not ready yet (%s)", bucket, keys, exc)
+                await asyncio.sleep(RENEW_RETRY_S)
+        async for entry in follow:
+            if entry.caught_up:
+                yield "", None
+            elif entry.value is None:
+                yield entry.key, None
+            else:
+                record = _decoded(kind, entry.key, entry.value)
+                if record is not None:
+                    yield entry.key, record
     finally:
-        stop.cancel()
-        if not entry.done():
-            entry.cancel()  # takes effect later: the entry must not be read below
-    return entry.result() if entry.done() and not entry.cancelled() else None
+        await follow.stop()

@@ -23,6 +23,7 @@ import msgspec
 from broker import catalog, names
 from broker.connection import Bus, connect
 from broker.errors import NotConnected, PermissionDenied, TaskbusError
+from broker.follow import EntryCallback, Follow
 from broker.models import (
     ConnectionRecord,
     ExecutorRecord,
@@ -34,11 +35,11 @@ from broker.models import (
     decode,
 )
 from broker.settings import ConnectSettings
+from broker.turns import BUDGET_S
 from console.format import display_url
 from console.logdoc import LogDocument
 from console.logtail import LogTail
 from console.state import ConsoleState, Link
-from console.watch import BucketWatch, EntryCallback
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ T = TypeVar("T")
 
 RETRY_S = 1.0  # between connection attempts while no server answers
 RESTART_RETRY_S = 0.5  # between attempts to recreate watches after a reconnect
+# An idle watch is cleaned up by the server after this long (it is recreated on reconnect).
+INACTIVE_THRESHOLD_S = 300.0
 
 
 class ActionError(TaskbusError):
@@ -61,9 +64,9 @@ class Feed:
         self.state = state
         self.retry_s = retry_s
         self.bus: Bus | None = None
-        self._watches: list[BucketWatch] = []
+        self._watches: list[Follow] = []
         # Watches a credential may be refused (collection, watch): see ``_start_optional``.
-        self._optional: list[tuple[str, BucketWatch]] = []
+        self._optional: list[tuple[str, Follow]] = []
         self._tails: set[LogTail] = set()
         self._restart: asyncio.Task[None] | None = None
         self._closing = False
@@ -104,17 +107,21 @@ class Feed:
                 self.state.set_link(Link.DOWN, f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(self.retry_s)
 
-    def _make_watches(self, bus: Bus) -> list[BucketWatch]:
-        state = self.state
+    def _watch(self, bus: Bus, collection: str, bucket: str, on_entry: EntryCallback) -> Follow:
+        """Current values of a bucket, then live changes, one O(1) callback each."""
+        return Follow.bucket(
+            bus.js,
+            bucket,
+            on_entry=on_entry,
+            on_loaded=partial(self.state.mark_loaded, collection),
+            on_reset=partial(self.state.reset, collection),
+            inactive_threshold_s=INACTIVE_THRESHOLD_S,
+            turns_budget_s=BUDGET_S,
+        )
 
-        def watch(collection: str, bucket: str, on_entry: EntryCallback) -> BucketWatch:
-            return BucketWatch(
-                bus.js,
-                bucket,
-                on_entry=on_entry,
-                on_loaded=partial(state.mark_loaded, collection),
-                on_reset=partial(state.reset, collection),
-            )
+    def _make_watches(self, bus: Bus) -> list[Follow]:
+        state = self.state
+        watch = partial(self._watch, bus)
 
         # Small buckets first: tasks paint before 100,000 runs have streamed in.
         return [
@@ -128,17 +135,9 @@ class Feed:
             watch("executors", names.EXECUTORS, _decoder(ExecutorRecord, state.apply_executor)),
         ]
 
-    def _make_optional_watches(self, bus: Bus) -> list[tuple[str, BucketWatch]]:
+    def _make_optional_watches(self, bus: Bus) -> list[tuple[str, Follow]]:
         state = self.state
-
-        def watch(collection: str, bucket: str, on_entry: EntryCallback) -> BucketWatch:
-            return BucketWatch(
-                bus.js,
-                bucket,
-                on_entry=on_entry,
-                on_loaded=partial(state.mark_loaded, collection),
-                on_reset=partial(state.reset, collection),
-            )
+        watch = partial(self._watch, bus)
 
         workspaces = _decoder(WorkspaceRecord, state.apply_workspace)
 

@@ -40,10 +40,10 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.lowlevel
-from nats.js.kv import KV_DEL, KV_PURGE
 
-from broker import cron, store
+from broker import cron, names, store
 from broker.connection import Bus
+from broker.follow import Follow
 from broker.models import RunRecord, TaskRecord, decode, utcnow
 from broker.scheduler import policy
 from broker.scheduler.firing import Firing
@@ -176,10 +176,9 @@ class Scheduler:
         self._runs_ready = False
         self._runs_loaded.clear()
         self.book.clear()
-        watcher = await self.bus.runs.watch(">")
-        try:
+        async with Follow.bucket(self.bus.js, names.RUNS) as watcher:
             async for entry in watcher:
-                if entry is None:
+                if entry.caught_up:
                     if not self._runs_ready:
                         self._runs_ready = True
                         self._runs_loaded.set()
@@ -191,14 +190,12 @@ class Scheduler:
                 task = self.tasks.get(entry.key.partition(".")[0])
                 if task is None or not _needs_runs(task):
                     continue  # most runs: decoded by nobody here
-                if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                if entry.value is None:  # deleted or expired
                     continue
                 run = decode(RunRecord, entry.value)
                 self.book.apply(run, keep_history=task.kind is TaskKind.CONTINUOUS)
                 if self._runs_ready and task.kind is TaskKind.CONTINUOUS:
                     self._continue(task.id)
-        finally:
-            await watcher.stop()
 
     def _on_task(self, task_id: str, record: TaskRecord | None) -> None:
         old = self.tasks.get(task_id)
