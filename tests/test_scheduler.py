@@ -276,6 +276,7 @@ async def test_fires_whose_requests_never_went_out_are_sent_after_a_restart(
                 msg = await sub.next_msg(timeout=20)
                 requests.append(msgspec.json.decode(msg.data)["run_id"])
         await catalog.set_task_flags(bus, task.id, killed=True)
+        await sub.unsubscribe()  # else closing the bus drains it until nats-py's 30 s timeout
 
 
 # --- Pause, resume, kill, new tasks: within a second ----------------------------------------------
