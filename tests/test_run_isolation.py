@@ -4,8 +4,10 @@ real UIDs, real processes."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +19,7 @@ from broker.connection import Bus
 from broker.status import RunStatus
 from executor.settings import ExecutorSettings
 from executor.uids import can_switch_uids, processes_of, remove_files_of
-from tests.helpers import Daemon
+from tests.helpers import REPO, Daemon
 from tests.test_executor import (
     log_lines,
     run_once,
@@ -193,13 +195,22 @@ async def test_temp_files_of_a_run_do_not_reach_the_next_run_with_its_uid(
     start_executor(start_daemon, nats_url, tmp_path / "ex", "--run-uids", "61182-61182")
     orch = await upload(bus, {"main.py": TEMPS})
     name = f"taskbus-left-{uuid.uuid4().hex}"
-    written = await _out(
-        bus, (await run_once(bus, orch, json_args={"name": name, "write": True})).id
-    )
+    host_only = Path("/tmp") / f"taskbus-host-{uuid.uuid4().hex}"
+    host_only.write_text("the host's, not the run's")
+    try:
+        written = await _out(
+            bus, (await run_once(bus, orch, json_args={"name": name, "write": True})).id
+        )
+    finally:
+        host_only.unlink()
     assert f"SEEN ['/tmp/{name}', '/var/tmp/{name}', '/dev/shm/{name}']" in written
-    # A /tmp of its own: nobody else's files, only the way to its work dir (pytest's).
-    on_the_way = tmp_path.relative_to("/tmp").parts[0]
-    assert f"WROTE {sorted([name, on_the_way])}" in written, written
+    # A /tmp of its own: nobody else's files, only the ways to what the run needs that lie
+    # under /tmp on this host (pytest's work dir; a checkout or virtualenv placed there).
+    listed = ast.literal_eval(next(line for line in written if line.startswith("WROTE "))[6:])
+    needed = {REPO, Path(sys.prefix), Path(sys.base_prefix), tmp_path}
+    on_the_way = {p.resolve().parts[2] for p in needed if p.resolve().parts[1:2] == ("tmp",)}
+    assert name in listed and host_only.name not in listed, listed
+    assert set(listed) - {name} <= on_the_way, (listed, on_the_way)
     for folder in ("/tmp", "/var/tmp", "/dev/shm"):
         assert not os.path.exists(f"{folder}/{name}")  # noqa: ASYNC240 (never in the host's)
     later = await _out(
