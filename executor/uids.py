@@ -69,6 +69,9 @@ def processes_of(uid: int) -> list[int]:
     return found
 
 
+CLEAN = b"clean"  # a UID lock file's content once its holder swept the UID on release
+
+
 def sweep(uid: int) -> int:
     """SIGKILL every process running as ``uid``; how many there were."""
     doomed = processes_of(uid)
@@ -105,7 +108,12 @@ class UidPool:
                 continue
             self._next = (self._next + step + 1) % count
             self._held[uid] = fd
-            sweep(uid)
+            # The lock file says "clean" when its last holder swept the UID as it let it go:
+            # nothing can run as it since (only the holder's runs use it), so the /proc scan is
+            # skipped on the run's start path. A holder that died left it empty: sweep.
+            if os.pread(fd, len(CLEAN), 0) != CLEAN:
+                sweep(uid)
+            os.ftruncate(fd, 0)
             return uid
         raise UidPoolExhausted(
             f"all {count} run UIDs of {self.uids.start}-{self.uids.stop - 1} are in use; "
@@ -116,6 +124,7 @@ class UidPool:
         sweep(uid)
         fd = self._held.pop(uid, None)
         if fd is not None:
+            os.pwrite(fd, CLEAN, 0)
             os.close(fd)
 
     def close(self) -> None:

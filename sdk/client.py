@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from functools import partial
@@ -13,10 +13,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Self, TypeVar
 
-import anyio
-
 from broker import catalog, connections, names, workspaces
-from broker.connection import Bus, connect, refusals
+from broker.connection import Bus
 from broker.errors import (
     InvalidArgument,
     OrchestrationMissingFile,
@@ -24,22 +22,17 @@ from broker.errors import (
     WrongArgumentType,
 )
 from broker.models import ConnectionRecord
-from broker.secret_key import SecretKey
 from broker.settings import ConnectSettings
 from sdk import intask
 from sdk.connection import AsyncConnection, Connection, ConnectionList
 from sdk.lists import OrchestrationList, TaskList
 from sdk.orchestration import AsyncOrchestration, Orchestration, check_name
 from sdk.portal import Portal
+from sdk.session import Session
 from sdk.task import AsyncTask, Task
 from sdk.workspace import AsyncWorkspace, Workspace, WorkspaceList
 
 T = TypeVar("T")
-
-# Closing drains the connection (pending publishes reach the server); bounded so a client
-# whose server is gone still closes promptly.
-CLOSE_TIMEOUT_S = 5.0
-
 
 def read_upload(
     bytes_buffer: bytes | bytearray | memoryview | BinaryIO | None,
@@ -126,11 +119,7 @@ class AsyncClient:
         if workspace is None:
             workspace = os.environ.get(names.ENV_WORKSPACE, "")
         self._workspace = workspace  # the current workspace's name ("": default)
-        self._key: SecretKey | None = None
-        self._bus: Bus | None = None
-        self._refusal_hooks: list[Callable[[str], None]] = []
-        self._lock: asyncio.Lock | None = None
-        self._closed = False
+        self.session = Session(self._settings)  # the connection every object shares
 
     @property
     def url(self) -> str:
@@ -144,48 +133,17 @@ class AsyncClient:
         """The label new orchestrations get ("" for the default workspace)."""
         return workspaces.label(self._workspace)
 
-    def _secret_key(self) -> SecretKey:
-        if self._key is None:
-            self._key = SecretKey.load()
-        return self._key
-
     async def connect(self) -> Self:
         """Connect now (``NotConnected`` names the URL and how to start a server)."""
-        await self._connected()
+        await self.session.bus()
         return self
 
-    async def _connected(self) -> Bus:
-        if self._bus is not None:
-            return self._bus
-        if self._closed:
-            raise RuntimeError("This client is closed; create a new one.")
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._bus is None:
-                self._bus = await connect(self._settings)
-                self._bus.on_refusal.append(self._on_refusal)
-        return self._bus
-
     def refusals(self) -> AbstractAsyncContextManager[None]:
-        """While inside, an action the server refuses raises ``PermissionDenied`` at once
-        (also when the connection is made inside)."""
-        return refusals(self._refusal_hooks, self._refusal)
-
-    def _refusal(self, subject: str) -> Exception:
-        assert self._bus is not None  # a refusal comes from a connection
-        return self._bus.refusal(subject)
-
-    def _on_refusal(self, subject: str) -> None:
-        for hook in list(self._refusal_hooks):
-            hook(subject)
+        """While inside, an action the server refuses raises ``PermissionDenied`` at once."""
+        return self.session.refusals()
 
     async def close(self) -> None:
-        self._closed = True
-        bus, self._bus = self._bus, None
-        if bus is not None:
-            with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
-                await bus.close()
+        await self.session.close()
 
     async def __aenter__(self) -> Self:
         return await self.connect()
@@ -211,7 +169,7 @@ class AsyncClient:
         data, file_name = read_upload(bytes_buffer, path, file_name)
         if name is not None:
             check_name(name, "orchestration")
-        bus = await self._connected()
+        bus = await self.session.bus()
         current = await self._current(bus)
         record = await catalog.upload_orchestration(
             bus, data, name=name, file_name=file_name, workspace=current.name()
@@ -238,7 +196,7 @@ class AsyncClient:
         ``workspace_id`` or non-str ``workspace_name`` is a ``TypeError``, an unknown one
         ``WorkspaceNotFound``."""
         workspaces.check_filters(workspace_id, workspace_name)
-        bus = await self._connected()
+        bus = await self.session.bus()
         wanted = await self._filter(bus, workspace_id, workspace_name, workspace)
         records = await catalog.list_orchestrations(bus, wanted)
         return OrchestrationList(AsyncOrchestration(self, r) for r in records)
@@ -246,7 +204,7 @@ class AsyncClient:
     async def get_orchestration(self, id_or_name: str) -> AsyncOrchestration:
         """By id, else the newest upload with that name (``OrchestrationNotFound``)."""
         check_name(id_or_name, "orchestration id or")
-        bus = await self._connected()
+        bus = await self.session.bus()
         return AsyncOrchestration(self, await catalog.get_orchestration(bus, id_or_name))
 
     # --- tasks -------------------------------------------------------------------------------
@@ -261,7 +219,7 @@ class AsyncClient:
         """``killed=False``: every task; ``True``: only killed ones. Newest change first.
         ``workspace_id`` / ``workspace_name`` as for ``list_orchestrations``."""
         workspaces.check_filters(workspace_id, workspace_name)
-        bus = await self._connected()
+        bus = await self.session.bus()
         wanted = await self._filter(bus, workspace_id, workspace_name, workspace)
         tasks, runs = await asyncio.gather(catalog.list_tasks(bus, wanted), catalog.all_runs(bus))
         chosen = [t for t in tasks if not killed or t.killed]
@@ -271,7 +229,7 @@ class AsyncClient:
     async def get_task_by_id(self, task_id: str) -> AsyncTask:
         """``ValueError`` for a malformed id, ``TaskNotFound`` for an unknown one."""
         catalog.check_id(task_id)
-        bus = await self._connected()
+        bus = await self.session.bus()
         record = await catalog.get_task(bus, task_id)
         return AsyncTask(self, record, await catalog.runs_of(bus, record.id))
 
@@ -285,19 +243,19 @@ class AsyncClient:
 
     async def list_workspaces(self) -> WorkspaceList[AsyncWorkspace]:
         """Every workspace, by id (``default`` first)."""
-        bus = await self._connected()
+        bus = await self.session.bus()
         return WorkspaceList(AsyncWorkspace(self, r) for r in await workspaces.list_all(bus))
 
     async def create_workspace(self, name: str) -> AsyncWorkspace:
         """A new workspace; ``InvalidWorkspace`` for a malformed or taken name."""
         workspaces.check_name(name)
-        bus = await self._connected()
+        bus = await self.session.bus()
         return AsyncWorkspace(self, await workspaces.create(bus.workspaces, name))
 
     async def get_workspace(self, name: str, create_if_not_exist: bool = False) -> AsyncWorkspace:
         """``WorkspaceNotFound`` for an unknown name unless ``create_if_not_exist``."""
         workspaces.check_name(name)
-        bus = await self._connected()
+        bus = await self.session.bus()
         record = await workspaces.get(bus.workspaces, name, create_if_not_exist=create_if_not_exist)
         return AsyncWorkspace(self, record)
 
@@ -313,7 +271,7 @@ class AsyncClient:
         return inner
 
     async def get_current_workspace(self) -> AsyncWorkspace:
-        return await self._current(await self._connected())
+        return await self._current(await self.session.bus())
 
     # --- connections -------------------------------------------------------------------------
     async def create_connection(
@@ -324,8 +282,8 @@ class AsyncClient:
         object under the size limit."""
         connections.check_name(name)
         connections.check_details(details)
-        key = self._secret_key()
-        bus = await self._connected()
+        key = self.session.secret_key()
+        bus = await self.session.bus()
         current = await self._current(bus)
         record = await connections.create(
             bus,
@@ -354,7 +312,7 @@ class AsyncClient:
                     f"task.",
                 )
             return self._granted(found)
-        bus = await self._connected()
+        bus = await self.session.bus()
         return AsyncConnection(self, await connections.get(bus, name))
 
     def _granted(self, found: dict[str, Any]) -> AsyncConnection:
@@ -373,7 +331,7 @@ class AsyncClient:
         if granted is not None:
             found = granted.get("connections", {}).values()
             return ConnectionList(self._granted(c) for c in found)
-        bus = await self._connected()
+        bus = await self.session.bus()
         return ConnectionList(AsyncConnection(self, r) for r in await connections.list_all(bus))
 
     # --- inside a task -----------------------------------------------------------------------

@@ -53,7 +53,7 @@ class AsyncConnection(display.Shown):
         """The details in clear (a copy): ``SecretKeyError`` when the key is missing or is
         not the one they were stored with."""
         if self._details is None:
-            self._details = self._client._secret_key().open(
+            self._details = self._client.session.secret_key().open(
                 self._record.details_token,
                 name=self._record.name,
                 workspaces=self._record.workspaces,
@@ -63,7 +63,7 @@ class AsyncConnection(display.Shown):
 
     async def delete_connection(self) -> None:
         """Delete the connection from every workspace it is added to."""
-        bus = await self._client._connected()
+        bus = await self._client.session.bus()
         await connections.delete(bus, self._record.name)
 
     def to_dict(self) -> dict[str, Any]:

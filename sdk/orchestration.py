@@ -122,11 +122,11 @@ class AsyncOrchestration(display.Shown):
 
     async def workspace_id(self) -> int:
         """The workspace's int id (a lookup; ids never change)."""
-        bus = await self._client._connected()
+        bus = await self._client.session.bus()
         return (await workspaces.get(bus.workspaces, self.workspace_name())).id
 
     async def refresh(self) -> AsyncOrchestration:
-        bus = await self._client._connected()
+        bus = await self._client.session.bus()
         self._record = await catalog.get_orchestration(bus, self._record.id)
         return self
 
@@ -142,13 +142,13 @@ class AsyncOrchestration(display.Shown):
 
     async def delete(self) -> None:
         """Delete the orchestration (its zip too, unless another upload shares it)."""
-        bus = await self._client._connected()
+        bus = await self._client.session.bus()
         await catalog.delete_orchestration(bus, self._record.id)
 
     async def wait_until_ready(self, timeout: float | None = None) -> AsyncOrchestration:
         """Return once packaging is done; ``OrchestrationNotReady`` with the packaging error
         if it failed, or if ``timeout`` seconds pass first."""
-        bus = await self._client._connected()
+        bus = await self._client.session.bus()
         try:
             with anyio.fail_after(timeout):
                 orch_id = self._record.id
@@ -184,7 +184,7 @@ class AsyncOrchestration(display.Shown):
             )
         check_name(name)
         check_json_args_limits(spec.get("json_args"))
-        bus = await self._client._connected()
+        bus = await self._client.session.bus()
         record = await catalog.create_task(bus, self._record, name=name, kind=kind, **spec)
         runs = await catalog.runs_of(bus, record.id) if kind is TaskKind.RUN_ONCE else []
         return AsyncTask(self._client, record, runs)

@@ -104,7 +104,7 @@ class AsyncTaskRun(display.Shown):
         return names.run_key(self._record.task_id, self._record.run_id)
 
     async def refresh(self) -> AsyncTaskRun:
-        bus = await self._client._connected()
+        bus = await self._client.session.bus()
         found = await store.get(bus.runs, self._key, RunRecord)
         if found is not None:
             self._record = found[0]
@@ -131,7 +131,7 @@ class AsyncTaskRun(display.Shown):
         return self._read(limit)
 
     async def _read(self, limit: int | None) -> TaskRunLogs:
-        bus = await self._client._connected()
+        bus = await self._client.session.bus()
         task_id, run_id = self._record.task_id, self._record.run_id
         if limit is None:
             lines = await logs.read(bus, task_id, run_id)
@@ -140,7 +140,7 @@ class AsyncTaskRun(display.Shown):
         return TaskRunLogs(logs.format_line(line) for line in lines)
 
     async def _follow(self, limit: int | None) -> AsyncIterator[str]:
-        bus = await self._client._connected()
+        bus = await self._client.session.bus()
         task_id, run_id = self._record.task_id, self._record.run_id
         last_seq = 0
         if limit is not None:
@@ -156,7 +156,7 @@ class AsyncTaskRun(display.Shown):
 
     async def wait(self, timeout: float | None = None) -> RunStatus:
         """Wait until the run ends (watching its record); its final status."""
-        bus = await self._client._connected()
+        bus = await self._client.session.bus()
         try:
             with anyio.fail_after(timeout):
                 async with closing(store.watch(bus.runs, RunRecord, self._key, bus=bus)) as updates:

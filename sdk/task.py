@@ -85,7 +85,7 @@ class AsyncTask(display.Shown):
 
     async def workspace_id(self) -> int:
         """The workspace's int id (a lookup; ids never change)."""
-        bus = await self._client._connected()
+        bus = await self._client.session.bus()
         return (await workspaces.get(bus.workspaces, self.workspace_name())).id
 
     def retries(self) -> int:
@@ -115,7 +115,7 @@ class AsyncTask(display.Shown):
 
     # --- I/O ---------------------------------------------------------------------------------
     async def refresh(self) -> AsyncTask:
-        bus = await self._client._connected()
+        bus = await self._client.session.bus()
         self._record = await catalog.get_task(bus, self._record.id)
         self._runs = await catalog.runs_of(bus, self._record.id)
         return self
@@ -123,7 +123,7 @@ class AsyncTask(display.Shown):
     async def status(self) -> TaskStatus:
         """Always fresh: ``pending``, ``started``, ``success``, ``failed``, ``timed_out``,
         ``paused``, ``pending_kill`` or ``killed``."""
-        bus = await self._client._connected()
+        bus = await self._client.session.bus()
         self._record = await catalog.get_task(bus, self._record.id)
         if self._record.kind is TaskKind.RUN_ONCE or self._record.killed:
             # Only these depend on runs (task_status); a busy schedule has thousands of them.
@@ -132,7 +132,7 @@ class AsyncTask(display.Shown):
 
     async def kill(self) -> TaskStatus:
         """Stop the schedule and any running run; ``TaskStatus.PENDING_KILL``."""
-        bus = await self._client._connected()
+        bus = await self._client.session.bus()
         self._record = await catalog.set_task_flags(bus, self._record.id, killed=True)
         return TaskStatus.PENDING_KILL
 
@@ -148,7 +148,7 @@ class AsyncTask(display.Shown):
                 f"Task {self.name()!r} runs once: only scheduled and continuous tasks can be "
                 f"paused or resumed (kill() stops a run-once task)."
             )
-        bus = await self._client._connected()
+        bus = await self._client.session.bus()
         self._record = await catalog.set_task_flags(bus, self._record.id, paused=paused)
         if self._record.killed:
             raise InvalidArgument(
@@ -164,7 +164,7 @@ class AsyncTask(display.Shown):
         or ``"all"`` (a run status such as ``"skipped"``; else ``InvalidArgument``)."""
         wanted = check_run_filter(status)
         limit = check_limit(limit)
-        bus = await self._client._connected()
+        bus = await self._client.session.bus()
         self._runs = await catalog.runs_of(bus, self._record.id)
         runs = [r for r in self._runs if wanted == "all" or r.status == wanted]
         if limit is not None:
@@ -178,7 +178,7 @@ class AsyncTask(display.Shown):
     async def wait(self, timeout: float | None = None) -> TaskStatus:
         """Wait until the task reaches a final status (a run-once task's run ended, or the
         task was killed), watching its record and its runs; that status."""
-        bus = await self._client._connected()
+        bus = await self._client.session.bus()
         task_id = self._record.id
         runs: dict[str, RunRecord] = {}
         loaded: set[str] = set()

@@ -34,15 +34,15 @@ class AsyncWorkspace(display.Shown):
 
     async def add_connection(self, name: str) -> None:
         """Add the connection ``name`` to this workspace (its runs may then read it)."""
-        bus = await self._client._connected()
-        await connections.add(bus, name, self._record.name, self._client._secret_key())
+        bus = await self._client.session.bus()
+        await connections.add(bus, name, self._record.name, self._client.session.secret_key())
 
     async def remove_connection(self, name: str) -> None:
-        bus = await self._client._connected()
+        bus = await self._client.session.bus()
         await connections.remove(bus, name, self._record.name)
 
     async def list_connections(self) -> ConnectionList[AsyncConnection]:
-        bus = await self._client._connected()
+        bus = await self._client.session.bus()
         found = await connections.list_all(bus, self._record.name)
         return ConnectionList(AsyncConnection(self._client, r) for r in found)
 

@@ -76,7 +76,7 @@ async def test_runs_survive_a_node_dying(
             assert await run_batch(4) == ["success"] * 4
             cluster[0].stop()  # one node of three dies: quorum remains
             await wait_until_answering(bus)
-            await wait_until_answering(await wl._connected())  # the SDK's own connection too
+            await wait_until_answering(await wl.session.bus())  # the SDK's own connection too
             assert await run_batch(4) == ["success"] * 4
     finally:
         await bus.close()

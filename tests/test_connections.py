@@ -81,7 +81,7 @@ def test_connections_are_encrypted_and_masked(client: sdk.Client, nats_url: str)
     assert PASSWORD not in json.dumps(got.to_dict())
 
     async def raw() -> bytes:
-        bus = await client.aio._connected()
+        bus = await client.aio.session.bus()
         entry = await bus.connections.get(names.connection_key("default", "warehouse"))
         return bytes(entry.value or b"")
 

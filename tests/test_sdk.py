@@ -41,7 +41,7 @@ def on_bus(client: sdk.Client, use: Callable[[Bus], Awaitable[T]]) -> T:
     """Run ``use(bus)`` on the client's own loop and connection."""
 
     async def call() -> T:
-        return await use(await client.aio._connected())
+        return await use(await client.aio.session.bus())
 
     return client._portal.call(call)
 

@@ -37,7 +37,7 @@ async def test_task_wait_spans_a_server_restart(
             )
             task = await orch.run_once(name="across a restart")  # no executor yet: pending
             waiting = asyncio.ensure_future(task.wait())
-            await watches_exist(await wl._connected(), "KV_taskbus_runs", "KV_taskbus_tasks")
+            await watches_exist(await wl.session.bus(), "KV_taskbus_runs", "KV_taskbus_tasks")
             server.stop()
             server = EmbeddedServer(server.settings.__class__(
                 data_dir=server.settings.data_dir, port=server.port)).start()  # fmt: skip
