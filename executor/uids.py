@@ -69,6 +69,7 @@ def processes_of(uid: int) -> list[int]:
     return found
 
 
+RECENT_UIDS = 64  # released UIDs remembered for quick reuse (more than any executor's slots)
 CLEAN = b"clean"  # a UID lock file's content once its holder swept the UID on release
 
 
@@ -92,11 +93,16 @@ class UidPool:
         self._free = [uid for uid in uids if uid not in taken]
         self._held: dict[int, int] = {}  # uid → lock fd
         self._next = 0
+        self._released: list[int] = []  # swept and let go by this pool, oldest first
 
     def acquire(self) -> int:
+        # UIDs this pool let go (swept, their lock files "clean") first, newest first: handing
+        # one out again needs no /proc scan; then the rest, round robin.
         count = len(self._free)
-        for step in range(count):
-            uid = self._free[(self._next + step) % count]
+        order = [*reversed(self._released), *(
+            self._free[(self._next + step) % count] for step in range(count)
+        )]  # fmt: skip
+        for uid in order:
             if uid in self._held:
                 continue
             lock = self.lock_dir / f"{uid}.lock"
@@ -106,7 +112,10 @@ class UidPool:
             except OSError:
                 os.close(fd)
                 continue
-            self._next = (self._next + step + 1) % count
+            if uid in self._released:
+                self._released.remove(uid)
+            else:
+                self._next = (self._free.index(uid) + 1) % count
             self._held[uid] = fd
             # The lock file says "clean" when its last holder swept the UID as it let it go:
             # nothing can run as it since (only the holder's runs use it), so the /proc scan is
@@ -126,6 +135,7 @@ class UidPool:
         if fd is not None:
             os.pwrite(fd, CLEAN, 0)
             os.close(fd)
+            self._released = [*self._released[-RECENT_UIDS:], uid]
 
     def close(self) -> None:
         for uid in list(self._held):
