@@ -69,6 +69,8 @@ class RunCgroup:
 
     async def kill(self, timeout_s: float) -> bool:
         """Freeze, SIGKILL every member, thaw; True once no member is left."""
+        if not self.pids():  # the usual end of a run: nothing left to freeze
+            return True
         state = self.paths["freezer"] / "freezer.state"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s

@@ -122,7 +122,9 @@ async def log_latency(bus: Bus, orch: OrchestrationRecord, runs: int) -> list[fl
     return samples
 
 
-async def throughput(bus: Bus, url: str, orch: OrchestrationRecord, work: Path, n: int) -> float:
+async def throughput(
+    bus: Bus, url: str, orch: OrchestrationRecord, work: Path, n: int, extra: list[str]
+) -> float:
     """(d): queue ``n`` runs, then start one 4-slot executor; runs/s first start → last end."""
     tasks = []
     for i in range(n):
@@ -130,7 +132,8 @@ async def throughput(bus: Bus, url: str, orch: OrchestrationRecord, work: Path, 
                                          schedule="0 0 1 1 *")  # fmt: skip
         tasks.append(task)
     await asyncio.gather(*(dispatch.enqueue_run(bus, task) for task in tasks))
-    daemon = Daemon(["-m", "executor", "--url", url, "--slots", "4", "--work-dir", str(work)],
+    daemon = Daemon(["-m", "executor", "--url", url, "--slots", "4", "--work-dir", str(work),
+                     *extra],
                     work.with_suffix(".log"))  # fmt: skip
     try:
         wanted = {task.id for task in tasks}
@@ -155,9 +158,11 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--burst", type=int, default=300)
     parser.add_argument("--no-zygote", action="store_true")
+    parser.add_argument("--no-cgroups", action="store_true", help="executor without cgroups")
     parser.add_argument("--secure", action="store_true", help="credentials and isolation on")
     options = parser.parse_args()
     extra = ["--no-zygote"] if options.no_zygote else []
+    extra += ["--no-cgroups"] if options.no_cgroups else []
     with tempfile.TemporaryDirectory(prefix="taskbus-bench-") as folder:
         root = Path(folder)
         config, creds = None, None
@@ -190,13 +195,14 @@ async def main() -> None:
                 b = await log_latency(bus, printer, max(1, options.runs // 10))
             finally:
                 executor.stop()
-            rate = await throughput(bus, server.url, plain, root / "burst", options.burst)
+            rate = await throughput(bus, server.url, plain, root / "burst", options.burst, extra)
             await bus.close()
     launcher = "spawn" if options.no_zygote else "zygote"
     trust = "secure (own credential per run" if options.secure else "plain (no authentication"
     if options.secure:
         trust += ", own UID" if can_switch_uids() else ", shared UID"
-    print(f"launcher: {launcher}; {trust}); machine: {os.cpu_count()} cores")
+    cgroups = "no cgroups" if options.no_cgroups else "a cgroup per run where the host allows"
+    print(f"launcher: {launcher}; {trust}); {cgroups}; machine: {os.cpu_count()} cores")
     print(describe("(a) create_task → main.py first statement", a))
     print(describe("(b) print() → logs.follow reader", b))
     print(describe("    cached-env run, create_task → first statement", c))
