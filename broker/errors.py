@@ -37,6 +37,7 @@
     ├── InvalidConnection            a connection name, type or details that cannot be
     │                                stored (malformed, taken, too large); also a ValueError
     ├── SecretKeyError               the connections' encryption key is missing or wrong
+    ├── SchedulerUnavailable         no scheduler started a run only it may start
     └── WaitTimeout                  a wait() ran out of time; also a TimeoutError
 
 ``sdk.object`` gives the reference SDK's names for these (``EntityNotFoundError`` is
@@ -191,6 +192,11 @@ class InvalidConnection(InvalidArgument):
 
 class SecretKeyError(TaskbusError):
     """The key that encrypts connection details is missing, malformed or not the one used."""
+
+
+class SchedulerUnavailable(TaskbusError):
+    """A run only the scheduler may start (run now under a user or operator credential) was
+    not started: no scheduler answered."""
 
 
 class WaitTimeout(TaskbusError, TimeoutError):

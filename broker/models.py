@@ -62,6 +62,9 @@ class TaskRecord(Record, frozen=True, kw_only=True):
     cpu_limit: float | None = None  # CPUs the run may use (1.5: 150 ms per 100 ms)
     killed: bool = False
     paused: bool = False
+    # "Run now" asked at this instant (the console's, or a user's): the scheduler starts it,
+    # with a run id derived from the task and this instant (exactly once across schedulers).
+    run_now_at: datetime | None = None
     created_at: datetime
     updated_at: datetime
 

@@ -132,6 +132,11 @@ RUN_CREDENTIAL_MARGIN_S = 30.0
 # A run without a timeout gets a credential valid this long (it keeps running after, but the
 # SDK inside it can no longer reach the bus; give such tasks a timeout, or a user credential).
 RUN_CREDENTIAL_MAX_S = 7 * 24 * 3600.0
+# A run-once task (or a "run now") of a user or operator is started by the scheduler: one that
+# sees it this long after it was asked for (it was down meanwhile) records it skipped
+# instead, as for a missed cron instant; the asker waits for its run this long.
+RUN_ONCE_DEADLINE_S = 300.0
+RUN_NOW_WAIT_S = 10.0
 # Under the data directory: the authority `taskbus up` creates (keys, JWTs, creds/<role>.creds).
 AUTH_DIR = "auth"
 SECRET_KEY_FILE = "secret.key"  # in AUTH_DIR: the connections' Fernet key (0600)

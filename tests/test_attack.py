@@ -189,6 +189,9 @@ async def attack(
     uids = "61000-61183" if can_switch_uids() else "none"
     work = tmp_path / "executor"
     start_daemon("executor", "--url", server.url, "--work-dir", str(work), "--run-uids", uids)
+    # Users may not create run records: the scheduler starts their run-once tasks.
+    scheduler_creds = str(authority.creds_path("scheduler"))
+    start_daemon("broker.scheduler", "--url", server.url, "--creds", scheduler_creds)
     await wait_for_executors(admin, 1)
     [heartbeat] = [r for _, r in (await store.scan(admin, names.EXECUTORS, ExecutorRecord)).items()]
 

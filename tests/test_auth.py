@@ -9,23 +9,25 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from nats.js import api
 
-from broker import names, store, tokens
+from broker import catalog, dispatch, names, store, tokens
 from broker.authority import Authority
 from broker.connection import Bus, connect
-from broker.errors import NotConnected, PermissionDenied
+from broker.errors import NotConnected, PermissionDenied, SchedulerUnavailable
 from broker.models import ExecutorRecord, RunRecord, TaskRecord
 from broker.roles import Role
 from broker.server import EmbeddedServer, ServerSettings
 from broker.settings import ConnectSettings
 from broker.status import RunStatus, TaskKind
 from tests.conftest import as_role
-from tests.helpers import REPO, daemon_env, make_zip
+from tests.helpers import REPO, Daemon, daemon_env, make_zip
+from tests.test_executor import upload, wait_run
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 TASK_ID = "7f1c1f2e-0000-4000-8000-000000000001"
@@ -153,6 +155,59 @@ async def test_an_operator_can_kill_a_task_but_not_fake_an_executor(
     finally:
         await operator.close()
         await admin.close()
+
+
+async def test_users_and_operators_cannot_forge_runs_or_requests(
+    secure_server: EmbeddedServer, authority: Authority
+) -> None:
+    """A run record's status is written by its executor only: users and operators may not
+    create or rewrite one, nor put a request on the run queue (the scheduler starts the runs
+    they ask for)."""
+    admin = await role_bus(secure_server, authority, "admin")
+    run = RunRecord(task_id=TASK_ID, run_id="r1", status=RunStatus.RUNNING, created_at=NOW)
+    await store.put(admin.runs, f"{TASK_ID}.r1", run)
+    forged = RunRecord(task_id=TASK_ID, run_id="r1", status=RunStatus.SUCCESS, created_at=NOW)
+    try:
+        for role in ("user", "operator"):
+            bus = await role_bus(secure_server, authority, role)
+            try:
+                error = await refused(bus, store.put(bus.runs, f"{TASK_ID}.r1", forged))
+                assert "write the run record" in str(error) and role in str(error)
+                await refused(bus, store.create(bus.runs, f"{TASK_ID}.r2", forged))
+                await refused(bus, bus.js.publish(names.runq_subject("default"), b"{}"))
+            finally:
+                await bus.close()
+        current = await store.get(admin.runs, f"{TASK_ID}.r1", RunRecord)
+        assert current is not None and current[0].status is RunStatus.RUNNING
+    finally:
+        await admin.close()
+
+
+async def test_a_users_run_once_and_run_now_are_started_by_the_scheduler(
+    secure_server: EmbeddedServer,
+    authority: Authority,
+    tmp_path: Path,
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    user = await role_bus(secure_server, authority, "user")
+    try:
+        orch = await upload(user, {"main.py": "print('started by the scheduler')"}, settled=False)
+        task = await catalog.create_task(user, orch, name="once", kind=TaskKind.RUN_ONCE)
+        assert await catalog.runs_of(user, task.id) == []  # nobody started it yet
+        with pytest.raises(SchedulerUnavailable, match="taskbus scheduler"):
+            await catalog.run_now(user, task.id)
+        start_daemon(
+            "broker.scheduler", "--url", secure_server.url,
+            "--creds", str(authority.creds_path("scheduler")),
+        )  # fmt: skip
+        first = await wait_run(user, task.id, lambda run: True, timeout_s=30)
+        assert first.run_id == dispatch.run_id_for(task.id, task.created_at)
+        again = await catalog.run_now(user, task.id)  # asked of the scheduler, which starts it
+        assert again.run_id != first.run_id and again.status is RunStatus.PENDING
+        runs = await catalog.runs_of(user, task.id)
+        assert {r.run_id for r in runs} >= {first.run_id, again.run_id}
+    finally:
+        await user.close()
 
 
 async def test_an_executor_cannot_write_task_specs_or_provision(

@@ -61,6 +61,10 @@ async def test_a_task_runs_on_the_secured_cluster(
     urls = ",".join(s.url.replace("nats://", "tls://") for s in servers)
     monkeypatch.setenv("TASKBUS_CREDS", str(authority.creds_path("executor")))
     start_daemon("executor", "--url", urls, "--work-dir", str(tmp_path / "executor"))
+    # A user's run-once task is started by the scheduler (users may not write run records).
+    start_daemon(
+        "broker.scheduler", "--url", urls, "--creds", str(authority.creds_path("scheduler"))
+    )
     try:
         await wait_for_executors(admin, 1, timeout_s=60)
         client = sdk.AsyncClient(settings=settings_for(servers, authority, "user", ca))

@@ -41,7 +41,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from broker import cron, names, store
+from broker import cron, dispatch, names, store
 from broker.connection import Bus
 from broker.follow import Follow
 from broker.models import RunRecord, TaskRecord, decode, utcnow
@@ -70,6 +70,8 @@ class Scheduler:
         self.book = RunBook()
         self.timetable = Timetable()
         self.tasks: dict[str, TaskRecord] = {}  # scheduled and continuous, not killed
+        # Every task seen, with its last "run now" ask (``_start_asked``).
+        self._asked: dict[str, datetime | None] = {}
         self.anchors: dict[str, datetime] = {}  # scheduled: instants up to here are handled
         self._wake = asyncio.Event()
         self._restart = asyncio.Event()
@@ -201,6 +203,12 @@ class Scheduler:
         old = self.tasks.get(task_id)
         if record is not None and record == old:
             return
+        if record is None:
+            self._asked.pop(task_id, None)
+        elif not record.killed:
+            seen = task_id in self._asked
+            self._start_asked(record, seen, self._asked.get(task_id))
+            self._asked[task_id] = record.run_now_at
         if record is None or record.kind is TaskKind.RUN_ONCE or record.killed:
             if old is not None:
                 log.info("⊘ stop task=%s (%s)", task_id, "deleted" if record is None else "killed")
@@ -227,6 +235,31 @@ class Scheduler:
         ):
             self.anchors[task_id] = anchor = self._anchor(record, old)
             self._arm(task_id, cron.next_fire(record.schedule, record.tz, anchor))
+
+    def _start_asked(self, task: TaskRecord, seen: bool, last_ask: datetime | None) -> None:
+        """Runs users and operators ask for but may not create (SECURITY.md: they could
+        forge a run's status): a new run-once task's run, and a "run now". Each run id is
+        derived from the task and the instant asked, so two schedulers, a restart, or a
+        client that may create it itself (the admin) make one run; an ask older than
+        ``RUN_ONCE_DEADLINE_S`` (the scheduler was down) is left alone."""
+        asks = []
+        if task.kind is TaskKind.RUN_ONCE and not seen:
+            asks.append(task.created_at)
+        if task.run_now_at is not None and task.run_now_at != last_ask:
+            asks.append(task.run_now_at)
+        now = utcnow()
+        for instant in asks:
+            if (now - instant).total_seconds() <= names.RUN_ONCE_DEADLINE_S:
+                self._spawn(self._start_one, task, dispatch.run_id_for(task.id, instant))
+
+    async def _start_one(self, task: TaskRecord, run_id: str) -> None:
+        try:
+            _, created = await dispatch.enqueue_run(self.bus, task, run_id=run_id)
+        except Exception:
+            log.exception("could not start run %s of task %s", run_id, task.id)
+            return
+        if created:
+            log.info("→ start task=%s run=%s (asked for)", task.id, run_id)
 
     def _anchor(self, task: TaskRecord, old: TaskRecord | None) -> datetime:
         """Where a (re-)armed task resumes: instants after this are due.
