@@ -44,6 +44,11 @@ from executor.logstream import LogStream
 
 log = logging.getLogger(__name__)
 
+# A status write NATS does not store (a full store answers nothing; a lost connection) is
+# tried again with this back-off: soon after the store is back, without hammering it before.
+WRITE_RETRY_FIRST_S = 0.25
+WRITE_RETRY_MAX_S = 2.0
+
 
 class Claim:
     """One RunRequest's hold on its run record: the delivery to ack or nak, the record as last
@@ -241,6 +246,32 @@ class Claim:
             return None
         self.record = written
         return written
+
+    async def write_stored(
+        self, mutate: Callable[[RunRecord], RunRecord | None], give_up_s: float
+    ) -> RunRecord | None:
+        """``write``, tried again while NATS does not store it (its store full, the connection
+        lost) for up to ``give_up_s``; the last error is raised past that."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + give_up_s
+        delay = WRITE_RETRY_FIRST_S
+        failures = 0
+        while True:
+            try:
+                written = await self.write(mutate)
+            except (nats.errors.Error, TimeoutError) as exc:
+                if loop.time() + delay > deadline:
+                    raise
+                failures += 1
+                if failures == 1:
+                    log.warning("%s not recorded yet (%s); retrying until it is",
+                                self.key, exc or type(exc).__name__)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WRITE_RETRY_MAX_S)
+                continue
+            if failures:
+                log.info("%s recorded after %d failed writes", self.key, failures)
+            return written
 
     async def done(self) -> None:
         """The run's record has ended: enqueue its retry if its task retries it

@@ -61,7 +61,10 @@ from executor.secrets import SecretsUnavailable
 log = logging.getLogger(__name__)
 
 PIPE_DRAIN_S = 2.0  # after the main process ended, how long leftover output may take
-WRITE_RETRY_S = 30.0  # how long a final status write is retried while NATS is away
+# How long a final status write is retried while NATS does not store it (away, or its store
+# full until space is freed): long enough for someone to free space, bounded so that a run
+# never holds its slot for ever.
+FINAL_WRITE_GIVE_UP_S = 900.0
 PID_WRITE_AFTER_S = 0.05
 
 
@@ -355,17 +358,11 @@ class RunJob:
                 reason=outcome.reason, finished_at=now, updated_at=now,
             )  # fmt: skip
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(WRITE_RETRY_S, self.ctx.settings.ack_wait_s)
-        while True:
-            try:
-                written = await claim.write(final)
-                break
-            except (nats.errors.Error, TimeoutError) as exc:
-                if loop.time() > deadline:
-                    log.error("could not record the end of %s: %s", self.key, exc)
-                    return
-                await asyncio.sleep(0.5)
+        try:  # its request is kept alive meanwhile (in_progress), so it is not redelivered
+            written = await claim.write_stored(final, FINAL_WRITE_GIVE_UP_S)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.error("could not record the end of %s: %s", self.key, exc)
+            return
         if written is None:
             claim.lost = True
             log.warning("⊘ %s was taken over elsewhere; its %s is not recorded", self.key,
