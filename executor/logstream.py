@@ -72,6 +72,7 @@ LINE_COST_BYTES = 96  # a LogLine in memory beyond its text
 # Lines start to be held again once this much of the limit is free: one gap marker per
 # outage, not one per line that squeezes in as batches trickle out.
 PENDING_RESUME_BYTES = PENDING_MAX_BYTES // 2
+STORE_FULL = "the store is full"  # why lines were dropped, as the gap marker says it
 FINAL_PUBLISH_GIVE_UP_S = 60.0  # from close(): what is left is retried this long in all
 
 
@@ -211,8 +212,10 @@ class LogStream:
     def _drop(self, count: int, why: str) -> None:
         if not self._gap:
             log.warning("log lines of %s are dropped: %s", self._subject, why)
+            self._gap_why = why
+        elif why == STORE_FULL:  # the cause that says most (a reconnect may end the outage)
+            self._gap_why = why
         self._gap += count
-        self._gap_why = why
 
     def _say_gap(self) -> None:
         """The one line that stands for the lines dropped since the last one kept."""
@@ -308,12 +311,12 @@ class LogStream:
         if isinstance(exc, TimeoutError | nats.errors.TimeoutError):
             return self._unanswered()
         if any(word in text for word in ("insufficient", "storage", "space", "resources")):
-            return "the store is full"
+            return STORE_FULL
         return f"NATS did not store them ({exc})"
 
     def _unanswered(self) -> str:
         """Why lines pile up while the batch ahead of them has had no answer yet."""
-        return "the store is full" if self._bus.nc.is_connected else "NATS was unreachable"
+        return STORE_FULL if self._bus.nc.is_connected else "NATS was unreachable"
 
     def _abandon(self, batch: LogBatch, why: str) -> None:
         if not self.abandoned_lines:

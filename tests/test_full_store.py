@@ -170,6 +170,7 @@ async def test_a_full_store_drops_log_lines_keeps_the_run_going_and_recovers(
         await next_said(said, "reopening it")
         await next_said(said, "the store is writable again")
         assert not server.store_full
+        await wait_line(bus, running, "log lines dropped", timeout_s=60.0)  # flowing again
         stop.touch()
         ended = await wait_run(bus, task.id, timeout_s=60.0)
         again = await run_once(bus, quick, name="again")
