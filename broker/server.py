@@ -198,19 +198,20 @@ class EmbeddedServer:
                 )
 
     def _await_space(self) -> None:
-        """Once space is free again, reopen the store (its write error goes with it)."""
-        free = 0
+        """While the store is full, wait for space; then reopen the store (its write error goes
+        with it). This thread lives until ``stop()``: a server started with ``die_with_parent``
+        is tied to the thread that started it, so a reopened one must not outlive this."""
         while not self._stopping.wait(STORE_CHECK_S):
-            if not self.store_full:  # started afresh meanwhile
-                return
+            if not self.store_full:
+                continue
             try:
                 free = shutil.disk_usage(self.store_dir).free
             except OSError:
                 continue
             if free >= REOPEN_FREE_BYTES:
-                break
-        else:
-            return
+                self._reopen(free)
+
+    def _reopen(self, free: int) -> None:
         self._tell(
             f"{describe_bytes(free)} free in the store again: reopening it (nats-server starts "
             f"again on the same port; every client reconnects by itself)"

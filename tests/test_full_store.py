@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 
+import sdk
 from broker.connection import connect
 from broker.errors import ServerError
-from broker.server import EmbeddedServer, ServerSettings
+from broker.server import EmbeddedServer, ServerSettings, free_port
 from broker.settings import ConnectSettings
 from broker.status import RunStatus
-from tests.helpers import Daemon, wait_for_executors
+from tests.helpers import Daemon, make_zip, wait_for_executors
+from tests.test_cli_up import Up
 from tests.test_console_support import SIZE, make_app, screen_text, wait_for
 from tests.test_executor import (
     log_lines,
@@ -262,3 +264,28 @@ async def test_a_store_full_for_longer_than_the_lease_fences_the_run_then_everyt
     assert ended.reason.startswith("fenced"), ended.reason
     assert after.status is RunStatus.SUCCESS
     assert "after the store was full" in [line.text for line in lines]
+
+
+def test_up_says_the_store_is_full_in_nats_servers_words_and_goes_on_once_space_is_free(
+    store_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = store_disk / "data"
+    monkeypatch.setenv("TASKBUS_DATA_DIR", str(data_dir))  # the SDK finds up's credentials
+    up = Up(free_port(), data_dir)
+    try:
+        url = up.expect(r"listening on (nats://\S+)").group(1)
+        up.expect(r"executor \S+ ready")
+        filler = fill(store_disk)
+        up.expect(r"taskbus: the server's store is full .*no space left on device")
+        filler.unlink()
+        up.expect(r"taskbus: \S+ \S+ free in the store again: reopening it")
+        up.expect(r"taskbus: the store is writable again")
+        with sdk.Client(url) as wl:  # the stack works again, nothing restarted by hand
+            orch = wl.upload_orchestration(
+                bytes_buffer=make_zip({"main.py": QUICK}), name="after"
+            ).wait_until_ready(timeout=60)
+            assert orch.run_once("after").wait(timeout=60) == "success"
+    finally:
+        code = up.stop()
+    assert code == 0, "\n".join(up.seen)
+    assert not any("nats-server exited" in line for line in up.seen), up.seen  # no crash
