@@ -66,8 +66,12 @@ PUBLISH_TIMEOUT_S = 5.0
 PUBLISH_GIVE_UP_S = 30.0  # a batch is retried this long while NATS is away
 # Lines held in memory while NATS stores nothing (estimated size: text plus the line's own
 # cost): a few MiB per run bounds the executor's memory under a chatty run whatever the store
-# does, and still holds every line of a store that is only slow for a second or two.
+# does, and still holds every line of a store that is only slow for a second or two. Past it,
+# lines are dropped once the batch ahead has gone unanswered for ``PUBLISH_STALL_S`` (or
+# failed); a healthy store that a fast printer outpaces for a moment only meets the hard cap.
 PENDING_MAX_BYTES = 8 << 20
+PENDING_HARD_MAX_BYTES = 64 << 20
+PUBLISH_STALL_S = 1.0  # a healthy server answers a batch in milliseconds
 LINE_COST_BYTES = 96  # a LogLine in memory beyond its text
 # Lines start to be held again once this much of the limit is free: one gap marker per
 # outage, not one per line that squeezes in as batches trickle out.
@@ -143,6 +147,7 @@ class LogStream:
         self._gap = 0  # lines dropped since the last one stored (no room, or never stored)
         self._gap_why = ""
         self._store_trouble = ""  # why the last publish failed ("": the last one landed)
+        self._sending_since: float | None = None  # loop time the batch being sent was sent
         self.gap_lines = 0  # dropped in all, for want of a store (the markers' sum)
         self._wake = asyncio.Event()
         self._closing = False
@@ -201,13 +206,20 @@ class LogStream:
             self._wake.set()
 
     def _room_for(self, cost: int) -> bool:
-        """Whether a user line may wait in memory (past the limit: dropped until half is free)."""
-        limit = PENDING_RESUME_BYTES if self._gap else PENDING_MAX_BYTES
-        if self._pending_bytes + cost <= limit:
-            if self._gap:
-                self._say_gap()
+        """Whether a user line may wait in memory (past the limit while NATS stores nothing:
+        dropped, until half the limit is free)."""
+        size = self._pending_bytes + cost
+        if self._gap:
+            if size > PENDING_RESUME_BYTES:
+                return False
+            self._say_gap()
             return True
-        return False
+        return size <= PENDING_HARD_MAX_BYTES and not (self._store_trouble or self._stalled())
+
+    def _stalled(self) -> bool:
+        """The batch being sent has had no answer for longer than a healthy server takes."""
+        since = self._sending_since
+        return since is not None and asyncio.get_running_loop().time() - since > PUBLISH_STALL_S
 
     def _drop(self, count: int, why: str) -> None:
         if not self._gap:
@@ -282,6 +294,7 @@ class LogStream:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + (FINAL_PUBLISH_GIVE_UP_S if batch.eof else PUBLISH_GIVE_UP_S)
         delay = 0.05
+        self._sending_since = loop.time()
         while True:
             if not self._owned():
                 self._abandon(batch, "the run is no longer this executor's")
@@ -291,12 +304,14 @@ class LogStream:
                     self._subject, data, timeout=PUBLISH_TIMEOUT_S, headers={names.MSG_ID: msg_id}
                 )
                 self._store_trouble = ""
+                self._sending_since = None
                 return
             except (nats.errors.Error, TimeoutError) as exc:
                 self._store_trouble = self._trouble(exc)
                 now = loop.time()
                 deadline = min(give_up, self._close_deadline or give_up)
                 if now + delay > deadline:
+                    self._sending_since = None
                     self._abandon(batch, f"NATS did not store it ({exc})")
                     return
                 log.warning("log publish for %s failed (%s); retrying", self._subject, exc)
