@@ -148,7 +148,6 @@ class LogStream:
         self._gap_why = ""
         self._store_trouble = ""  # why the last publish failed ("": the last one landed)
         self._sending_since: float | None = None  # loop time the batch being sent was sent
-        self.gap_lines = 0  # dropped in all, for want of a store (the markers' sum)
         self._wake = asyncio.Event()
         self._closing = False
         self._flusher: asyncio.Task[None] | None = None
@@ -232,7 +231,6 @@ class LogStream:
     def _say_gap(self) -> None:
         """The one line that stands for the lines dropped since the last one kept."""
         count, self._gap = self._gap, 0
-        self.gap_lines += count
         log.warning("%d log lines of %s were dropped: %s", count, self._subject, self._gap_why)
         self._seq += 1
         text = f"taskbus: {count} log lines dropped: {self._gap_why}"
