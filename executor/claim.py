@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 # tried again with this back-off: soon after the store is back, without hammering it before.
 WRITE_RETRY_FIRST_S = 0.25
 WRITE_RETRY_MAX_S = 2.0
+# How long the write of how a run ended is retried: long enough for someone to free space,
+# bounded so that a run never holds its executor slot for ever.
+STATUS_WRITE_GIVE_UP_S = 900.0
 
 
 class Claim:
@@ -205,7 +208,12 @@ class Claim:
                 record, status=status, reason=reason, finished_at=now, updated_at=now
             )
 
-        if await self.write(mutate) is not None:
+        try:
+            written = await self.write_stored(mutate, STATUS_WRITE_GIVE_UP_S)
+        except (nats.errors.Error, TimeoutError) as exc:  # unacked: a redelivery ends it
+            log.error("could not record that %s ended %s: %s", self.key, status, exc)
+            return False
+        if written is not None:
             log.info("⊘ %s %s: %s", self.key, status, reason)
             self.ctx.stats[str(status)] += 1
         await self.settle(self.msg.ack)

@@ -40,7 +40,7 @@ from broker.limits import describe_bytes
 from broker.models import RunRecord, RunRequest, utcnow
 from broker.status import RunStatus
 from executor.artifacts import ArtifactError, RunFolder, remove_tree
-from executor.claim import Claim
+from executor.claim import STATUS_WRITE_GIVE_UP_S, Claim
 from executor.context import Context
 from executor.control import keep_alive
 from executor.credentials import hide_credential
@@ -61,10 +61,6 @@ from executor.secrets import SecretsUnavailable
 log = logging.getLogger(__name__)
 
 PIPE_DRAIN_S = 2.0  # after the main process ended, how long leftover output may take
-# How long a final status write is retried while NATS does not store it (away, or its store
-# full until space is freed): long enough for someone to free space, bounded so that a run
-# never holds its slot for ever.
-FINAL_WRITE_GIVE_UP_S = 900.0
 PID_WRITE_AFTER_S = 0.05
 
 
@@ -359,7 +355,7 @@ class RunJob:
             )  # fmt: skip
 
         try:  # its request is kept alive meanwhile (in_progress), so it is not redelivered
-            written = await claim.write_stored(final, FINAL_WRITE_GIVE_UP_S)
+            written = await claim.write_stored(final, STATUS_WRITE_GIVE_UP_S)
         except (nats.errors.Error, TimeoutError) as exc:
             log.error("could not record the end of %s: %s", self.key, exc)
             return
