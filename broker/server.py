@@ -178,7 +178,6 @@ class EmbeddedServer:
         if any(words in lowered for words in DISK_FULL_WORDS):
             if not self.store_full:
                 self.store_full = line
-                log.warning("nats-server: %s", line)
                 self._tell(
                     f"the server's store is full ({self.store_dir}); nats-server says: "
                     f"{_message(line)}. Runs go on (their log lines past what the executor "
@@ -191,7 +190,6 @@ class EmbeddedServer:
             now = time.monotonic()
             if now - self._limit_said_at > STORE_LIMIT_REPEAT_S or not self._limit_said_at:
                 self._limit_said_at = now
-                log.warning("nats-server: %s", line)
                 self._tell(
                     f"the server's store is at JetStream's limit; nats-server says: "
                     f"{_message(line)}"
@@ -230,12 +228,14 @@ class EmbeddedServer:
         self._tell("the store is writable again")
 
     def _tell(self, message: str) -> None:
-        log.warning("%s", message)
-        if self.settings.on_store is not None:
-            try:
-                self.settings.on_store(message)
-            except Exception:  # a listener's failure must not stop the server's output
-                log.exception("store listener failed")
+        """Say it to the listener (``taskbus up``: its output), else in our log."""
+        if self.settings.on_store is None:
+            log.warning("%s", message)
+            return
+        try:
+            self.settings.on_store(message)
+        except Exception:  # a listener's failure must not stop the server's output
+            log.exception("store listener failed")
 
     def _failure(self) -> str:
         tail = "\n".join(self._tail)
