@@ -6,12 +6,20 @@ through textual-serve (localhost only by default: it has no authentication of it
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from broker.settings import ConnectSettings
 
 
 def run_console(
-    settings: ConnectSettings, *, web: bool = False, host: str = "127.0.0.1", port: int = 8000
+    settings: ConnectSettings,
+    *,
+    web: bool = False,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    store_full: Callable[[], str] | None = None,
 ) -> None:
+    """``store_full``: the line of a nats-server this process runs while its store is full."""
     if web:
         from console.web import serve
 
@@ -19,7 +27,10 @@ def run_console(
         return
     from console.app import TaskbusApp
 
-    TaskbusApp(settings).run()
+    app = TaskbusApp(settings)
+    if store_full is not None:
+        app.state.store_full = store_full
+    app.run()
 
 
 __all__ = ["run_console"]

@@ -119,6 +119,10 @@ class ConsoleState:
         self._task_versions: dict[str, int] = {}
         # Called (O(1)) after every change, so the visible screen can schedule a redraw.
         self.on_change: Callable[[], None] | None = None
+        # nats-server's own line while its store is full ("": it is not). Only a server this
+        # process runs can say (``taskbus up``); read when the status bar is drawn, from any
+        # thread's latest value.
+        self.store_full: Callable[[], str] = _no_store_problem
 
     # --- versions -----------------------------------------------------------------------
     def version_of(self, *collections: str) -> int:
@@ -347,3 +351,7 @@ class ConsoleState:
             del self.executors[key]
         if stale:
             self._touch("executors")
+
+
+def _no_store_problem() -> str:
+    return ""

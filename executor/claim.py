@@ -44,6 +44,14 @@ from executor.logstream import LogStream
 
 log = logging.getLogger(__name__)
 
+# A status write NATS does not store (a full store answers nothing; a lost connection) is
+# tried again with this back-off: soon after the store is back, without hammering it before.
+WRITE_RETRY_FIRST_S = 0.25
+WRITE_RETRY_MAX_S = 2.0
+# How long the write of how a run ended is retried: long enough for someone to free space,
+# bounded so that a run never holds its executor slot for ever.
+STATUS_WRITE_GIVE_UP_S = 900.0
+
 
 class Claim:
     """One RunRequest's hold on its run record: the delivery to ack or nak, the record as last
@@ -200,7 +208,12 @@ class Claim:
                 record, status=status, reason=reason, finished_at=now, updated_at=now
             )
 
-        if await self.write(mutate) is not None:
+        try:
+            written = await self.write_stored(mutate, STATUS_WRITE_GIVE_UP_S)
+        except (nats.errors.Error, TimeoutError) as exc:  # unacked: a redelivery ends it
+            log.error("could not record that %s ended %s: %s", self.key, status, exc)
+            return False
+        if written is not None:
             log.info("⊘ %s %s: %s", self.key, status, reason)
             self.ctx.stats[str(status)] += 1
         await self.settle(self.msg.ack)
@@ -241,6 +254,32 @@ class Claim:
             return None
         self.record = written
         return written
+
+    async def write_stored(
+        self, mutate: Callable[[RunRecord], RunRecord | None], give_up_s: float
+    ) -> RunRecord | None:
+        """``write``, tried again while NATS does not store it (its store full, the connection
+        lost) for up to ``give_up_s``; the last error is raised past that."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + give_up_s
+        delay = WRITE_RETRY_FIRST_S
+        failures = 0
+        while True:
+            try:
+                written = await self.write(mutate)
+            except (nats.errors.Error, TimeoutError) as exc:
+                if loop.time() + delay > deadline:
+                    raise
+                failures += 1
+                if failures == 1:
+                    log.warning("%s not recorded yet (%s); retrying until it is",
+                                self.key, exc or type(exc).__name__)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WRITE_RETRY_MAX_S)
+                continue
+            if failures:
+                log.info("%s recorded after %d failed writes", self.key, failures)
+            return written
 
     async def done(self) -> None:
         """The run's record has ended: enqueue its retry if its task retries it

@@ -9,6 +9,13 @@ task's line reaches readers within milliseconds and a chatty one's lines share m
 Lines longer than ``names.LOG_LINE_MAX_CHARS`` are split, never dropped; past the per-run byte
 cap output is discarded and the log says so. The last batch has ``eof=True``.
 
+The pipes are always read, whatever NATS does, so the user process never waits on its output
+for longer than the executor takes to read a chunk. While NATS does not store batches (a full
+store answers nothing, or a refusal; a lost connection) lines wait in memory up to
+``PENDING_MAX_BYTES``; past that they are dropped and counted, and once batches are stored
+again one line in the log says how many: "N log lines dropped: the store is full" (one such
+line per gap, where the gap was).
+
 A batch's de-duplication id is ``<subject>#<writer>#<first seq>``, the writer naming the
 executor and attempt, so a stale executor retrying old batches never collides with (and so
 never silently drops) its replacement's lines, which continue the same numbering. Once the run
@@ -57,6 +64,19 @@ READ_CHUNK = 1 << 20
 BATCH_BUDGET = names.LOG_BATCH_MAX_BYTES // 2
 PUBLISH_TIMEOUT_S = 5.0
 PUBLISH_GIVE_UP_S = 30.0  # a batch is retried this long while NATS is away
+# Lines held in memory while NATS stores nothing (estimated size: text plus the line's own
+# cost): a few MiB per run bounds the executor's memory under a chatty run whatever the store
+# does, and still holds every line of a store that is only slow for a second or two. Past it,
+# lines are dropped once the batch ahead has gone unanswered for ``PUBLISH_STALL_S`` (or
+# failed); a healthy store that a fast printer outpaces for a moment only meets the hard cap.
+PENDING_MAX_BYTES = 8 << 20
+PENDING_HARD_MAX_BYTES = 64 << 20
+PUBLISH_STALL_S = 1.0  # a healthy server answers a batch in milliseconds
+LINE_COST_BYTES = 96  # a LogLine in memory beyond its text
+# Lines start to be held again once this much of the limit is free: one gap marker per
+# outage, not one per line that squeezes in as batches trickle out.
+PENDING_RESUME_BYTES = PENDING_MAX_BYTES // 2
+STORE_FULL = "the store is full"  # why lines were dropped, as the gap marker says it
 FINAL_PUBLISH_GIVE_UP_S = 60.0  # from close(): what is left is retried this long in all
 
 
@@ -123,6 +143,11 @@ class LogStream:
         self._linger_s = linger_s
         self._batch_lines = batch_lines
         self._pending: list[LogLine] = []
+        self._pending_bytes = 0  # estimated memory of the lines in _pending
+        self._gap = 0  # lines dropped since the last one stored (no room, or never stored)
+        self._gap_why = ""
+        self._store_trouble = ""  # why the last publish failed ("": the last one landed)
+        self._sending_since: float | None = None  # loop time the batch being sent was sent
         self._wake = asyncio.Event()
         self._closing = False
         self._flusher: asyncio.Task[None] | None = None
@@ -163,12 +188,56 @@ class LogStream:
         self._append(stream, lines, ts)
 
     def _append(self, stream: Stream, lines: list[str], ts: datetime) -> None:
+        held = stream == "taskbus"  # the executor's own few lines always wait their turn
         for line in lines:
             for piece in split_long(line):
+                cost = len(piece) + LINE_COST_BYTES
+                if self._gap or self._pending_bytes + cost > PENDING_MAX_BYTES:  # NATS behind
+                    if not held and not self._room_for(cost):
+                        self._drop(1, self._store_trouble or self._unanswered())
+                        continue
+                    if self._gap:  # the gap so far goes before the executor's own line
+                        self._say_gap()
                 self._seq += 1
                 self._pending.append(LogLine(seq=self._seq, ts=ts, stream=stream, text=piece))
+                self._pending_bytes += cost
         if lines:
             self._wake.set()
+
+    def _room_for(self, cost: int) -> bool:
+        """Whether a user line may wait in memory (past the limit while NATS stores nothing:
+        dropped, until half the limit is free)."""
+        size = self._pending_bytes + cost
+        if self._gap:
+            if size > PENDING_RESUME_BYTES:
+                return False
+            self._say_gap()
+            return True
+        return size <= PENDING_HARD_MAX_BYTES and not (self._store_trouble or self._stalled())
+
+    def _stalled(self) -> bool:
+        """The batch being sent has had no answer for longer than a healthy server takes."""
+        since = self._sending_since
+        return since is not None and asyncio.get_running_loop().time() - since > PUBLISH_STALL_S
+
+    def _drop(self, count: int, why: str) -> None:
+        if not self._gap:
+            log.warning("log lines of %s are dropped: %s", self._subject, why)
+            self._gap_why = why
+        elif why == STORE_FULL:  # the cause that says most (a reconnect may end the outage)
+            self._gap_why = why
+        self._gap += count
+
+    def _say_gap(self) -> None:
+        """The one line that stands for the lines dropped since the last one kept."""
+        count, self._gap = self._gap, 0
+        log.warning("%d log lines of %s were dropped: %s", count, self._subject, self._gap_why)
+        self._seq += 1
+        text = f"taskbus: {count} log lines dropped: {self._gap_why}"
+        self._pending.append(
+            LogLine(seq=self._seq, ts=datetime.now(UTC), stream="taskbus", text=text)
+        )
+        self._pending_bytes += len(text) + LINE_COST_BYTES
 
     def _cap(self, lines: list[str]) -> list[str]:
         """The lines that still fit under the byte cap; the first drop is said in the log."""
@@ -206,6 +275,7 @@ class LogStream:
                 budget += len(line.text) * (1 if line.text.isascii() else 4) + 48
             batch = self._pending[:count]
             del self._pending[:count]
+            self._pending_bytes -= sum(len(line.text) + LINE_COST_BYTES for line in batch)
             last = eof and not self._pending
             if batch or last:
                 await self._send(
@@ -222,6 +292,7 @@ class LogStream:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + (FINAL_PUBLISH_GIVE_UP_S if batch.eof else PUBLISH_GIVE_UP_S)
         delay = 0.05
+        self._sending_since = loop.time()
         while True:
             if not self._owned():
                 self._abandon(batch, "the run is no longer this executor's")
@@ -230,26 +301,49 @@ class LogStream:
                 await self._bus.js.publish(
                     self._subject, data, timeout=PUBLISH_TIMEOUT_S, headers={names.MSG_ID: msg_id}
                 )
+                self._store_trouble = ""
+                self._sending_since = None
                 return
             except (nats.errors.Error, TimeoutError) as exc:
+                self._store_trouble = self._trouble(exc)
                 now = loop.time()
                 deadline = min(give_up, self._close_deadline or give_up)
                 if now + delay > deadline:
+                    self._sending_since = None
                     self._abandon(batch, f"NATS did not store it ({exc})")
                     return
                 log.warning("log publish for %s failed (%s); retrying", self._subject, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
+    def _trouble(self, exc: Exception) -> str:
+        """Why NATS did not store a batch, as the gap marker says it. A connected server that
+        does not answer a publish, or refuses it for want of space, has a full store (a
+        nats-server whose disk filled keeps the stream's write error and answers nothing)."""
+        text = str(exc).lower()
+        if isinstance(exc, TimeoutError | nats.errors.TimeoutError):
+            return self._unanswered()
+        if any(word in text for word in ("insufficient", "storage", "space", "resources")):
+            return STORE_FULL
+        return f"NATS did not store them ({exc})"
+
+    def _unanswered(self) -> str:
+        """Why lines pile up while the batch ahead of them has had no answer yet."""
+        return STORE_FULL if self._bus.nc.is_connected else "NATS was unreachable"
+
     def _abandon(self, batch: LogBatch, why: str) -> None:
         if not self.abandoned_lines:
             log.error("dropping log lines of %s: %s", self._subject, why)
         self.abandoned_lines += len(batch.lines)
+        if self._owned() and batch.lines:  # the next gap marker counts them too
+            self._drop(len(batch.lines), self._store_trouble or why)
 
     async def close(self) -> None:
         """Publish everything left, the last batch with ``eof=True``; returns once stored."""
         if self.dropped_bytes:
             self.taskbus(f"{self.dropped_bytes} bytes of output were dropped past the log cap")
+        if self._gap:
+            self._say_gap()
         self._closing = True
         self._close_deadline = asyncio.get_running_loop().time() + FINAL_PUBLISH_GIVE_UP_S
         self._wake.set()

@@ -40,7 +40,7 @@ from broker.limits import describe_bytes
 from broker.models import RunRecord, RunRequest, utcnow
 from broker.status import RunStatus
 from executor.artifacts import ArtifactError, RunFolder, remove_tree
-from executor.claim import Claim
+from executor.claim import STATUS_WRITE_GIVE_UP_S, Claim
 from executor.context import Context
 from executor.control import keep_alive
 from executor.credentials import hide_credential
@@ -61,7 +61,6 @@ from executor.secrets import SecretsUnavailable
 log = logging.getLogger(__name__)
 
 PIPE_DRAIN_S = 2.0  # after the main process ended, how long leftover output may take
-WRITE_RETRY_S = 30.0  # how long a final status write is retried while NATS is away
 PID_WRITE_AFTER_S = 0.05
 
 
@@ -355,17 +354,11 @@ class RunJob:
                 reason=outcome.reason, finished_at=now, updated_at=now,
             )  # fmt: skip
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(WRITE_RETRY_S, self.ctx.settings.ack_wait_s)
-        while True:
-            try:
-                written = await claim.write(final)
-                break
-            except (nats.errors.Error, TimeoutError) as exc:
-                if loop.time() > deadline:
-                    log.error("could not record the end of %s: %s", self.key, exc)
-                    return
-                await asyncio.sleep(0.5)
+        try:  # its request is kept alive meanwhile (in_progress), so it is not redelivered
+            written = await claim.write_stored(final, STATUS_WRITE_GIVE_UP_S)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.error("could not record the end of %s: %s", self.key, exc)
+            return
         if written is None:
             claim.lost = True
             log.warning("⊘ %s was taken over elsewhere; its %s is not recorded", self.key,

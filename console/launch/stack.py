@@ -48,14 +48,19 @@ def up(args: argparse.Namespace) -> int:
 
     def notify(message: str) -> None:
         if in_console:  # the console owns the terminal; it shows the server or executor lost
-            logs.mkdir(parents=True, exist_ok=True)
-            with (logs / "up.log").open("a") as handle:
-                handle.write(f"taskbus: {message}\n")
+            try:  # the data directory's disk may be the one that is full
+                logs.mkdir(parents=True, exist_ok=True)
+                with (logs / "up.log").open("a") as handle:
+                    handle.write(f"taskbus: {message}\n")
+            except OSError:
+                pass
         else:
             _say(message)
 
     supervisors = [_start_server(args, notify)]
     url = _url(supervisors[0])
+    server = supervisors[0].daemon
+    assert isinstance(server, EmbeddedServer)
     authority = _authority(data_dir)
     settings = _as(authority, url, Role.OPERATOR)  # the console and the event printer
     _say(f"nats-server listening on {url} (data in {data_dir})")
@@ -74,8 +79,8 @@ def up(args: argparse.Namespace) -> int:
             log_path = logs / f"{what}.log"
             supervisors.append(Supervisor(what, _child(argv, log_path, env), log_path, notify))
         _say(f"started executor, scheduler (logs in {logs}); Ctrl+C stops")
-        if in_console:
-            run_console(settings)
+        if in_console:  # its status bar says when the server's store is full
+            run_console(settings, store_full=lambda: server.store_full)
         else:
             events.run(settings)
     except KeyboardInterrupt:
@@ -142,6 +147,7 @@ def _start_server(args: argparse.Namespace, notify: Callable[[str], None]) -> Su
         die_with_parent=True,
         log_file=log_path,
         config_file=authority.server_config,
+        on_store=notify,  # the store filled (nats-server's words), or is writable again
     )
     server = EmbeddedServer(settings)
     if authority.adopt_store(server.store_dir):  # a data directory from before authentication

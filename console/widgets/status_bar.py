@@ -1,5 +1,5 @@
-"""The top line of every screen: where you are, the connection (and to which server), what
-was dropped, the time."""
+"""The top line of every screen: where you are, the connection (and to which server), a full
+store, what was dropped, the time."""
 
 from __future__ import annotations
 
@@ -69,6 +69,10 @@ class StatusBar(Widget):
             line.append("◌ connecting…", style("warn"))
         if state.server:
             line.append(f" {printable(state.server)}", style("muted"))
+        store_full = state.store_full()
+        if store_full:
+            line.append("  ✕ store full", style("bad"))
+            line.append(f" ({store_problem(store_full)}: free space)", style("bad"))
         dropped = ctx.feed.dropped()
         line.append("  dropped ", style("muted"))
         line.append(count(dropped), style("bad" if dropped else "muted"))
@@ -99,3 +103,12 @@ def disconnect_reason(error: str) -> str:
     if "authorization" in lowered:
         return "the server refused the credentials"
     return error.splitlines()[0][:60] if error else ""
+
+
+def store_problem(said: str) -> str:
+    """nats-server's line about its full store, short: its cause."""
+    lowered = said.lower()
+    for cause in ("no space left on device", "out of space"):
+        if cause in lowered:
+            return cause
+    return printable(said)[-60:]
