@@ -34,6 +34,7 @@ from sdk.workspace import AsyncWorkspace, Workspace, WorkspaceList
 
 T = TypeVar("T")
 
+
 def read_upload(
     bytes_buffer: bytes | bytearray | memoryview | BinaryIO | None,
     path: str | os.PathLike[str] | None,
