@@ -357,7 +357,7 @@ async def set_task_flags(
     return updated
 
 
-async def run_now(bus: Bus, task_id: str) -> RunRecord:
+async def run_now(bus: Bus, task_id: str, wait_s: float = names.RUN_NOW_WAIT_S) -> RunRecord:
     """Start one run of any task now (the console's "run now"): directly where this
     connection may write runs, else by asking the scheduler (``run_now_at`` on the task) and
     waiting for the run it creates."""
@@ -373,14 +373,14 @@ async def run_now(bus: Bus, task_id: str) -> RunRecord:
 
     await store.update(bus.tasks, task.id, TaskRecord, ask)
     try:
-        async with asyncio.timeout(names.RUN_NOW_WAIT_S):
+        async with asyncio.timeout(wait_s):
             async for _, run in store.watch(bus.runs, RunRecord, names.run_key(task.id, run_id)):
                 if run is not None:
                     return run
     except TimeoutError:
         pass
     raise SchedulerUnavailable(
-        f"No scheduler started the run within {names.RUN_NOW_WAIT_S:.0f} s: runs of a run-now or "
+        f"No scheduler started the run within {wait_s:g} s: runs of a run-now or "
         f"run-once task are started by the scheduler (`taskbus scheduler`; `taskbus up` runs "
         f"one). It starts this one when it is back, within {names.RUN_ONCE_DEADLINE_S:.0f} s."
     )

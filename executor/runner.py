@@ -29,6 +29,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import msgspec
@@ -240,9 +241,10 @@ class RunJob:
             f"started attempt {self.claim.attempt} on executor {ctx.settings.id} "
             f"(pid {child.pid}): python {orchestration.entrypoint}"
         )
+        hunger = MemoryErrorWatch(request.memory_limit_bytes is not None)
         readers = [
             PipeReader(out_r, lambda lines: logs.add("stdout", lines)),
-            PipeReader(err_r, lambda lines: logs.add("stderr", lines)),
+            PipeReader(err_r, hunger.watching(lambda lines: logs.add("stderr", lines))),
         ]
         log.info(
             "→ %s attempt %d pid %d (%.1f ms after the request reached the executor)",
@@ -267,6 +269,13 @@ class RunJob:
         await asyncio.wait([r.closed for r in readers], timeout=PIPE_DRAIN_S)
         for reader in readers:
             reader.close()
+        if space.cgroup is None and hunger.starved and outcome.status is RunStatus.FAILURE:
+            # The rlimit fallback: an allocation past RLIMIT_AS fails inside the run (Python's
+            # MemoryError, its traceback on stderr) instead of the kernel's OOM kill.
+            limit = describe_bytes(request.memory_limit_bytes or 0)
+            outcome = Outcome(
+                RunStatus.FAILURE, outcome.exit_code, f"out of memory (limit {limit})"
+            )
         await self._end(logs, outcome, time.monotonic() - started)
 
     async def _record_pid(self, pid: int) -> None:
@@ -398,3 +407,22 @@ class RunJob:
 
 
 _background: set[asyncio.Future[None]] = set()
+
+
+class MemoryErrorWatch:
+    """Whether a run with a memory limit (and no cgroup to report an OOM kill) ended on
+    Python's ``MemoryError``: the last line of its traceback on stderr."""
+
+    def __init__(self, limited: bool) -> None:
+        self.limited = limited
+        self.starved = False
+
+    def watching(self, sink: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+        """``sink``, noting a ``MemoryError`` line on the way."""
+
+        def see(lines: list[str]) -> None:
+            if self.limited and not self.starved:
+                self.starved = any(line.startswith("MemoryError") for line in lines)
+            sink(lines)
+
+        return see

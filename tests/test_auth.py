@@ -195,7 +195,7 @@ async def test_a_users_run_once_and_run_now_are_started_by_the_scheduler(
         task = await catalog.create_task(user, orch, name="once", kind=TaskKind.RUN_ONCE)
         assert await catalog.runs_of(user, task.id) == []  # nobody started it yet
         with pytest.raises(SchedulerUnavailable, match="taskbus scheduler"):
-            await catalog.run_now(user, task.id)
+            await catalog.run_now(user, task.id, wait_s=1)
         start_daemon(
             "broker.scheduler", "--url", secure_server.url,
             "--creds", str(authority.creds_path("scheduler")),

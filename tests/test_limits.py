@@ -26,17 +26,9 @@ print("allocated 512 MiB without being stopped", flush=True)
 """
 
 
-RLIMIT_GAP = pytest.mark.xfail(
-    strict=True,
-    reason="with --no-cgroups the limit is RLIMIT_AS: the allocation fails inside the run "
-    "(Python's MemoryError, its traceback in the log) and the run ends failure with reason "
-    "'exit code 1'; the executor does not yet name it out of memory (executor/runner.py)",
-)
-
-
 @pytest.mark.parametrize(
     "cgroups",
-    [True, pytest.param(False, marks=RLIMIT_GAP)],
+    [True, False],
     ids=["cgroups", "rlimit"],
 )
 async def test_a_run_over_its_memory_limit_fails_out_of_memory(
