@@ -28,7 +28,7 @@ from sdk.connection import AsyncConnection, Connection, ConnectionList
 from sdk.lists import OrchestrationList, TaskList
 from sdk.orchestration import AsyncOrchestration, Orchestration, check_name
 from sdk.portal import Portal
-from sdk.session import Session
+from sdk.session import Session, refusing
 from sdk.task import AsyncTask, Task
 from sdk.workspace import AsyncWorkspace, Workspace, WorkspaceList
 
@@ -86,6 +86,7 @@ def check_request_timeout(request_timeout: object) -> float | None:
     return float(request_timeout)
 
 
+@refusing
 class AsyncClient:
     """Talks to Taskbus over NATS. Connects on first use (or ``await connect()`` /
     ``async with``); ``close()`` releases the connection.

@@ -19,11 +19,13 @@ from broker.errors import SecretKeyError
 from broker.models import ConnectionRecord
 from sdk import display
 from sdk.portal import Portal
+from sdk.session import refusing
 
 if TYPE_CHECKING:
     from sdk.client import AsyncClient
 
 
+@refusing
 class AsyncConnection(display.Shown):
     """A connection. Every getter, ``details()`` included, is a plain method."""
 

@@ -28,6 +28,7 @@ from broker.status import OrchestrationStatus, TaskKind
 from sdk import display
 from sdk.lists import TaskList
 from sdk.portal import Portal, closing
+from sdk.session import refusing
 from sdk.task import AsyncTask, Task
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ _SPEC_KEYS = {"json_args", "timeout", "debug", "schedule", "tz", "overlap", "mis
               *RunOptions.__annotations__}  # fmt: skip
 
 
+@refusing
 class AsyncOrchestration(display.Shown):
     """An uploaded orchestration. Getters read the record as last fetched; ``status()`` and
     ``wait_until_ready()`` fetch it again."""

@@ -22,6 +22,7 @@ from broker.status import RUN_TERMINAL, RunStatus
 from broker.text import LOG_KEEP, printable
 from sdk import display
 from sdk.portal import Portal, closing
+from sdk.session import refusing
 
 if TYPE_CHECKING:
     from sdk.client import AsyncClient
@@ -50,6 +51,7 @@ class TaskRunLogs(list[str]):
         return f"<pre>{html.escape(self.__repr__())}</pre>"
 
 
+@refusing
 class AsyncTaskRun(display.Shown):
     """One run of a task. ``status()`` is always fresh; the other getters read the record as
     last fetched, which ``refresh()``, ``status()`` and ``wait()`` fetch again."""

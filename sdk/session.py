@@ -8,8 +8,11 @@ reach the bus through ``client.session`` instead of the client's internals.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
 
 import anyio
 
@@ -70,3 +73,31 @@ class Session:
         if bus is not None:
             with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                 await bus.close()
+
+
+C = TypeVar("C", bound=type)
+
+
+def refusing(cls: C) -> C:
+    """Class decorator for the async SDK objects: each public coroutine method runs inside its
+    client's refusal watch, so an ``AsyncClient`` caller gets ``PermissionDenied`` at once too
+    (the sync ``Client`` gets it from its portal)."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.iscoroutinefunction(member):
+            setattr(cls, name, _refusing(member))
+    return cls
+
+
+def _refusing(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(method)
+    async def watched(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # driven without a loop (in a task, reading the connections file)
+            return await method(self, *args, **kwargs)
+        own = self.__dict__.get("session")
+        session: Session = own if isinstance(own, Session) else self._client.session
+        async with session.refusals():
+            return await method(self, *args, **kwargs)
+
+    return watched

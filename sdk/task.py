@@ -16,6 +16,7 @@ from sdk import display
 from sdk.lists import TaskRunList
 from sdk.portal import Portal, closing
 from sdk.run import AsyncTaskRun, TaskRun, check_limit
+from sdk.session import refusing
 
 if TYPE_CHECKING:
     from sdk.client import AsyncClient
@@ -34,6 +35,7 @@ def check_run_filter(status: object) -> str:
     return str(status)
 
 
+@refusing
 class AsyncTask(display.Shown):
     """A task. Getters read the record (and runs) as last fetched; ``status()``, ``kill()``,
     ``pause()``, ``resume()`` and ``wait()`` fetch them again."""

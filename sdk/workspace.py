@@ -11,11 +11,13 @@ from broker.models import WorkspaceRecord
 from sdk import display
 from sdk.connection import AsyncConnection, Connection, ConnectionList
 from sdk.portal import Portal
+from sdk.session import refusing
 
 if TYPE_CHECKING:
     from sdk.client import AsyncClient
 
 
+@refusing
 class AsyncWorkspace(display.Shown):
     """A workspace. ``id()``, ``name()`` and ``created_at()`` need no I/O."""
 

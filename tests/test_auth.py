@@ -413,3 +413,18 @@ async def test_a_daemon_with_another_role_s_credential_says_so_and_exits_2(
         assert done.returncode == 2, (module, done.stderr)
         assert "the user credential 'user' may not" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+async def test_the_async_client_is_told_at_once_too(
+    secure_server: EmbeddedServer, authority: Authority
+) -> None:
+    """An ``AsyncClient`` whose credential may not do something gets ``PermissionDenied`` as
+    fast as the sync client, not the refused request's timeout."""
+    import sdk
+
+    settings = as_role(secure_server.url, authority, "scheduler")
+    async with sdk.AsyncClient(settings=settings) as client:
+        async with asyncio.timeout(2):
+            with pytest.raises(sdk.PermissionDenied, match="scheduler"):
+                await client.upload_orchestration(bytes_buffer=make_zip({"main.py": "print(1)"}))
+        assert await client.list_tasks() == []  # what it may do still works
