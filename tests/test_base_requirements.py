@@ -7,14 +7,11 @@ TASKBUS_INDEX_URL), never PyPI."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
-import hashlib
 import http.server
 import subprocess
 import sys
 import threading
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,7 +21,7 @@ import sdk
 from broker.connection import Bus
 from broker.errors import ExitCode
 from executor.environments import env_key
-from tests.helpers import Daemon, daemon_env, make_zip, wait_for_executors
+from tests.helpers import Daemon, daemon_env, make_wheel, make_zip, wait_for_executors
 
 PRINT_VERSIONS = """
 import importlib.util
@@ -36,30 +33,6 @@ if importlib.util.find_spec("otherpkg"):
 """
 
 
-def wheel(folder: Path, name: str, version: str) -> Path:
-    """A minimal pure-Python wheel of ``name`` ``version`` whose ``VERSION`` says which it is."""
-    dist = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": f"VERSION = {version!r}\n",
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{dist}/WHEEL": (
-            "Wheel-Version: 1.0\nGenerator: taskbus-tests\nRoot-Is-Purelib: true\n"
-            "Tag: py3-none-any\n"
-        ),
-    }
-    record = []
-    for path, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
-        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
-    record.append(f"{dist}/RECORD,,")
-    files[f"{dist}/RECORD"] = "\n".join(record) + "\n"
-    path = folder / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as archive:
-        for member, text in files.items():
-            archive.writestr(member, text)
-    return path
-
-
 @pytest.fixture
 def index_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A loopback PEP 503 index (http.server's folder listings) with basepkg 1.0 and 2.0 and
@@ -68,7 +41,7 @@ def index_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     for name, versions in (("basepkg", ("1.0", "2.0")), ("otherpkg", ("1.0",))):
         (simple / name).mkdir(parents=True)
         for version in versions:
-            wheel(simple / name, name, version)
+            make_wheel(simple / name, name, f"VERSION = {version!r}\n", version)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(simple.parent))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import base64
 import builtins
 import functools
-import hashlib
 import http.server
 import json
 import os
@@ -19,7 +17,6 @@ import signal
 import sys
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -37,7 +34,7 @@ from broker.settings import ConnectSettings
 from broker.status import RunStatus, TaskKind
 from console.cells import RUN_STYLES
 from sdk.cli import main
-from tests.helpers import REPO, Daemon, make_zip, wait_for_executors
+from tests.helpers import REPO, Daemon, make_wheel, make_zip, wait_for_executors
 
 API_MD = Path("/work/shared/API.md")
 # Names API.md declares that later work builds (workspaces, connections, the auth layer):
@@ -98,31 +95,6 @@ def task_output(wl: sdk.Client, zip_bytes: bytes, **run: object) -> tuple[sdk.Ta
     lines = [m for m in messages(task.last_runs()[0].logs()) if not m.startswith("taskbus:")]
     assert status == "success", lines
     return task, lines
-
-
-def wheel(folder: Path, name: str, init: str) -> Path:
-    """A minimal pure-Python wheel of package ``name`` (installable offline by uv)."""
-    version = "0.0.1"
-    dist = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": init,
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{dist}/WHEEL": (
-            "Wheel-Version: 1.0\nGenerator: taskbus-tests\nRoot-Is-Purelib: true\n"
-            "Tag: py3-none-any\n"
-        ),
-    }
-    record = []
-    for path, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
-        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
-    record.append(f"{dist}/RECORD,,")
-    files[f"{dist}/RECORD"] = "\n".join(record) + "\n"
-    path = folder / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as archive:
-        for member, text in files.items():
-            archive.writestr(member, text)
-    return path
 
 
 @pytest.fixture(params=["zygote", "spawn"])
@@ -204,7 +176,7 @@ async def test_in_an_environment_the_real_package_wins_and_the_shim_is_the_fallb
     index_url, simple = local_index
     for name, init in (("wallaroo", "ORIGIN = 'requirements'\n"), ("notwallaroo", "")):
         (simple / name).mkdir()
-        wheel(simple / name, name, init)
+        make_wheel(simple / name, name, init)
     monkeypatch.setenv("TASKBUS_INDEX_URL", index_url)
     start_daemon("executor", "--url", nats_url, "--work-dir", str(tmp_path / "executor"))
     await wait_for_executors(bus, 1)
