@@ -4,6 +4,7 @@ the admin, and a task run end to end by an executor holding only the executor cr
 
 from __future__ import annotations
 
+import secrets
 import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,10 @@ from tests.helpers import REPO, Daemon, make_zip, start_cluster, wait_for_execut
 
 
 @pytest.fixture
-def secure_cluster(tmp_path: Path) -> Iterator[tuple[list[EmbeddedServer], Authority, Path]]:
+def secure_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[list[EmbeddedServer], Authority, Path]]:
+    monkeypatch.setenv("TASKBUS_JS_KEY", secrets.token_hex(32))  # encryption at rest
     conf_dir = tmp_path / "conf"
     conf_dir.mkdir()
     # The file as compose.yaml mounts it at /etc/nats/, pointed at this folder instead.
@@ -77,6 +81,9 @@ async def test_a_task_runs_on_the_secured_cluster(
             assert await task.wait(timeout=60) == "success"
             run = (await task.last_runs())[0]
             assert any("hello from the cluster" in line for line in await run.logs())
+        # Encrypted at rest: the log line is nowhere in clear in any node's store files.
+        stored = [p for p in (tmp_path / "cluster").rglob("*") if p.is_file()]
+        assert stored and not any(b"hello from the cluster" in p.read_bytes() for p in stored)
     finally:
         await admin.close()
 
