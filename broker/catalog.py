@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from broker import archive, cron, dispatch, limits, names, store, workspaces
+from broker import archive, cron, dispatch, limits, names, scope, store, workspaces
 from broker.connection import Bus
 from broker.errors import (
     InvalidArgument,
@@ -26,6 +26,7 @@ from broker.errors import (
     OrchestrationCannotRun,
     OrchestrationNotFound,
     OrchestrationUploadFailed,
+    PermissionDenied,
     SchedulerUnavailable,
     TaskNotFound,
     WrongArgumentType,
@@ -142,6 +143,7 @@ def waiting_reason(run: RunRecord, served: set[str]) -> str:
 
 
 P = TypeVar("P", Overlap, MissedPolicy)
+K = TypeVar("K", OrchestrationRecord, TaskRecord, RunRecord)
 
 
 def _policy(kind: type[P], value: str, what: str) -> P:
@@ -156,14 +158,15 @@ def _policy(kind: type[P], value: str, what: str) -> P:
 async def upload_orchestration(
     bus: Bus, data: bytes, *, name: str | None, file_name: str, workspace: str = ""
 ) -> OrchestrationRecord:
-    """Validate the zip, store it (one blob per sha), create the record, request packaging.
-    ``workspace``: the workspace's name ("" or ``default``: the default one)."""
+    """Validate the zip, store it (one blob per sha in a workspace), create the record,
+    request packaging. ``workspace``: the workspace's name ("" or ``default``: the default
+    one)."""
     info = archive.inspect(data)
+    label = workspaces.label(workspace)
     try:
-        try:
-            await bus.artifacts.get_info(info.sha)
-        except Exception:  # not there yet: identical uploads share one blob
-            await bus.artifacts.put(info.sha, data)
+        await bus.zips.put(names.workspace_token(label), info.sha, data)
+    except PermissionDenied:
+        raise
     except Exception as exc:
         raise OrchestrationUploadFailed(
             f"The zip could not be stored on the bus: {exc}. Check the server's disk space and "
@@ -178,12 +181,12 @@ async def upload_orchestration(
         size=info.size,
         entrypoint=info.entrypoint,
         requirements=info.requirements,
-        workspace=workspaces.label(workspace),
+        workspace=label,
         created_at=now,
         updated_at=now,
     )
-    await store.create(bus.orchestrations, record.id, record)
-    await dispatch.request_packaging(bus, record.id)
+    await store.create(bus.orchestrations, record.key, record)
+    await dispatch.request_packaging(bus, record)
     return record
 
 
@@ -194,22 +197,49 @@ def in_workspace(record: OrchestrationRecord | TaskRecord, workspace: str | None
     return workspaces.name_of(record.workspace) == workspaces.name_of(workspace)
 
 
+async def records(
+    bus: Bus, bucket: str, kind: type[K], rest: str = ">", workspace: str | None = None
+) -> dict[str, K]:
+    """The records of ``bucket`` at keys ``<workspace>.<rest>`` that this connection may see
+    (of one workspace, or of all it may see), each with its key's workspace."""
+    wanted = None if workspace is None else workspaces.name_of(workspace)
+    patterns = scope.filters(bus.creds, rest, wanted)
+    if not any(token in ("*", ">") for p in patterns for token in p.split(".")):
+        # Exact keys (an id in the workspaces this credential is granted): direct gets, which
+        # a run's credential may do for its own records where it may not list.
+        kv = bus.kv(bucket)
+        gets = await asyncio.gather(*(store.get(kv, key, kind) for key in patterns))
+        listings = [{key: got[0]} for key, got in zip(patterns, gets, strict=True) if got]
+    else:
+        listings = await asyncio.gather(*(store.scan(bus, bucket, kind, p) for p in patterns))
+    found: dict[str, K] = {}
+    for listing in listings:
+        for key, record in listing.items():
+            adopted = scope.adopt(key, record)
+            if adopted is not None:
+                found[key] = adopted
+    return found
+
+
 async def list_orchestrations(bus: Bus, workspace: str | None = None) -> list[OrchestrationRecord]:
     """Oldest first; only those of the workspace named ``workspace`` unless it is None."""
-    records = (await store.scan(bus, names.ORCHESTRATIONS, OrchestrationRecord)).values()
-    return sorted((r for r in records if in_workspace(r, workspace)), key=lambda r: r.created_at)
+    found = await records(bus, names.ORCHESTRATIONS, OrchestrationRecord, workspace=workspace)
+    return sorted(found.values(), key=lambda r: r.created_at)
 
 
-async def get_orchestration(bus: Bus, id_or_name: str) -> OrchestrationRecord:
+async def get_orchestration(
+    bus: Bus, id_or_name: str, workspace: str | None = None
+) -> OrchestrationRecord:
+    """By id, else the newest upload of that name (in ``workspace``, else any visible one)."""
     try:
         key = str(uuid.UUID(id_or_name))
     except ValueError:
         key = ""
     if key:
-        found = await store.get(bus.orchestrations, key, OrchestrationRecord)
-        if found is not None:
-            return found[0]
-    matches = [r for r in await list_orchestrations(bus) if r.name == id_or_name]
+        by_id = await records(bus, names.ORCHESTRATIONS, OrchestrationRecord, key, workspace)
+        if by_id:
+            return next(iter(by_id.values()))
+    matches = [r for r in await list_orchestrations(bus, workspace) if r.name == id_or_name]
     if not matches:
         raise OrchestrationNotFound(
             f"No orchestration with id or name {id_or_name!r}; list_orchestrations() (or "
@@ -218,15 +248,22 @@ async def get_orchestration(bus: Bus, id_or_name: str) -> OrchestrationRecord:
     return matches[-1]  # the newest upload of that name
 
 
-async def delete_orchestration(bus: Bus, orchestration_id: str) -> None:
-    """Delete the record; the blob goes too unless another orchestration shares its sha."""
-    found = await store.get(bus.orchestrations, orchestration_id, OrchestrationRecord)
+async def reload_orchestration(bus: Bus, record: OrchestrationRecord) -> OrchestrationRecord:
+    """The current state of an orchestration we hold (a get of its key)."""
+    found = await store.get(bus.orchestrations, record.key, OrchestrationRecord)
     if found is None:
-        raise OrchestrationNotFound(f"No orchestration with id {orchestration_id!r}.")
-    record = found[0]
-    await bus.orchestrations.delete(orchestration_id)
-    if not any(r.sha == record.sha for r in await list_orchestrations(bus)):
-        await bus.artifacts.delete(record.sha)
+        raise OrchestrationNotFound(f"Orchestration {record.name!r} ({record.id}) was deleted.")
+    return scope.adopt(record.key, found[0]) or record
+
+
+async def delete_orchestration(bus: Bus, record: OrchestrationRecord) -> None:
+    """Delete the record; the zip goes too unless another orchestration of its workspace
+    shares its sha."""
+    current = await reload_orchestration(bus, record)
+    await bus.orchestrations.delete(current.key)
+    others = await list_orchestrations(bus, current.workspace or names.DEFAULT_WORKSPACE)
+    if not any(r.sha == current.sha for r in others):
+        await bus.zips.delete(names.workspace_token(current.workspace), current.sha)
 
 
 # --- Tasks ------------------------------------------------------------------------------------
@@ -248,7 +285,6 @@ async def create_task(
     pool: object = names.DEFAULT_POOL,
     memory_limit: object = None,
     cpu_limit: object = None,
-    workspace: str | None = None,
 ) -> TaskRecord:
     """Validate everything first (nothing is stored on bad input), then store the task; a
     run-once task gets its run at once."""
@@ -263,7 +299,7 @@ async def create_task(
         cron.zone(tz)
     overlap_policy = _policy(Overlap, overlap, "overlap")
     missed_policy = _policy(MissedPolicy, missed, "missed")
-    current = await get_orchestration(bus, orchestration.id)
+    current = await reload_orchestration(bus, orchestration)
     if current.status is OrchestrationStatus.ERROR:
         raise OrchestrationCannotRun(
             f"Orchestration {current.name!r} failed packaging and cannot run: "
@@ -287,11 +323,12 @@ async def create_task(
         pool=pool_name,
         memory_limit_bytes=memory_limit_bytes,
         cpu_limit=cpus,
-        workspace=current.workspace if workspace is None else workspaces.label(workspace),
+        # Tasks run in their orchestration's workspace (its runs could not read it elsewhere).
+        workspace=current.workspace,
         created_at=now,
         updated_at=now,
     )
-    await store.create(bus.tasks, task.id, task)
+    await store.create(bus.tasks, task.key, task)
     if kind is TaskKind.RUN_ONCE and starts_runs(bus):
         await dispatch.enqueue_run(bus, task, run_id=dispatch.run_id_for(task.id, now))
     return task
@@ -304,79 +341,93 @@ def starts_runs(bus: Bus) -> bool:
     return bus.creds is None or bus.creds.role in (Role.ADMIN, Role.SCHEDULER)
 
 
-async def get_task(bus: Bus, task_id: str) -> TaskRecord:
-    key = check_id(task_id)
-    found = await store.get(bus.tasks, key, TaskRecord)
-    if found is None:
-        raise TaskNotFound(
-            f"No task with id {key}; list_tasks() (or `taskbus tasks`) shows the tasks there are."
-        )
-    return found[0]
+async def get_task(bus: Bus, task: TaskRecord | str) -> TaskRecord:
+    """The current record of a task, by the record we hold (a get of its key) or by id (a
+    listing of that id over the workspaces this connection may see)."""
+    if isinstance(task, TaskRecord):
+        found = await store.get(bus.tasks, task.key, TaskRecord)
+        if found is not None and (current := scope.adopt(task.key, found[0])) is not None:
+            return current
+        key = task.id
+    else:
+        key = check_id(task)
+        by_id = await records(bus, names.TASKS, TaskRecord, key)
+        if by_id:
+            return next(iter(by_id.values()))
+    raise TaskNotFound(
+        f"No task with id {key}; list_tasks() (or `taskbus tasks`) shows the tasks there are."
+    )
 
 
 async def list_tasks(bus: Bus, workspace: str | None = None) -> list[TaskRecord]:
     """Every task (of the workspace named ``workspace`` unless it is None)."""
-    tasks = (await store.scan(bus, names.TASKS, TaskRecord)).values()
-    return [t for t in tasks if in_workspace(t, workspace)]
+    return list((await records(bus, names.TASKS, TaskRecord, workspace=workspace)).values())
 
 
-async def runs_of(bus: Bus, task_id: str) -> list[RunRecord]:
+async def runs_of(bus: Bus, task: TaskRecord | str) -> list[RunRecord]:
     """Every run of one task, newest first."""
-    runs = (await store.scan(bus, names.RUNS, RunRecord, f"{task_id}.*")).values()
-    return sorted(runs, key=lambda r: r.created_at, reverse=True)
+    if isinstance(task, TaskRecord):
+        found = await records(bus, names.RUNS, RunRecord, f"{task.id}.*", task.workspace)
+    else:
+        found = await records(bus, names.RUNS, RunRecord, f"{check_id(task)}.*")
+    return sorted(found.values(), key=lambda r: r.created_at, reverse=True)
 
 
-async def all_runs(bus: Bus) -> dict[str, list[RunRecord]]:
-    """Runs grouped by task id, newest first within each task."""
+async def all_runs(bus: Bus, workspace: str | None = None) -> dict[str, list[RunRecord]]:
+    """Runs grouped by task key (``TaskRecord.key``), newest first within each task."""
     grouped: dict[str, list[RunRecord]] = {}
-    for run in (await store.scan(bus, names.RUNS, RunRecord)).values():
-        grouped.setdefault(run.task_id, []).append(run)
+    for run in (await records(bus, names.RUNS, RunRecord, workspace=workspace)).values():
+        grouped.setdefault(run.task_key, []).append(run)
     for runs in grouped.values():
         runs.sort(key=lambda r: r.created_at, reverse=True)
     return grouped
 
 
 async def set_task_flags(
-    bus: Bus, task_id: str, *, killed: bool | None = None, paused: bool | None = None
+    bus: Bus, task: TaskRecord | str, *, killed: bool | None = None, paused: bool | None = None
 ) -> TaskRecord:
     """Set the kill/pause flags with compare-and-set; killing is final."""
 
-    def mutate(task: TaskRecord) -> TaskRecord | None:
+    def mutate(current: TaskRecord) -> TaskRecord | None:
         changes: dict[str, Any] = {}
-        if killed is not None and killed != task.killed and not task.killed:
+        if killed is not None and killed != current.killed and not current.killed:
             changes["killed"] = killed
-        if paused is not None and paused != task.paused and not task.killed:
+        if paused is not None and paused != current.paused and not current.killed:
             changes["paused"] = paused
         if not changes:
             return None
-        return msgspec.structs.replace(task, updated_at=utcnow(), **changes)
+        return msgspec.structs.replace(current, updated_at=utcnow(), **changes)
 
-    updated = await store.update(bus.tasks, check_id(task_id), TaskRecord, mutate)
+    record = await get_task(bus, task)
+    updated = await store.update(bus.tasks, record.key, TaskRecord, mutate)
     if updated is None:
-        raise TaskNotFound(f"No task with id {task_id}.")
-    return updated
+        raise TaskNotFound(f"No task with id {record.id}.")
+    return scope.adopt(record.key, updated) or record
 
 
-async def run_now(bus: Bus, task_id: str, wait_s: float = names.RUN_NOW_WAIT_S) -> RunRecord:
+async def run_now(
+    bus: Bus, task: TaskRecord | str, wait_s: float = names.RUN_NOW_WAIT_S
+) -> RunRecord:
     """Start one run of any task now (the console's "run now"): directly where this
     connection may write runs, else by asking the scheduler (``run_now_at`` on the task) and
     waiting for the run it creates."""
-    task = await get_task(bus, task_id)
+    record = await get_task(bus, task)
     now = utcnow()
-    run_id = dispatch.run_id_for(task.id, now)
+    run_id = dispatch.run_id_for(record.id, now)
     if starts_runs(bus):
-        record, _ = await dispatch.enqueue_run(bus, task, run_id=run_id)
-        return record
+        started, _ = await dispatch.enqueue_run(bus, record, run_id=run_id)
+        return started
 
     def ask(current: TaskRecord) -> TaskRecord:
         return msgspec.structs.replace(current, run_now_at=now)
 
-    await store.update(bus.tasks, task.id, TaskRecord, ask)
+    await store.update(bus.tasks, record.key, TaskRecord, ask)
+    key = record.run_key(run_id)
     try:
         async with asyncio.timeout(wait_s):
-            async for _, run in store.watch(bus.runs, RunRecord, names.run_key(task.id, run_id)):
+            async for _, run in store.watch(bus.runs, RunRecord, key):
                 if run is not None:
-                    return run
+                    return scope.adopt(key, run) or run
     except TimeoutError:
         pass
     raise SchedulerUnavailable(
@@ -387,4 +438,4 @@ async def run_now(bus: Bus, task_id: str, wait_s: float = names.RUN_NOW_WAIT_S) 
 
 
 async def status_of(bus: Bus, task: TaskRecord) -> str:
-    return task_status(task, await runs_of(bus, task.id))
+    return task_status(task, await runs_of(bus, task))

@@ -17,13 +17,13 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
-from nats.js.object_store import ObjectStore
 
 from broker import names, roles, tokens
 from broker.errors import CredentialError, NotConnected, PermissionDenied
 from broker.provision import bind, provision
 from broker.publisher import Publisher
 from broker.settings import ConnectSettings
+from broker.zipstore import ZipStore
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Bus:
     control: KeyValue
     workspaces: KeyValue
     connections: KeyValue
-    artifacts: ObjectStore
+    zips: ZipStore  # orchestration zips, by workspace and sha256
     # Called after every reconnect: watchers are recreated here (a watcher kept across a server
     # restart stays blind until nats-py notices missed heartbeats, many seconds later).
     on_reconnect: list[Callback] = field(default_factory=list)
@@ -58,6 +58,22 @@ class Bus:
     last_error: str = ""
     dropped_messages: int = 0
     creds: tokens.Creds | None = None  # what the credential file says of us (None: no file)
+
+    def kv(self, bucket: str) -> KeyValue:
+        """The handle of one of the buckets above, by its name (``broker.names``)."""
+        for handle in (
+            self.orchestrations,
+            self.tasks,
+            self.runs,
+            self.executors,
+            self.scheduler,
+            self.control,
+            self.workspaces,
+            self.connections,
+        ):
+            if handle._name == bucket:
+                return handle
+        raise KeyError(bucket)
 
     def require_role(self, work: str, *allowed: str) -> None:
         """A daemon's first check: its credential's role is one that may do ``work`` (a
@@ -230,7 +246,15 @@ async def connect(
     except Exception:
         await nc.close()
         raise
-    bus = Bus(settings=settings, nc=nc, js=js, publisher=publisher, creds=creds, **handles)
+    bus = Bus(
+        settings=settings,
+        nc=nc,
+        js=js,
+        publisher=publisher,
+        creds=creds,
+        zips=ZipStore(js, publisher),
+        **handles,
+    )
     bus_ref.append(bus)
     return bus
 
@@ -252,7 +276,9 @@ async def _provision_when_ready(js: JetStreamContext, settings: ConnectSettings)
     deadline = loop.time() + settings.jetstream_wait_s
     while True:
         try:
-            return await provision(js, replicas=settings.replicas)
+            return await provision(
+                js, replicas=settings.replicas, run_retention_s=settings.run_retention_s
+            )
         except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
             if loop.time() > deadline:
                 raise NotConnected(

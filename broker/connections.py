@@ -11,6 +11,7 @@ everything shown to a person goes through ``masked``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from broker import names, store
+from broker import names, scope, store
 from broker.errors import ConnectionNotFound, InvalidConnection, WrongArgumentType
 from broker.models import ConnectionRecord, utcnow
 from broker.secret_key import SecretKey
@@ -95,8 +96,14 @@ def _not_found(name: str) -> ConnectionNotFound:
 
 
 async def _copies(bus: Bus, name: str) -> dict[str, ConnectionRecord]:
-    """Every copy of connection ``name``, by key."""
-    return await store.scan(bus, names.CONNECTIONS, ConnectionRecord, f"*.{name}")
+    """Every copy of connection ``name`` in the workspaces this connection may see, by key."""
+    listings = await asyncio.gather(
+        *(
+            store.scan(bus, names.CONNECTIONS, ConnectionRecord, keys)
+            for keys in scope.filters(bus.creds, name)
+        )
+    )
+    return {key: record for listing in listings for key, record in listing.items()}
 
 
 async def create(
@@ -142,9 +149,13 @@ async def get(bus: Bus, name: object) -> ConnectionRecord:
 
 async def list_all(bus: Bus, workspace: str | None = None) -> list[ConnectionRecord]:
     """Every connection (or those added to ``workspace``), oldest first."""
-    pattern = f"{workspace}.*" if workspace is not None else "*.*"
-    records = await store.scan(bus, names.CONNECTIONS, ConnectionRecord, pattern)
-    unique = {r.name: r for r in records.values()}
+    listings = await asyncio.gather(
+        *(
+            store.scan(bus, names.CONNECTIONS, ConnectionRecord, keys)
+            for keys in scope.filters(bus.creds, "*", workspace)
+        )
+    )
+    unique = {r.name: r for listing in listings for r in listing.values()}
     return sorted(unique.values(), key=lambda r: r.created_at)
 
 

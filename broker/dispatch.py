@@ -37,14 +37,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from datetime import datetime, timedelta
 
 import msgspec
 
-from broker import names, store
+from broker import names, scope, store
 from broker.backoff import Backoff
-from broker.connection import Bus
 from broker.models import (
+    OrchestrationRecord,
     PackageRequest,
     RunControl,
     RunRecord,
@@ -56,6 +57,9 @@ from broker.models import (
 from broker.publisher import PubAck
 from broker.status import RunStatus, will_retry
 
+if TYPE_CHECKING:
+    from broker.connection import Bus
+
 # Run ids for scheduled fires are uuid5(task id, instant): two schedulers agree on them.
 _RUN_NAMESPACE = uuid.UUID("6f1d3c3e-62f4-4d0e-9a7c-2b1c8a9e5d10")
 
@@ -66,10 +70,12 @@ def run_id_for(task_id: str, instant: datetime | None = None) -> str:
     return str(uuid.uuid5(_RUN_NAMESPACE, f"{task_id}@{instant.isoformat()}"))
 
 
-def msg_id_for(task_id: str, run_id: str, instant: datetime | None) -> str:
+def msg_id_for(task: TaskRecord, run_id: str, instant: datetime | None) -> str:
+    """The run request's de-duplication id: with the workspace, as a task's key has it (a
+    user may give a task any id, even one of another workspace's tasks)."""
     if instant is None:
-        return f"{task_id}.{run_id}"
-    return f"{task_id}@{instant.isoformat()}"
+        return task.run_key(run_id)
+    return f"{task.key}@{instant.isoformat()}"
 
 
 async def enqueue_run(
@@ -89,7 +95,7 @@ async def enqueue_run(
     run_id = run_id or run_id_for(task.id, instant)
     now = utcnow()
     record = _pending(task, run_id, instant, now)
-    key = names.run_key(task.id, run_id)
+    key = record.key
     created = await store.create(bus.runs, key, record, bus.publisher)
     if not created:
         existing = await store.get(bus.runs, key, RunRecord)
@@ -120,7 +126,7 @@ async def enqueue_fires(
         bus,
         outcomes,
         [
-            store.create_message(names.RUNS, names.run_key(record.task_id, record.run_id), record)
+            store.create_message(names.RUNS, record.key, record)
             for record in records
         ],
     )
@@ -190,8 +196,9 @@ def retry_delay_s(task: TaskRecord, attempt: int) -> float:
 async def enqueue_retry(bus: Bus, run: RunRecord) -> RunRecord | None:
     """The next attempt of an ended run when its task retries it (``status.will_retry``),
     created and requested once however often this is called; None when none follows."""
-    found = await store.get(bus.tasks, run.task_id, TaskRecord)
-    if found is None or not will_retry(task := found[0], run):
+    key = names.task_key(names.workspace_token(run.workspace), run.task_id)
+    found = await store.get(bus.tasks, key, TaskRecord)
+    if found is None or not will_retry(task := _adopted(key, found[0]), run):
         return None
     delay_s = retry_delay_s(task, run.attempt)
     ended = run.finished_at or utcnow()
@@ -207,7 +214,7 @@ async def enqueue_retry(bus: Bus, run: RunRecord) -> RunRecord | None:
             f"attempt {run.attempt} ended"
         ),
     )
-    key = names.run_key(task.id, retry_id)
+    key = record.key
     if not await store.create(bus.runs, key, record, bus.publisher):
         existing = await store.get(bus.runs, key, RunRecord)
         if existing is None or existing[0].status is not RunStatus.PENDING:
@@ -221,8 +228,18 @@ async def enqueue_retry(bus: Bus, run: RunRecord) -> RunRecord | None:
 
 def _pending(task: TaskRecord, run_id: str, instant: datetime | None, now: datetime) -> RunRecord:
     return RunRecord(
-        task_id=task.id, run_id=run_id, instant=instant, pool=task.pool, created_at=now
+        task_id=task.id,
+        run_id=run_id,
+        workspace=task.workspace,
+        instant=instant,
+        pool=task.pool,
+        created_at=now,
     )
+
+
+def request_message(task: TaskRecord, run: RunRecord) -> tuple[str, bytes, dict[str, str]]:
+    """The request of a pending run (a migration publishes these again)."""
+    return _request(task, run.run_id, run.instant, run.created_at, not_before=run.not_before)
 
 
 def _request(
@@ -238,6 +255,7 @@ def _request(
         task_id=task.id,
         run_id=run_id,
         orchestration_id=task.orchestration_id,
+        workspace=task.workspace,
         json_args=task.json_args,
         timeout_s=task.timeout_s,
         retries=task.retries,
@@ -246,7 +264,7 @@ def _request(
         not_before=not_before,
         requested_at=now,
     )
-    headers = {names.MSG_ID: msg_id_for(task.id, run_id, instant)}
+    headers = {names.MSG_ID: msg_id_for(task, run_id, instant)}
     return names.runq_subject(task.pool), encode(request), headers
 
 
@@ -260,6 +278,7 @@ async def record_skipped_run(
     record = RunRecord(
         task_id=task.id,
         run_id=run_id,
+        workspace=task.workspace,
         status=RunStatus.SKIPPED,
         reason=reason,
         instant=instant,
@@ -267,21 +286,29 @@ async def record_skipped_run(
         finished_at=now,
         updated_at=now,
     )
-    key = names.run_key(task.id, run_id)
-    if await store.create(bus.runs, key, record, bus.publisher, ttl_s=bus.settings.run_retention_s):
+    if await store.create(
+        bus.runs, record.key, record, bus.publisher, ttl_s=bus.settings.run_retention_s
+    ):
         return record
     return None
 
 
-async def request_packaging(bus: Bus, orchestration_id: str) -> None:
+async def request_packaging(bus: Bus, orchestration: OrchestrationRecord) -> None:
+    request = PackageRequest(orchestration_id=orchestration.id, workspace=orchestration.workspace)
     await bus.js.publish(
         names.PKGQ_SUBJECT,
-        encode(PackageRequest(orchestration_id=orchestration_id)),
-        headers={names.MSG_ID: f"pkg.{orchestration_id}"},
+        encode(request),
+        headers={names.MSG_ID: f"pkg.{orchestration.id}"},
     )
 
 
-async def request_run_kill(bus: Bus, task_id: str, run_id: str, reason: str) -> None:
+async def request_run_kill(bus: Bus, task: TaskRecord, run_id: str, reason: str) -> None:
     """Ask the executor that owns one run to stop it (overlap ``replace``)."""
-    control = RunControl(task_id=task_id, run_id=run_id, reason=reason, requested_at=utcnow())
-    await store.put(bus.control, names.run_key(task_id, run_id), control)
+    control = RunControl(task_id=task.id, run_id=run_id, reason=reason, requested_at=utcnow())
+    await store.put(bus.control, task.run_key(run_id), control)
+
+
+def _adopted(key: str, task: TaskRecord) -> TaskRecord:
+    """The task with its key's workspace (``broker.scope.adopt``; a task at a key nobody of
+    ours wrote keeps its own, and its runs stay in that workspace)."""
+    return scope.adopt(key, task) or task

@@ -44,6 +44,7 @@ from broker import names
 from broker.turns import Turns
 
 if TYPE_CHECKING:
+    from broker import tokens
     from broker.connection import Bus
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,13 @@ class _End(NamedTuple):
     error: BaseException | None
 
 
+def inspects_streams(creds: tokens.Creds | None) -> bool:
+    """Whether a credential may ask for a stream's info. Users, operators and runs may not (it
+    would name every key of every workspace): their follows resume by sequence without
+    checking that the stream did not go back in time (``check_reset``)."""
+    return creds is None or creds.role not in ("user", "operator", "run")
+
+
 class Follow:
     def __init__(
         self,
@@ -96,16 +104,20 @@ class Follow:
         on_reset: Callable[[], None] | None = None,
         bus: Bus | None = None,
         until_loaded: bool = False,
-        named: str | None = None,
+        named: str = "follow",
         flow_control: bool = True,
         inactive_threshold_s: float = INACTIVE_THRESHOLD_S,
         pending_bytes: int = PENDING_BYTES,
         turns_budget_s: float | None = None,
+        check_reset: bool | None = None,
     ) -> None:
         """``prefix``: cut from each subject to make the entry's key. ``bus``: resume on its
         reconnects by itself. ``until_loaded``: the iterator ends once the history is in.
-        ``named``: a named consumer (``<named>_<uuid>``) puts its filter in the API subject,
-        so server permissions can allow reading some keys only."""
+        ``check_reset``: on a resume, check that the stream did not go back in time (default:
+        where the bus's credential may, ``inspects_streams``). ``named``: the consumer's name
+        is ``<named>_<uuid>``; a named consumer puts its filter in the API subject, so server
+        permissions can allow reading some keys only (a user the keys of its workspaces:
+        ``broker.roles``)."""
         self.js = js
         self.stream = stream
         self.subject = subject
@@ -123,6 +135,7 @@ class Follow:
         self._inactive_threshold_s = inactive_threshold_s
         self._pending_bytes = pending_bytes
         self._turns = Turns(turns_budget_s) if turns_budget_s is not None else None
+        self._check_reset = check_reset
         self._queue: asyncio.Queue[Entry | _End] = asyncio.Queue()
         self._sub: JetStreamContext.PushSubscription | None = None
         self._resuming: asyncio.Task[None] | None = None
@@ -147,7 +160,7 @@ class Follow:
     async def start(self) -> None:
         """Create the consumer (again): from the policy's start, or after the last sequence."""
         await self._unsubscribe()
-        if self.last_seq and self._started:
+        if self.last_seq and self._started and self._may_inspect_stream():
             stream = await self.js.stream_info(self.stream)
             if stream.state.last_seq < self.last_seq:
                 log.warning("stream %s went back in time: reading it again", self.stream)
@@ -172,8 +185,7 @@ class Follow:
             config.opt_start_seq = self.last_seq + 1
         else:
             config.deliver_policy = self.deliver.value
-        if self._named is not None:
-            config.name = f"{self._named}_{uuid.uuid4().hex}"
+        config.name = self._consumer_name()
         info = await self.js._jsm.add_consumer(self.stream, config)
         self._sub = await self.js.subscribe_bind(
             self.stream,
@@ -184,9 +196,33 @@ class Follow:
             pending_msgs_limit=PENDING_MSGS,
             pending_bytes_limit=self._pending_bytes,
         )
+        self._renames_on_reset(self._sub)
         self._started = True
         if not info.num_pending:
             self._set_loaded()  # nothing stored to replay: what comes now is live
+
+    def _consumer_name(self) -> str:
+        return f"{self._named}_{uuid.uuid4().hex}"
+
+    def _renames_on_reset(self, sub: JetStreamContext.PushSubscription) -> None:
+        """nats-py's ordered consumer recreates itself after a sequence gap with the same
+        config, name included; the server refuses a second consumer of that name with another
+        start, and the follow would stall. Each recreation gets a fresh name."""
+        state = sub._jsi
+        if state is None:
+            return
+        recreate = state.recreate_consumer
+
+        async def renamed() -> None:
+            state._ccreq.name = self._consumer_name()
+            await recreate()
+
+        state.recreate_consumer = renamed  # type: ignore[method-assign]
+
+    def _may_inspect_stream(self) -> bool:
+        if self._check_reset is not None:
+            return self._check_reset
+        return self._bus is None or inspects_streams(self._bus.creds)
 
     async def stop(self) -> None:
         self._closed = True

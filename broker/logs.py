@@ -1,6 +1,7 @@
 """Reading a run's log lines: history, then live lines until the run's last batch.
 
-Executors publish ``LogBatch``es on ``taskbus.logs.<task_id>.<run_id>`` (``executor.logstream``);
+Executors publish ``LogBatch``es on ``taskbus.logs.<workspace>.<task_id>.<run_id>``
+(``executor.logstream``);
 each line carries a per-run sequence, its stream and its timestamp. Readers use one ordered
 push consumer (from the start of the subject: the server pushes the stored batches without a
 request per message, so a run's history replays in one pass): a ``broker.follow.Follow``,
@@ -48,10 +49,14 @@ def format_line(line: LogLine) -> str:
     return f"{line.ts.isoformat()} {line.text}"
 
 
+def _subject(run: RunRecord) -> str:
+    return names.logs_subject(names.workspace_token(run.workspace), run.task_id, run.run_id)
+
+
 async def _batches(
-    bus: Bus, task_id: str, run_id: str, *, follow: bool, start_seq: int | None = None
+    bus: Bus, run: RunRecord, *, follow: bool, start_seq: int | None = None
 ) -> AsyncIterator[LogBatch]:
-    subject = names.logs_subject(task_id, run_id)
+    subject = _subject(run)
     reader = Follow(
         bus.js,
         names.LOGS_STREAM,
@@ -78,8 +83,8 @@ async def _batches(
                 if not follow:
                     return
                 if ended_at is None:
-                    run = await store.get(bus.runs, names.run_key(task_id, run_id), RunRecord)
-                    if run is not None and run[0].status in RUN_TERMINAL:
+                    current = await store.get(bus.runs, run.key, RunRecord)
+                    if current is not None and current[0].status in RUN_TERMINAL:
                         ended_at = loop.time()
                 elif loop.time() - ended_at > EOF_GRACE_S:
                     return
@@ -99,23 +104,23 @@ async def _batches(
         await reader.stop()
 
 
-async def read(bus: Bus, task_id: str, run_id: str) -> list[LogLine]:
+async def read(bus: Bus, run: RunRecord) -> list[LogLine]:
     """Every stored line of a run, in order."""
     lines: list[LogLine] = []
-    async for batch in _batches(bus, task_id, run_id, follow=False):
+    async for batch in _batches(bus, run, follow=False):
         lines.extend(batch.lines)
     return lines
 
 
-async def follow(bus: Bus, task_id: str, run_id: str) -> AsyncIterator[LogLine]:
+async def follow(bus: Bus, run: RunRecord) -> AsyncIterator[LogLine]:
     """History first, then live lines, until the run's last batch (or the run ended and no
     last batch came within ``EOF_GRACE_S``: its executor was lost)."""
-    async for batch in _batches(bus, task_id, run_id, follow=True):
+    async for batch in _batches(bus, run, follow=True):
         for line in batch.lines:
             yield line
 
 
-async def tail(bus: Bus, task_id: str, run_id: str, limit: int) -> list[LogLine]:
+async def tail(bus: Bus, run: RunRecord, limit: int) -> list[LogLine]:
     """The last ``limit`` lines, without reading a long log from its start.
 
     Lines carry a per-run sequence and batches are stored in order, so the last batch says how
@@ -125,13 +130,13 @@ async def tail(bus: Bus, task_id: str, run_id: str, limit: int) -> list[LogLine]
     """
     if limit <= 0:
         return []
-    subject = names.logs_subject(task_id, run_id)
+    subject = _subject(run)
     last = await _batch_at(bus, subject, None)
     if last is None:
         return []
     last_seq, last_batch = last
     if not last_batch.lines:  # an empty last batch does not say how many lines there are
-        return (await read(bus, task_id, run_id))[-limit:]
+        return (await read(bus, run))[-limit:]
     wanted = last_batch.lines[-1].seq - limit + 1
     first = await _batch_at(bus, subject, 1)
     assert first is not None  # the subject has a last batch, so it has a first one
@@ -144,27 +149,45 @@ async def tail(bus: Bus, task_id: str, run_id: str, limit: int) -> list[LogLine]
         else:
             high = middle - 1
     lines: list[LogLine] = []
-    async for batch in _batches(bus, task_id, run_id, follow=False, start_seq=low):
+    async for batch in _batches(bus, run, follow=False, start_seq=low):
         lines.extend(line for line in batch.lines if line.seq >= wanted)
     return lines[-limit:]
 
 
 async def _batch_at(bus: Bus, subject: str, seq: int | None) -> tuple[int, LogBatch] | None:
-    """The run's last batch (``seq`` None), or its first batch at stream position >= seq."""
+    """The run's last batch (``seq`` None: a direct get by subject), or its first batch at
+    stream position >= seq (a consumer filtered on the run's subject: a direct get by position
+    names no subject, so server permissions could not scope it to the caller's workspaces)."""
     try:
         if seq is None:
             msg = await bus.js.get_msg(names.LOGS_STREAM, subject=subject, direct=True)
+            if msg.seq is None or msg.data is None:
+                return None
+            found_seq, data = msg.seq, msg.data
         else:
-            msg = await bus.js.get_msg(
-                names.LOGS_STREAM, seq=seq, subject=subject, next=True, direct=True
+            reader = Follow(
+                bus.js,
+                names.LOGS_STREAM,
+                subject,
+                start_seq=seq,
+                named="tail",
+                until_loaded=True,
+                flow_control=False,
+                inactive_threshold_s=10.0,
             )
+            async with reader:
+                try:
+                    entry = await reader.next(5.0)
+                except StopAsyncIteration:
+                    return None
+            if entry is None or entry.caught_up or entry.value is None:
+                return None
+            found_seq, data = entry.seq, entry.value
     except NotFoundError:
         return None
     except nats.errors.NoRespondersError:  # direct gets of a stream that does not exist
         raise _stream_gone() from None
-    if msg.seq is None or msg.data is None:
-        return None
     try:
-        return msg.seq, decode(LogBatch, msg.data)
+        return found_seq, decode(LogBatch, data)
     except msgspec.DecodeError:
-        return msg.seq, LogBatch(task_id="", run_id="", lines=[])
+        return found_seq, LogBatch(task_id="", run_id="", lines=[])

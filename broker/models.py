@@ -12,6 +12,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from broker import names
 from broker.status import MissedPolicy, OrchestrationStatus, Overlap, RunStatus, TaskKind
 
 
@@ -27,7 +28,7 @@ class OrchestrationRecord(Record, frozen=True, kw_only=True):
     id: str
     name: str
     file_name: str
-    sha: str  # sha256 of the zip: also its key in the artifacts object store
+    sha: str  # sha256 of the zip: also its name in its workspace's zips
     size: int  # bytes of the zip
     status: OrchestrationStatus = OrchestrationStatus.PENDING_PACKAGING
     error: str = ""
@@ -35,9 +36,15 @@ class OrchestrationRecord(Record, frozen=True, kw_only=True):
     requirements: str = ""  # requirements.txt as uploaded ("" when there is none)
     lock: str = ""  # pinned requirements resolved at packaging ("" when there are none)
     python: str = ""  # "3.11" the lock was resolved for
+    # The workspace's name ("" in stores made before workspaces: ``default``). Readers take it
+    # from the record's key, which server permissions scope; never from a record's own field.
     workspace: str = ""
     created_at: datetime
     updated_at: datetime
+
+    @property
+    def key(self) -> str:
+        return names.orchestration_key(names.workspace_token(self.workspace), self.id)
 
 
 class TaskRecord(Record, frozen=True, kw_only=True):
@@ -68,10 +75,23 @@ class TaskRecord(Record, frozen=True, kw_only=True):
     created_at: datetime
     updated_at: datetime
 
+    @property
+    def key(self) -> str:
+        return names.task_key(names.workspace_token(self.workspace), self.id)
+
+    def run_key(self, run_id: str) -> str:
+        return names.run_key(names.workspace_token(self.workspace), self.id, run_id)
+
+    @property
+    def orchestration_key(self) -> str:
+        """Its orchestration's key: always in the task's own workspace."""
+        return names.orchestration_key(names.workspace_token(self.workspace), self.orchestration_id)
+
 
 class RunRecord(Record, frozen=True, kw_only=True):
     task_id: str
     run_id: str
+    workspace: str = ""  # its task's (as on TaskRecord: the key's, when read)
     status: RunStatus = RunStatus.PENDING
     attempt: int = 1
     executor: str = ""
@@ -87,6 +107,14 @@ class RunRecord(Record, frozen=True, kw_only=True):
     finished_at: datetime | None = None
     updated_at: datetime | None = None
 
+    @property
+    def key(self) -> str:
+        return names.run_key(names.workspace_token(self.workspace), self.task_id, self.run_id)
+
+    @property
+    def task_key(self) -> str:
+        return names.task_key(names.workspace_token(self.workspace), self.task_id)
+
 
 class ExecutorRecord(Record, frozen=True, kw_only=True):
     id: str
@@ -94,7 +122,7 @@ class ExecutorRecord(Record, frozen=True, kw_only=True):
     pid: int
     pool: str
     slots: int
-    running: list[str] = []  # run keys "<task_id>.<run_id>"
+    running: list[str] = []  # run keys "<workspace>.<task_id>.<run_id>"
     started_at: datetime
     heartbeat_at: datetime
 
@@ -106,6 +134,12 @@ class WorkspaceRecord(Record, frozen=True, kw_only=True):
     id: int
     name: str
     created_at: datetime
+
+
+class SchemaMark(Record, frozen=True, kw_only=True):
+    """The layout of the store's keys and subjects (key ``names.SCHEMA_KEY``)."""
+
+    version: int
 
 
 class WorkspaceIds(Record, frozen=True, kw_only=True):
@@ -149,6 +183,7 @@ class RunRequest(Record, frozen=True, kw_only=True):
     task_id: str
     run_id: str
     orchestration_id: str
+    workspace: str = ""  # the task's (from its key: the scheduler and executors write these)
     json_args: dict[str, Any] = {}
     timeout_s: int | None = None
     retries: int = 0
@@ -157,9 +192,23 @@ class RunRequest(Record, frozen=True, kw_only=True):
     not_before: datetime | None = None  # a retry's back-off: executors nak it until then
     requested_at: datetime
 
+    @property
+    def key(self) -> str:
+        """The run's key (in RUNS and CONTROL)."""
+        return names.run_key(names.workspace_token(self.workspace), self.task_id, self.run_id)
+
+    @property
+    def task_key(self) -> str:
+        return names.task_key(names.workspace_token(self.workspace), self.task_id)
+
+    @property
+    def orchestration_key(self) -> str:
+        return names.orchestration_key(names.workspace_token(self.workspace), self.orchestration_id)
+
 
 class PackageRequest(Record, frozen=True, kw_only=True):
     orchestration_id: str
+    workspace: str = ""
 
 
 class LogLine(Record, frozen=True, kw_only=True, array_like=True):

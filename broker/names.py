@@ -8,19 +8,25 @@ from __future__ import annotations
 
 # --- Key-value buckets and the object store -------------------------------------------------
 ARTIFACTS = "taskbus_artifacts"  # object store: orchestration zips, keyed by sha256
-ORCHESTRATIONS = "taskbus_orchestrations"  # KV: one record per orchestration id
-TASKS = "taskbus_tasks"  # KV: one record per task id (spec + killed/paused flags)
-RUNS = "taskbus_runs"  # KV: one record per run, key "<task_id>.<run_id>"
+# Every record of a workspace has the workspace's name as its key's first token, and so does
+# every log subject and zip: server permissions scope a credential to its workspaces with
+# ``{{tag(workspace)}}`` in the subject (``broker.roles``).
+ORCHESTRATIONS = "taskbus_orchestrations"  # KV: key "<workspace>.<orchestration_id>"
+TASKS = "taskbus_tasks"  # KV: key "<workspace>.<task_id>" (spec + killed/paused flags)
+RUNS = "taskbus_runs"  # KV: one record per run, key "<workspace>.<task_id>.<run_id>"
 EXECUTORS = "taskbus_executors"  # KV with a bucket-wide TTL: one heartbeat per live executor
 SCHEDULER = "taskbus_scheduler"  # KV: last fired instant per scheduled task
 # Key in SCHEDULER: every cron instant up to this one has been handled (fired or recorded).
 SCHEDULER_WATERMARK = "watermark"
-CONTROL = "taskbus_control"  # KV: kill requests for single runs, key "<task_id>.<run_id>"
+CONTROL = "taskbus_control"  # KV: kill requests for single runs, keyed like RUNS
 WORKSPACES = "taskbus_workspaces"  # KV: one record per workspace, keyed by its name
 # Key in WORKSPACES holding the last workspace id handed out (ids come from compare-and-set on
-# it, so they are unique and never reused). Two tokens: a listing of the one-token workspace
-# names ("*") never sees it.
-WORKSPACE_IDS = "_ids.last"
+# it, so they are unique and never reused). One token, so that only a credential granted every
+# workspace (``workspace:*``) may write it; not a valid workspace name, so listings skip it.
+WORKSPACE_IDS = "_ids"
+# Key in WORKSPACES: the layout of the store's keys and subjects (``broker.migration``).
+SCHEMA_KEY = "_schema"
+SCHEMA_VERSION = 2  # 2: every key and log subject carries its workspace
 DEFAULT_WORKSPACE = "default"  # always exists (id 1); records with an empty label are in it
 DEFAULT_WORKSPACE_ID = 1
 # KV: connections (encrypted details), key "<workspace>.<name>": one copy per workspace it is
@@ -63,12 +69,27 @@ def runq_consumer(pool: str) -> str:
 PKGQ_CONSUMER = "pkgq"
 
 
-def logs_subject(task_id: str, run_id: str) -> str:
-    return f"taskbus.logs.{task_id}.{run_id}"
+def workspace_token(label: str) -> str:
+    """The workspace's name in keys and subjects, for a record's ``workspace`` label ("" is
+    the default workspace, as in stores made before workspaces)."""
+    return label or DEFAULT_WORKSPACE
 
 
-def run_key(task_id: str, run_id: str) -> str:
-    return f"{task_id}.{run_id}"
+def logs_subject(workspace: str, task_id: str, run_id: str) -> str:
+    return f"taskbus.logs.{workspace}.{task_id}.{run_id}"
+
+
+def task_key(workspace: str, task_id: str) -> str:
+    return f"{workspace}.{task_id}"
+
+
+def orchestration_key(workspace: str, orchestration_id: str) -> str:
+    return f"{workspace}.{orchestration_id}"
+
+
+def run_key(workspace: str, task_id: str, run_id: str) -> str:
+    """A run's key in RUNS and CONTROL (and in an executor's list of running runs)."""
+    return f"{workspace}.{task_id}.{run_id}"
 
 
 def connection_key(workspace: str, name: str) -> str:

@@ -15,11 +15,10 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
+from nats.js.errors import APIError, NotFoundError
 from nats.js.kv import KeyValue
-from nats.js.object_store import ObjectStore
 
-from broker import names, workspaces
+from broker import migration, names, workspaces, zipstore
 from broker.errors import ServerError
 from broker.limits import describe_bytes
 
@@ -114,17 +113,20 @@ def bind(js: JetStreamContext) -> dict[str, Any]:
         )
         for attr, bucket in _BUCKETS.items()
     }
-    handles["artifacts"] = ObjectStore(
-        name=names.ARTIFACTS, stream=names.object_stream(names.ARTIFACTS), js=js
-    )
     return handles
 
 
-async def provision(js: JetStreamContext, *, replicas: int = 1) -> dict[str, Any]:
-    """Create or update every stream, bucket and object store; return the KV/object handles.
-    A store too small for the streams' reservations is a ``ServerError`` saying how much."""
+async def provision(
+    js: JetStreamContext,
+    *,
+    replicas: int = 1,
+    run_retention_s: float = names.RUN_RETENTION_S,
+) -> dict[str, Any]:
+    """Create or update every stream and bucket, and migrate a store made before today's
+    layout (``broker.migration``); return the KV handles. A store too small for the streams'
+    reservations is a ``ServerError`` saying how much."""
     try:
-        return await _provision(js, replicas=replicas)
+        return await _provision(js, replicas=replicas, run_retention_s=run_retention_s)
     except APIError as exc:
         if exc.err_code != _INSUFFICIENT_STORAGE:
             raise
@@ -137,7 +139,9 @@ async def provision(js: JetStreamContext, *, replicas: int = 1) -> dict[str, Any
         ) from None
 
 
-async def _provision(js: JetStreamContext, *, replicas: int) -> dict[str, Any]:
+async def _provision(
+    js: JetStreamContext, *, replicas: int, run_retention_s: float
+) -> dict[str, Any]:
     file = js_api.StorageType.FILE
     streams = [
         js_api.StreamConfig(
@@ -167,6 +171,7 @@ async def _provision(js: JetStreamContext, *, replicas: int) -> dict[str, Any]:
             max_bytes=names.LOGS_MAX_BYTES,
             allow_direct=True,
         ),
+        zipstore.stream_config(replicas),
     ]
     buckets = {
         "orchestrations": _kv(names.ORCHESTRATIONS, replicas),
@@ -195,11 +200,5 @@ async def _provision(js: JetStreamContext, *, replicas: int) -> dict[str, Any]:
         await workspaces.migrate(handles["workspaces"], handles["orchestrations"], handles["tasks"])
     else:
         await workspaces.ensure_default(handles["workspaces"])
-    try:
-        handles["artifacts"] = await js.object_store(names.ARTIFACTS)
-    except BucketNotFoundError:
-        handles["artifacts"] = await js.create_object_store(
-            names.ARTIFACTS,
-            config=js_api.ObjectStoreConfig(storage=file, replicas=replicas),
-        )
+    await migration.migrate(js, handles, run_retention_s=run_retention_s)
     return handles

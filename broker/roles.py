@@ -36,6 +36,12 @@ OWN_INBOX = "_INBOX.{{subject()}}.>"
 API = "$JS.API"
 
 
+# Filled by the server from the credential's ``workspace:<name>`` tags (``workspace:*``: every
+# workspace, as the token ``*`` then matches any); a credential without one gets none of the
+# subjects that name it (nats-server drops a template subject whose tag is missing).
+WS = "{{tag(workspace)}}"
+
+
 def read_bucket(bucket: str) -> list[str]:
     """Get any key, list and watch the bucket (publish permissions)."""
     return read_stream(names.kv_stream(bucket))
@@ -53,6 +59,22 @@ def read_stream(stream: str) -> list[str]:
         f"{API}.CONSUMER.DELETE.{stream}.>",
         f"$JS.FC.{stream}.>",
     ]
+
+
+def read_subjects(stream: str, subjects: str) -> list[str]:
+    """Read only the messages of ``stream`` on ``subjects``: direct gets by subject, and
+    consumers whose filter is within them (a named consumer puts its filter in the API
+    subject: ``broker.follow``). No stream info (its subject listing would name every key),
+    no get by sequence and no unfiltered consumer (either would reach any subject)."""
+    return [
+        f"{API}.DIRECT.GET.{stream}.{subjects}",
+        f"{API}.CONSUMER.CREATE.{stream}.*.{subjects}",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
+def read_keys(bucket: str, keys: str) -> list[str]:
+    return read_subjects(names.kv_stream(bucket), names.kv_subject(bucket, keys))
 
 
 def get_key(bucket: str, key: str) -> str:
@@ -79,22 +101,20 @@ def consume_queue(stream: str) -> list[str]:
 def _permissions(role: Role) -> tuple[list[str], list[str]]:
     """(publish allow, subscribe allow) of a role."""
     n = names
-    # Account info, and stream names: nats-py looks a stream up by subject when it is not
-    # given (the object store's chunk reader does).
-    account_info = [f"{API}.INFO", f"{API}.STREAM.NAMES"]
+    account_info = [f"{API}.INFO"]
     if role is Role.ADMIN:
         return [">"], [">"]
     if role is Role.RUN:
-        own_runs = n.kv_subject(n.RUNS, "{{tag(task)}}.*")
+        task = f"{WS}.{{{{tag(task)}}}}"
         # Its own task, orchestration and run record; nothing else (a run may read its own
         # task, orchestration and arguments). Nothing on the connections bucket:
         # the executor decrypts its workspace's connections into a file for it.
         return [
-            get_key(n.TASKS, "{{tag(task)}}"),
-            get_key(n.ORCHESTRATIONS, "{{tag(orchestration)}}"),
-            get_key(n.RUNS, "{{tag(task)}}.{{tag(run)}}"),
+            get_key(n.TASKS, task),
+            get_key(n.ORCHESTRATIONS, f"{WS}.{{{{tag(orchestration)}}}}"),
+            get_key(n.RUNS, f"{task}.{{{{tag(run)}}}}"),
             # Its own task's runs, listed (broker.store.scan puts the filter in the subject).
-            f"{API}.CONSUMER.CREATE.{names.kv_stream(n.RUNS)}.*.{own_runs}",
+            f"{API}.CONSUMER.CREATE.{n.kv_stream(n.RUNS)}.*.{n.kv_subject(n.RUNS, task)}.*",
         ], [OWN_INBOX]
     reads_all = [
         *read_bucket(n.TASKS),
@@ -107,6 +127,7 @@ def _permissions(role: Role) -> tuple[list[str], list[str]]:
         # Never the connections bucket (the scheduler must never read connection details).
         return [
             *account_info,
+            f"{API}.STREAM.NAMES",
             *reads_all,
             *read_bucket(n.SCHEDULER),
             *write_bucket(n.RUNS),
@@ -117,8 +138,9 @@ def _permissions(role: Role) -> tuple[list[str], list[str]]:
     if role is Role.EXECUTOR:
         return [
             *account_info,
+            f"{API}.STREAM.NAMES",
             *reads_all,
-            *read_stream(names.object_stream(n.ARTIFACTS)),
+            *read_subjects(n.ZIPS_STREAM, n.ZIPS_SUBJECTS),
             *read_bucket(n.CONNECTIONS),  # decrypted for the runs it executes (a live watch)
             *write_bucket(n.RUNS),
             *write_bucket(n.ORCHESTRATIONS),  # packaging writes the orchestration's status
@@ -128,25 +150,35 @@ def _permissions(role: Role) -> tuple[list[str], list[str]]:
             *consume_queue(n.RUNQ_STREAM),
             *consume_queue(n.PKGQ_STREAM),
         ], [OWN_INBOX, n.kv_subject(n.TASKS), n.kv_subject(n.CONTROL)]
-    # OPERATOR and USER: drive tasks; read everything, logs included; manage workspaces and
-    # connections (users manage connections; details stay encrypted on the bus).
+    # OPERATOR and USER: in the workspaces they are granted (and only there), drive tasks and
+    # read everything, logs and zips included; manage connections (details stay encrypted on
+    # the bus). Executors' heartbeats are shared (which pools are served).
     return [
         *account_info,
-        *reads_all,
-        *read_bucket(n.WORKSPACES),
-        *read_bucket(n.CONNECTIONS),
-        *write_bucket(n.WORKSPACES),
-        *write_bucket(n.CONNECTIONS),
-        *read_stream(n.LOGS_STREAM),
-        *read_stream(names.object_stream(n.ARTIFACTS)),
-        *write_bucket(n.TASKS),
-        *write_bucket(n.ORCHESTRATIONS),
+        *read_bucket(n.EXECUTORS),
+        *read_keys(n.WORKSPACES, WS),
+        *read_keys(n.TASKS, f"{WS}.>"),
+        *read_keys(n.ORCHESTRATIONS, f"{WS}.>"),
+        *read_keys(n.RUNS, f"{WS}.>"),
+        *read_keys(n.CONTROL, f"{WS}.>"),
+        *read_keys(n.CONNECTIONS, f"{WS}.>"),
+        *read_subjects(n.LOGS_STREAM, f"{n.LOGS_SUBJECTS[:-1]}{WS}.>"),
+        *read_subjects(n.ZIPS_STREAM, f"{n.ZIPS_SUBJECTS[:-1]}{WS}.>"),
+        # Its workspaces' records; with ``workspace:*``, any workspace (creating one) and the
+        # id counter (one token, which only ``*`` matches).
+        *write_bucket(n.WORKSPACES, WS),
+        # The id counter, for creating a granted workspace nobody made yet: ids are labels
+        # (the reference's ints), never access, so a tampered counter costs no boundary.
+        *write_bucket(n.WORKSPACES, n.WORKSPACE_IDS),
+        *write_bucket(n.TASKS, f"{WS}.*"),
+        *write_bucket(n.ORCHESTRATIONS, f"{WS}.*"),
+        *write_bucket(n.CONNECTIONS, f"{WS}.*"),
         # No run records and no run requests: the scheduler starts run-once and run-now runs
         # (broker.catalog.starts_runs), so a user cannot forge a run's status.
-        *write_bucket(n.CONTROL),
-        f"$O.{n.ARTIFACTS}.>",  # uploads
+        *write_bucket(n.CONTROL, f"{WS}.*.*"),
+        f"{n.ZIPS_SUBJECTS[:-1]}{WS}.>",  # uploads
         n.PKGQ_SUBJECT,
-    ], [OWN_INBOX, n.kv_subject(">")]
+    ], [OWN_INBOX]
 
 
 def template(role: Role) -> dict[str, Any]:

@@ -11,6 +11,7 @@ use as workspaces (``migrate``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
-from broker import names, store
+from broker import names, scope, store
 from broker.errors import InvalidWorkspace, WorkspaceNotFound, WrongArgumentType
 from broker.models import (
     OrchestrationRecord,
@@ -153,11 +154,31 @@ async def get(kv: KeyValue, name: object, *, create_if_not_exist: bool = False) 
 
 
 async def list_all(bus: Bus) -> list[WorkspaceRecord]:
-    """Every workspace, by id (``default`` first)."""
-    records = await store.scan(bus, names.WORKSPACES, WorkspaceRecord, "*")
-    found = {r.name: r for r in records.values()}
-    found.setdefault(names.DEFAULT_WORKSPACE, _default())
+    """Every workspace this connection may see, by id (``default`` first)."""
+    listings = await asyncio.gather(
+        *(
+            store.scan(bus, names.WORKSPACES, WorkspaceRecord, keys)
+            for keys in scope.filters(bus.creds, None)
+        )
+    )
+    found = {
+        r.name: r
+        for listing in listings
+        for key, r in listing.items()
+        if key == r.name and _NAME.fullmatch(key)  # not the id counter nor the schema mark
+    }
+    if scope.may_see(bus.creds, names.DEFAULT_WORKSPACE):
+        found.setdefault(names.DEFAULT_WORKSPACE, _default())
     return sorted(found.values(), key=lambda r: r.id)
+
+
+def current_default(bus: Bus) -> str:
+    """The workspace uploads and new tasks go to when none is named: ``default``, unless the
+    credential is granted others only (then the first of them)."""
+    seen = scope.visible(bus.creds)
+    if seen is None or names.DEFAULT_WORKSPACE in seen or not seen:
+        return names.DEFAULT_WORKSPACE
+    return seen[0]
 
 
 async def resolve(

@@ -20,10 +20,10 @@ from typing import TypeVar
 
 import msgspec
 
-from broker import catalog, names
+from broker import catalog, names, scope
 from broker.connection import Bus, connect
 from broker.errors import NotConnected, PermissionDenied, TaskbusError
-from broker.follow import EntryCallback, Follow
+from broker.follow import EntryCallback, Follow, inspects_streams
 from broker.models import (
     ConnectionRecord,
     ExecutorRecord,
@@ -107,17 +107,41 @@ class Feed:
                 self.state.set_link(Link.DOWN, f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(self.retry_s)
 
-    def _watch(self, bus: Bus, collection: str, bucket: str, on_entry: EntryCallback) -> Follow:
-        """Current values of a bucket, then live changes, one O(1) callback each."""
-        return Follow.bucket(
-            bus.js,
-            bucket,
-            on_entry=on_entry,
-            on_loaded=partial(self.state.mark_loaded, collection),
-            on_reset=partial(self.state.reset, collection),
-            inactive_threshold_s=INACTIVE_THRESHOLD_S,
-            turns_budget_s=BUDGET_S,
-        )
+    def _watch(
+        self,
+        bus: Bus,
+        collection: str,
+        bucket: str,
+        on_entry: EntryCallback,
+        rest: str | None = ">",
+    ) -> list[Follow]:
+        """Current values of a bucket, then live changes, one O(1) callback each: one follow
+        per workspace the credential may see (``broker.scope``; one for all when it may see
+        every one), or of the whole bucket (``rest`` ""); loaded once every one is."""
+        keys = [">"] if rest == "" else scope.filters(bus.creds, rest)
+        waiting = set(range(len(keys)))
+        if not waiting:
+            self.state.mark_loaded(collection)
+
+        def loaded(index: int) -> None:
+            waiting.discard(index)
+            if not waiting:
+                self.state.mark_loaded(collection)
+
+        return [
+            Follow.bucket(
+                bus.js,
+                bucket,
+                pattern,
+                on_entry=on_entry,
+                on_loaded=partial(loaded, index),
+                on_reset=partial(self.state.reset, collection),
+                inactive_threshold_s=INACTIVE_THRESHOLD_S,
+                turns_budget_s=BUDGET_S,
+                check_reset=inspects_streams(bus.creds),
+            )
+            for index, pattern in enumerate(keys)
+        ]
 
     def _make_watches(self, bus: Bus) -> list[Follow]:
         state = self.state
@@ -125,14 +149,19 @@ class Feed:
 
         # Small buckets first: tasks paint before 100,000 runs have streamed in.
         return [
-            watch("tasks", names.TASKS, _decoder(TaskRecord, state.apply_task)),
-            watch("runs", names.RUNS, _decoder(RunRecord, state.apply_run)),
-            watch(
+            *watch("tasks", names.TASKS, _decoder(TaskRecord, state.apply_task)),
+            *watch("runs", names.RUNS, _decoder(RunRecord, state.apply_run)),
+            *watch(
                 "orchestrations",
                 names.ORCHESTRATIONS,
                 _decoder(OrchestrationRecord, state.apply_orchestration),
             ),
-            watch("executors", names.EXECUTORS, _decoder(ExecutorRecord, state.apply_executor)),
+            *watch(
+                "executors",
+                names.EXECUTORS,
+                _decoder(ExecutorRecord, state.apply_executor),
+                rest="",
+            ),
         ]
 
     def _make_optional_watches(self, bus: Bus) -> list[tuple[str, Follow]]:
@@ -142,18 +171,19 @@ class Feed:
         workspaces = _decoder(WorkspaceRecord, state.apply_workspace)
 
         def on_workspace(key: str, value: bytes | None) -> None:
-            if key != names.WORKSPACE_IDS:  # the id counter is no workspace
+            if key not in (names.WORKSPACE_IDS, names.SCHEMA_KEY):  # no workspaces
                 workspaces(key, value)
 
         return [
-            ("workspaces", watch("workspaces", names.WORKSPACES, on_workspace)),
-            (
-                "connections",
-                watch(
+            *(("workspaces", w) for w in watch("workspaces", names.WORKSPACES, on_workspace, None)),
+            *(
+                ("connections", w)
+                for w in watch(
                     "connections",
                     names.CONNECTIONS,
                     _decoder(ConnectionRecord, state.apply_connection),
-                ),
+                    "*",
+                )
             ),
         ]
 
@@ -232,9 +262,11 @@ class Feed:
         return self.bus.last_error if self.bus is not None else self.state.link_detail
 
     # --- logs ---------------------------------------------------------------------------
-    async def open_log(self, task_id: str, run_id: str, doc: LogDocument) -> LogTail:
-        """Follow a run's logs into ``doc``; while disconnected the tail starts on reconnect."""
-        tail = LogTail(task_id, run_id, doc)
+    async def open_log(self, task_key: str, run_id: str, doc: LogDocument) -> LogTail:
+        """Follow a run's logs into ``doc`` (``task_key``: ``TaskRecord.key``); while
+        disconnected the tail starts on reconnect."""
+        creds = self.bus.creds if self.bus is not None else None
+        tail = LogTail(task_key, run_id, doc, check_reset=inspects_streams(creds))
         self._tails.add(tail)
         if self.bus is not None and self.bus.connected:
             await tail.start(self.bus.js)
@@ -257,21 +289,21 @@ class Feed:
         async with bus.refusals():
             return await work
 
-    async def run_now(self, task_id: str) -> RunRecord:
+    async def run_now(self, task: TaskRecord) -> RunRecord:
         bus = self._require()
-        return await self._refusable(bus, catalog.run_now(bus, task_id))
+        return await self._refusable(bus, catalog.run_now(bus, task))
 
-    async def kill(self, task_id: str) -> TaskRecord:
+    async def kill(self, task: TaskRecord) -> TaskRecord:
         bus = self._require()
-        return await self._refusable(bus, catalog.set_task_flags(bus, task_id, killed=True))
+        return await self._refusable(bus, catalog.set_task_flags(bus, task, killed=True))
 
-    async def pause(self, task_id: str) -> TaskRecord:
+    async def pause(self, task: TaskRecord) -> TaskRecord:
         bus = self._require()
-        return await self._refusable(bus, catalog.set_task_flags(bus, task_id, paused=True))
+        return await self._refusable(bus, catalog.set_task_flags(bus, task, paused=True))
 
-    async def resume(self, task_id: str) -> TaskRecord:
+    async def resume(self, task: TaskRecord) -> TaskRecord:
         bus = self._require()
-        return await self._refusable(bus, catalog.set_task_flags(bus, task_id, paused=False))
+        return await self._refusable(bus, catalog.set_task_flags(bus, task, paused=False))
 
     async def upload(
         self, path: str, name: str | None = None, workspace: str | None = None

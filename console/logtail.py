@@ -28,11 +28,17 @@ INACTIVE_THRESHOLD_S = 60.0
 
 
 class LogTail:
-    def __init__(self, task_id: str, run_id: str, doc: LogDocument) -> None:
+    def __init__(
+        self, task_key: str, run_id: str, doc: LogDocument, *, check_reset: bool = True
+    ) -> None:
+        """``task_key``: the task's ``TaskRecord.key`` (``<workspace>.<task_id>``);
+        ``check_reset``: as ``Follow``'s."""
+        self._check_reset = check_reset
+        workspace, _, task_id = task_key.partition(".")
         self.task_id = task_id
         self.run_id = run_id
         self.doc = doc
-        self.subject = names.logs_subject(task_id, run_id)
+        self.subject = names.logs_subject(workspace, task_id, run_id)
         self.bad_batches = 0
         self._follow: Follow | None = None
 
@@ -51,6 +57,7 @@ class LogTail:
                 on_entry=self._on_batch,
                 inactive_threshold_s=INACTIVE_THRESHOLD_S,
                 turns_budget_s=BUDGET_S,
+                check_reset=self._check_reset,
             )
         await self._follow.start()
 

@@ -22,6 +22,7 @@ from broker.models import (
     TaskRecord,
     WorkspaceRecord,
 )
+from broker.scope import adopt
 from broker.status import RUN_ACTIVE, TASK_TERMINAL, RunStatus, TaskStatus, task_status
 from console.format import display_url
 
@@ -201,6 +202,10 @@ class ConsoleState:
 
     # --- records ------------------------------------------------------------------------
     def apply_task(self, key: str, record: TaskRecord | None) -> None:
+        """Tasks are keyed by their key (``TaskRecord.key``, workspace first), everywhere in
+        the console: ids alone may repeat across workspaces."""
+        if record is not None and (record := adopt(key, record)) is None:
+            return
         if record is None:
             if self.tasks.pop(key, None) is None:
                 return
@@ -211,6 +216,8 @@ class ConsoleState:
         self._touch_task(key)
 
     def apply_orchestration(self, key: str, record: OrchestrationRecord | None) -> None:
+        if record is not None and (record := adopt(key, record)) is None:
+            return
         if record is None:
             if self.orchestrations.pop(key, None) is None:
                 return
@@ -223,7 +230,7 @@ class ConsoleState:
             if self.workspaces.pop(key, None) is None:
                 return
         else:
-            if key == names.WORKSPACE_IDS:
+            if key in (names.WORKSPACE_IDS, names.SCHEMA_KEY):
                 return
             self.workspaces[key] = record
         self._touch("workspaces")
@@ -256,7 +263,9 @@ class ConsoleState:
         self._touch("executors")
 
     def apply_run(self, key: str, record: RunRecord | None) -> None:
-        task_id, _, run_id = key.partition(".")
+        if record is not None and (record := adopt(key, record)) is None:
+            return
+        task_id, _, run_id = key.rpartition(".")
         runs = self.runs.get(task_id)
         if record is None:
             if runs is None or runs.pop(run_id, None) is None:
@@ -324,9 +333,12 @@ class ConsoleState:
     def run(self, task_id: str, run_id: str) -> RunRecord | None:
         return self.runs.get(task_id, {}).get(run_id)
 
-    def orchestration_name(self, orchestration_id: str) -> str:
-        record = self.orchestrations.get(orchestration_id)
-        return record.name if record is not None else orchestration_id[:8]
+    def orchestration_name(self, key_or_id: str) -> str:
+        """The name of an orchestration, by its key (``OrchestrationRecord.key``) or its id."""
+        record = self.orchestrations.get(key_or_id) or next(
+            (o for o in self.orchestrations.values() if o.id == key_or_id), None
+        )
+        return record.name if record is not None else key_or_id[:8]
 
     def task_name(self, task_id: str) -> str:
         task = self.tasks.get(task_id)

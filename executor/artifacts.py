@@ -111,8 +111,10 @@ class Artifacts:
         self._spares: dict[str, list[RunFolder]] = {}
         self._entries: dict[str, int] = {}  # entries per tree, once copied
 
-    async def tree(self, sha: str) -> Path:
-        """The extracted, compiled files of one zip (fetched on first use)."""
+    async def tree(self, workspace: str, sha: str) -> Path:
+        """The extracted, compiled files of one zip (fetched on first use from the zips of
+        ``workspace``, one the run may use; the cache is by content, so shared by every
+        workspace with the same zip)."""
         tree = self.trees / sha
         if tree.is_dir():
             return tree
@@ -120,19 +122,19 @@ class Artifacts:
         async with lock:
             if tree.is_dir():
                 return tree
-            zip_path = await self._download(sha)
+            zip_path = await self._download(workspace, sha)
             await anyio.to_thread.run_sync(self._extract, zip_path, tree)
             log.info("extracted %s into %s", sha[:12], tree)
         return tree
 
-    async def _download(self, sha: str) -> Path:
+    async def _download(self, workspace: str, sha: str) -> Path:
         path = self.zips / f"{sha}.zip"
         if path.is_file():
             return path
         partial = self.zips / f".{sha}.{uuid.uuid4().hex[:8]}.part"
         try:
             with partial.open("wb") as handle:
-                await self._bus.artifacts.get(sha, writeinto=handle)
+                await self._bus.zips.read_into(workspace, sha, handle)
             digest = await anyio.to_thread.run_sync(_sha256_file, partial)
             if digest != sha:
                 raise ArtifactError(

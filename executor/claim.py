@@ -24,7 +24,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-from broker import dispatch, names, store
+from broker import dispatch, names, scope, store
 from broker.connection import Bus
 from broker.models import (
     ExecutorRecord,
@@ -61,7 +61,7 @@ class Claim:
         self.ctx = ctx
         self.msg = msg  # the latest delivery: in_progress and the final ack go to it
         self.request = request
-        self.key = names.run_key(request.task_id, request.run_id)
+        self.key = request.key
         self.record: RunRecord | None = None
         self.attempt = 0
         self.claimed_at: float | None = None  # monotonic; the claim was a confirmed write
@@ -83,13 +83,15 @@ class Claim:
         ``requested_kill``: the kill asked of the run so far, read once its records are in."""
         ctx, request = self.ctx, self.request
         bus = ctx.bus
-        orchestration = ctx.ready_orchestrations.get(request.orchestration_id)
+        # Everything by key (workspace first), never by id alone: a user may give its own
+        # orchestration any id, even one of another workspace's.
+        orchestration = ctx.ready_orchestrations.get(request.orchestration_key)
         run_found, task_found, control_found, orch_found = await asyncio.gather(
             store.get(bus.runs, self.key, RunRecord),
-            store.get(bus.tasks, request.task_id, TaskRecord),
+            store.get(bus.tasks, request.task_key, TaskRecord),
             store.get(bus.control, self.key, RunControl),
             _none() if orchestration else store.get(
-                bus.orchestrations, request.orchestration_id, OrchestrationRecord
+                bus.orchestrations, request.orchestration_key, OrchestrationRecord
             ),
         )  # fmt: skip
         if run_found is None:
@@ -102,9 +104,9 @@ class Claim:
             await self.done()  # its retry, if its executor died before enqueueing it
             return False
         if orchestration is None and orch_found is not None:
-            orchestration = orch_found[0]
-            if orchestration.status is OrchestrationStatus.READY:
-                ctx.ready_orchestrations[orchestration.id] = orchestration
+            orchestration = scope.adopt(request.orchestration_key, orch_found[0])
+            if orchestration is not None and orchestration.status is OrchestrationStatus.READY:
+                ctx.ready_orchestrations[request.orchestration_key] = orchestration
         self.orchestration = orchestration
         task = task_found[0] if task_found else None
         kill = (
@@ -151,7 +153,7 @@ class Claim:
             # ack wait of its death, so the loss is recorded within the ack wait + one beat.
             await self.settle(lambda: self.msg.nak(delay=self.ctx.settings.beat_interval_s))
             return False
-        self.first_seq = await _last_log_seq(bus, self.request.task_id, self.request.run_id) + 1
+        self.first_seq = await _last_log_seq(bus, self.request) + 1
         self.note = (
             f"attempt {run.attempt} was lost with executor {run.executor or '?'} "
             f"(no heartbeat, no ack); "
@@ -227,7 +229,7 @@ class Claim:
         # its replacement's batches, which continue the same sequence numbers.
         writer = f"{settings.id}#{self.attempt or self.record.attempt}"
         stream = LogStream(
-            self.ctx.bus, self.request.task_id, self.request.run_id,
+            self.ctx.bus, self.request.workspace, self.request.task_id, self.request.run_id,
             first_seq=self.first_seq, max_bytes=settings.max_log_bytes,
             linger_s=settings.log_linger_s, batch_lines=settings.log_batch_lines,
             writer=writer, owned=lambda: not self.lost,
@@ -313,18 +315,21 @@ async def _none() -> None:
     return None
 
 
-async def _last_log_seq(bus: Bus, task_id: str, run_id: str) -> int:
+async def _last_log_seq(bus: Bus, request: RunRequest) -> int:
     """The sequence of the last stored line of a run (0: none), to continue its log."""
     try:
-        msg = await bus.js.get_last_msg(
-            names.LOGS_STREAM, names.logs_subject(task_id, run_id), direct=True
-        )
+        msg = await bus.js.get_last_msg(names.LOGS_STREAM, logs_subject(request), direct=True)
     except NotFoundError:
         return 0
     except (nats.errors.Error, TimeoutError) as exc:
-        log.warning("could not read the log of %s.%s: %s", task_id, run_id, exc)
+        log.warning("could not read the log of %s: %s", request.key, exc)
         return 0
     if not msg.data:
         return 0
     lines = decode(LogBatch, msg.data).lines
     return lines[-1].seq if lines else 0
+
+
+def logs_subject(request: RunRequest) -> str:
+    workspace = names.workspace_token(request.workspace)
+    return names.logs_subject(workspace, request.task_id, request.run_id)

@@ -323,7 +323,7 @@ class Executor:
             log.error("dropping a malformed run request: %s", exc)
             await quietly(msg.term())
             return
-        key = names.run_key(request.task_id, request.run_id)
+        key = request.key
         existing = self.jobs.get(key)
         if existing is not None:
             existing.claim.msg = msg  # redelivered while it runs here: answer the newest delivery
@@ -346,9 +346,7 @@ class Executor:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(keep_alive, lambda: msg, names.PKGQ_ACK_WAIT_S / 3, msg.subject)
                 try:
-                    await package(
-                        self.bus, self.ctx.artifacts, self.environments, request.orchestration_id
-                    )
+                    await package(self.bus, self.ctx.artifacts, self.environments, request)
                 except Exception:
                     log.exception("packaging %s failed", request.orchestration_id)
                     await quietly(msg.nak(delay=5.0))
@@ -362,8 +360,8 @@ class Executor:
 
     # --- kills -------------------------------------------------------------------------------
     async def _on_task(self, msg: Msg) -> None:
-        task_id = msg.subject.rsplit(".", 1)[-1]
-        jobs = [job for job in self.jobs.values() if job.task_id == task_id]
+        task_key = msg.subject.removeprefix(names.kv_subject(names.TASKS, ""))
+        jobs = [job for job in self.jobs.values() if job.request.task_key == task_key]
         if not jobs or not msg.data:
             return
         try:
@@ -395,7 +393,7 @@ class Executor:
         """Kills sent while we were away."""
         for job in list(self.jobs.values()):
             try:
-                task = await store.get(self.bus.tasks, job.task_id, TaskRecord)
+                task = await store.get(self.bus.tasks, job.request.task_key, TaskRecord)
                 control = await store.get(self.bus.control, job.key, RunControl)
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("could not re-check kills after a reconnect: %s", exc)

@@ -27,7 +27,7 @@ Trace "a print() reaching the console and the SDK", one hop per module, each doc
 the next (the pipes are opened by ``executor.runner`` and passed to the launcher as fds 1/2):
 
 1. ``executor.logstream`` (here): pipe → lines → ``LogBatch`` on
-   ``names.logs_subject(task, run)`` in the ``names.LOGS_STREAM`` stream;
+   ``names.logs_subject(workspace, task, run)`` in the ``names.LOGS_STREAM`` stream;
 2. ``broker.logs``: the SDK's reader, history then live lines until the ``eof`` batch;
 3. ``sdk.run``: ``run.logs()`` / ``run.logs(follow=True)`` (and so ``taskbus logs -f`` in
    ``sdk.cli.commands``);
@@ -120,6 +120,7 @@ class LogStream:
     def __init__(
         self,
         bus: Bus,
+        workspace: str,
         task_id: str,
         run_id: str,
         *,
@@ -137,7 +138,7 @@ class LogStream:
         self.abandoned_lines = 0
         self.task_id = task_id
         self.run_id = run_id
-        self._subject = names.logs_subject(task_id, run_id)
+        self._subject = names.logs_subject(names.workspace_token(workspace), task_id, run_id)
         self._seq = first_seq - 1
         self._max_bytes = max_bytes
         self._linger_s = linger_s

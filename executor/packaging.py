@@ -26,10 +26,10 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from broker import requirements, store
+from broker import names, requirements, scope, store
 from broker.connection import Bus
 from broker.errors import InvalidArgument, InvalidOrchestration
-from broker.models import OrchestrationRecord, utcnow
+from broker.models import OrchestrationRecord, PackageRequest, utcnow
 from broker.status import ORCHESTRATION_SETTLED, OrchestrationStatus
 from executor.artifacts import ArtifactError, Artifacts
 from executor.environments import (
@@ -132,35 +132,37 @@ def keep_hashes(
     return locked
 
 
-async def _set(bus: Bus, orchestration_id: str, **changes: object) -> OrchestrationRecord | None:
+async def _set(bus: Bus, key: str, **changes: object) -> OrchestrationRecord | None:
     def mutate(record: OrchestrationRecord) -> OrchestrationRecord | None:
         if record.status in ORCHESTRATION_SETTLED:
             return None  # another packager finished it (a redelivery raced this one)
         return msgspec.structs.replace(record, updated_at=utcnow(), **changes)
 
-    return await store.update(bus.orchestrations, orchestration_id, OrchestrationRecord, mutate)
+    return await store.update(bus.orchestrations, key, OrchestrationRecord, mutate)
 
 
 async def package(
-    bus: Bus, artifacts: Artifacts, environments: Environments, orchestration_id: str
+    bus: Bus, artifacts: Artifacts, environments: Environments, request: PackageRequest
 ) -> OrchestrationStatus | None:
     """Package one orchestration; returns its final status (None: it no longer exists)."""
-    found = await store.get(bus.orchestrations, orchestration_id, OrchestrationRecord)
-    if found is None:
+    workspace = names.workspace_token(request.workspace)
+    key = names.orchestration_key(workspace, request.orchestration_id)
+    found = await store.get(bus.orchestrations, key, OrchestrationRecord)
+    record = None if found is None else scope.adopt(key, found[0])
+    if record is None:
         return None
-    record = found[0]
     if record.status in ORCHESTRATION_SETTLED:
         return record.status
     started = time.monotonic()
-    updated = await _set(bus, orchestration_id, status=OrchestrationStatus.PACKAGING, error="")
+    updated = await _set(bus, key, status=OrchestrationStatus.PACKAGING, error="")
     if updated is None or updated.status in ORCHESTRATION_SETTLED:
         return None if updated is None else updated.status
     try:
         requirements.parse(record.requirements)  # before anything reads the zip or runs uv
-        await artifacts.tree(record.sha)
+        await artifacts.tree(workspace, record.sha)
         lock = await resolve(record.requirements, environments.index_url)
         if lock:
-            await _set(bus, orchestration_id, lock=lock, python=python_version())
+            await _set(bus, key, lock=lock, python=python_version())
             environment = await environments.acquire(lock)
             environment.release()
     except InvalidOrchestration as exc:
@@ -173,19 +175,19 @@ async def package(
         return await _fail(bus, record, str(exc))
     await _set(
         bus,
-        orchestration_id,
+        key,
         status=OrchestrationStatus.READY,
         lock=lock,
         python=python_version() if lock else "",
     )
     log.info(
         "✓ packaged %s (%s) in %.2f s on Python %s",
-        record.name, orchestration_id, time.monotonic() - started, platform.python_version(),
+        record.name, key, time.monotonic() - started, platform.python_version(),
     )  # fmt: skip
     return OrchestrationStatus.READY
 
 
 async def _fail(bus: Bus, record: OrchestrationRecord, message: str) -> OrchestrationStatus:
     log.info("✗ packaging %s (%s) failed: %s", record.name, record.id, message)
-    await _set(bus, record.id, status=OrchestrationStatus.ERROR, error=message)
+    await _set(bus, record.key, status=OrchestrationStatus.ERROR, error=message)
     return OrchestrationStatus.ERROR

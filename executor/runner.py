@@ -154,7 +154,8 @@ class RunJob:
         folder: RunFolder | None = None
         space: RunSpace | None = None
         try:
-            tree = await ctx.artifacts.tree(orchestration.sha)
+            workspace = names.workspace_token(orchestration.workspace)
+            tree = await ctx.artifacts.tree(workspace, orchestration.sha)
             if ctx.environments.needed(orchestration.lock):  # its lock, or the base one
                 environment = await ctx.environments.acquire(orchestration.lock)
                 short = environment.key[:12]

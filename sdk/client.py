@@ -223,23 +223,25 @@ class AsyncClient:
         workspaces.check_filters(workspace_id, workspace_name)
         bus = await self.session.bus()
         wanted = await self._filter(bus, workspace_id, workspace_name, workspace)
-        tasks, runs = await asyncio.gather(catalog.list_tasks(bus, wanted), catalog.all_runs(bus))
+        tasks, runs = await asyncio.gather(
+            catalog.list_tasks(bus, wanted), catalog.all_runs(bus, wanted)
+        )
         chosen = [t for t in tasks if not killed or t.killed]
         chosen.sort(key=lambda t: t.updated_at, reverse=True)
-        return TaskList(AsyncTask(self, t, runs.get(t.id, [])) for t in chosen)
+        return TaskList(AsyncTask(self, t, runs.get(t.key, [])) for t in chosen)
 
     async def get_task_by_id(self, task_id: str) -> AsyncTask:
         """``ValueError`` for a malformed id, ``TaskNotFound`` for an unknown one."""
         catalog.check_id(task_id)
         bus = await self.session.bus()
         record = await catalog.get_task(bus, task_id)
-        return AsyncTask(self, record, await catalog.runs_of(bus, record.id))
+        return AsyncTask(self, record, await catalog.runs_of(bus, record))
 
     # --- workspaces --------------------------------------------------------------------------
     async def _current(self, bus: Bus) -> AsyncWorkspace:
         """The current workspace (one named with ``Client(workspace=…)`` is made on first
         use, as releases before workspaces let any label be used)."""
-        name = self._workspace or names.DEFAULT_WORKSPACE
+        name = self._workspace or workspaces.current_default(bus)
         record = await workspaces.get(bus.workspaces, name, create_if_not_exist=True)
         return AsyncWorkspace(self, record)
 

@@ -24,6 +24,7 @@ from broker.errors import (
     WrongArgumentType,
 )
 from broker.models import OrchestrationRecord
+from broker.scope import adopt
 from broker.status import OrchestrationStatus, TaskKind
 from sdk import display
 from sdk.lists import TaskList
@@ -129,7 +130,7 @@ class AsyncOrchestration(display.Shown):
 
     async def refresh(self) -> AsyncOrchestration:
         bus = await self._client.session.bus()
-        self._record = await catalog.get_orchestration(bus, self._record.id)
+        self._record = await catalog.reload_orchestration(bus, self._record)
         return self
 
     async def status(self) -> OrchestrationStatus:
@@ -145,7 +146,7 @@ class AsyncOrchestration(display.Shown):
     async def delete(self) -> None:
         """Delete the orchestration (its zip too, unless another upload shares it)."""
         bus = await self._client.session.bus()
-        await catalog.delete_orchestration(bus, self._record.id)
+        await catalog.delete_orchestration(bus, self._record)
 
     async def wait_until_ready(self, timeout: float | None = None) -> AsyncOrchestration:
         """Return once packaging is done; ``OrchestrationNotReady`` with the packaging error
@@ -153,17 +154,17 @@ class AsyncOrchestration(display.Shown):
         bus = await self._client.session.bus()
         try:
             with anyio.fail_after(timeout):
-                orch_id = self._record.id
-                updates = store.watch(bus.orchestrations, OrchestrationRecord, orch_id, bus=bus)
+                key = self._record.key
+                updates = store.watch(bus.orchestrations, OrchestrationRecord, key, bus=bus)
                 async with closing(updates):
-                    async for key, record in updates:
-                        if key and record is None:
+                    async for changed, record in updates:
+                        if changed and record is None:
                             raise OrchestrationNotFound(
                                 f"Orchestration {self.name()!r} was deleted while waiting for it."
                             )
                         if record is None:
                             continue
-                        self._record = record
+                        self._record = record = adopt(key, record) or self._record
                         if record.status is OrchestrationStatus.READY:
                             return self
                         if record.status is OrchestrationStatus.ERROR:
@@ -188,7 +189,7 @@ class AsyncOrchestration(display.Shown):
         check_json_args_limits(spec.get("json_args"))
         bus = await self._client.session.bus()
         record = await catalog.create_task(bus, self._record, name=name, kind=kind, **spec)
-        runs = await catalog.runs_of(bus, record.id) if kind is TaskKind.RUN_ONCE else []
+        runs = await catalog.runs_of(bus, record) if kind is TaskKind.RUN_ONCE else []
         return AsyncTask(self._client, record, runs)
 
     async def run_once(

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import anyio
 
-from broker import catalog, logs, names, store
+from broker import catalog, logs, store
 from broker.errors import InvalidArgument, WaitTimeout
 from broker.models import RunRecord
+from broker.scope import adopt
 from broker.status import RUN_TERMINAL, RunStatus
 from broker.text import LOG_KEEP, printable
 from sdk import display
@@ -103,13 +104,13 @@ class AsyncTaskRun(display.Shown):
 
     @property
     def _key(self) -> str:
-        return names.run_key(self._record.task_id, self._record.run_id)
+        return self._record.key
 
     async def refresh(self) -> AsyncTaskRun:
         bus = await self._client.session.bus()
         found = await store.get(bus.runs, self._key, RunRecord)
         if found is not None:
-            self._record = found[0]
+            self._record = adopt(self._key, found[0]) or self._record
         pending = self._record.status is RunStatus.PENDING
         served = await catalog.served_pools(bus) if pending else set()
         self._waiting = catalog.waiting_reason(self._record, served)
@@ -134,24 +135,22 @@ class AsyncTaskRun(display.Shown):
 
     async def _read(self, limit: int | None) -> TaskRunLogs:
         bus = await self._client.session.bus()
-        task_id, run_id = self._record.task_id, self._record.run_id
         if limit is None:
-            lines = await logs.read(bus, task_id, run_id)
+            lines = await logs.read(bus, self._record)
         else:  # the last lines only, without reading a long log from its start
-            lines = await logs.tail(bus, task_id, run_id, limit)
+            lines = await logs.tail(bus, self._record, limit)
         return TaskRunLogs(logs.format_line(line) for line in lines)
 
     async def _follow(self, limit: int | None) -> AsyncIterator[str]:
         bus = await self._client.session.bus()
-        task_id, run_id = self._record.task_id, self._record.run_id
         last_seq = 0
         if limit is not None:
             # At least the last line, to know where live lines start (limit=0: only new ones).
-            history = await logs.tail(bus, task_id, run_id, max(limit, 1))
+            history = await logs.tail(bus, self._record, max(limit, 1))
             for line in history[len(history) - limit :] if limit else []:
                 yield logs.format_line(line)
             last_seq = history[-1].seq if history else 0
-        async with closing(logs.follow(bus, task_id, run_id)) as lines:
+        async with closing(logs.follow(bus, self._record)) as lines:
             async for line in lines:
                 if line.seq > last_seq:
                     yield logs.format_line(line)
@@ -165,7 +164,8 @@ class AsyncTaskRun(display.Shown):
                     async for _key, record in updates:
                         if record is None:
                             continue
-                        self._record = record
+                        self._record = adopt(self._key, record) or self._record
+                        record = self._record
                         if record.status in RUN_TERMINAL:
                             return record.status
         except TimeoutError:

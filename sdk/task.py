@@ -11,6 +11,7 @@ import anyio
 from broker import catalog, cron, store, workspaces
 from broker.errors import InvalidArgument, TaskNotFound, WaitTimeout
 from broker.models import RunRecord, TaskRecord, utcnow
+from broker.scope import adopt
 from broker.status import TASK_TERMINAL, RunStatus, TaskKind, TaskStatus, task_status
 from sdk import display
 from sdk.lists import TaskRunList
@@ -118,24 +119,24 @@ class AsyncTask(display.Shown):
     # --- I/O ---------------------------------------------------------------------------------
     async def refresh(self) -> AsyncTask:
         bus = await self._client.session.bus()
-        self._record = await catalog.get_task(bus, self._record.id)
-        self._runs = await catalog.runs_of(bus, self._record.id)
+        self._record = await catalog.get_task(bus, self._record)
+        self._runs = await catalog.runs_of(bus, self._record)
         return self
 
     async def status(self) -> TaskStatus:
         """Always fresh: ``pending``, ``started``, ``success``, ``failed``, ``timed_out``,
         ``paused``, ``pending_kill`` or ``killed``."""
         bus = await self._client.session.bus()
-        self._record = await catalog.get_task(bus, self._record.id)
+        self._record = await catalog.get_task(bus, self._record)
         if self._record.kind is TaskKind.RUN_ONCE or self._record.killed:
             # Only these depend on runs (task_status); a busy schedule has thousands of them.
-            self._runs = await catalog.runs_of(bus, self._record.id)
+            self._runs = await catalog.runs_of(bus, self._record)
         return self._status()
 
     async def kill(self) -> TaskStatus:
         """Stop the schedule and any running run; ``TaskStatus.PENDING_KILL``."""
         bus = await self._client.session.bus()
-        self._record = await catalog.set_task_flags(bus, self._record.id, killed=True)
+        self._record = await catalog.set_task_flags(bus, self._record, killed=True)
         return TaskStatus.PENDING_KILL
 
     async def pause(self) -> AsyncTask:
@@ -151,7 +152,7 @@ class AsyncTask(display.Shown):
                 f"paused or resumed (kill() stops a run-once task)."
             )
         bus = await self._client.session.bus()
-        self._record = await catalog.set_task_flags(bus, self._record.id, paused=paused)
+        self._record = await catalog.set_task_flags(bus, self._record, paused=paused)
         if self._record.killed:
             raise InvalidArgument(
                 f"Task {self.name()!r} ({self.id()}) was killed: a killed task cannot be "
@@ -167,7 +168,7 @@ class AsyncTask(display.Shown):
         wanted = check_run_filter(status)
         limit = check_limit(limit)
         bus = await self._client.session.bus()
-        self._runs = await catalog.runs_of(bus, self._record.id)
+        self._runs = await catalog.runs_of(bus, self._record)
         runs = [r for r in self._runs if wanted == "all" or r.status == wanted]
         if limit is not None:
             runs = runs[:limit]
@@ -182,29 +183,30 @@ class AsyncTask(display.Shown):
         task was killed), watching its record and its runs; that status."""
         bus = await self._client.session.bus()
         task_id = self._record.id
+        task_key = self._record.key
         runs: dict[str, RunRecord] = {}
         loaded: set[str] = set()
         outcome: list[TaskStatus | TaskNotFound] = []
 
         async def follow_task(scope: anyio.CancelScope) -> None:
-            async with closing(store.watch(bus.tasks, TaskRecord, task_id, bus=bus)) as updates:
+            async with closing(store.watch(bus.tasks, TaskRecord, task_key, bus=bus)) as updates:
                 async for key, record in updates:
                     if key and record is None:
                         outcome.append(TaskNotFound(f"Task {task_id} was deleted while waited on."))
                         scope.cancel()
                         return
                     if record is not None:
-                        self._record = record
+                        self._record = adopt(key, record) or self._record
                     else:
                         loaded.add("task")
                     check(scope)
 
         async def follow_runs(scope: anyio.CancelScope) -> None:
-            pattern = f"{task_id}.*"
+            pattern = f"{task_key}.*"
             async with closing(store.watch(bus.runs, RunRecord, pattern, bus=bus)) as updates:
                 async for key, record in updates:
                     if record is not None:
-                        runs[key] = record
+                        runs[key] = adopt(key, record) or record
                     elif key:
                         runs.pop(key, None)
                     else:

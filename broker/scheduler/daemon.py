@@ -41,7 +41,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from broker import cron, dispatch, names, store
+from broker import cron, dispatch, names, scope, store
 from broker.connection import Bus
 from broker.follow import Follow
 from broker.models import RunRecord, TaskRecord, decode, utcnow
@@ -158,7 +158,13 @@ class Scheduler:
 
     async def _watch_tasks(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         seen: set[str] | None = set()
-        async for key, record in store.watch(self.bus.tasks, TaskRecord):
+        async for key, stored in store.watch(self.bus.tasks, TaskRecord):
+            # Keyed by the task's key, never its id alone: a user may give a task of its own
+            # workspace any id, even one of another workspace's tasks.
+            record = None if stored is None else scope.adopt(key, stored)
+            if stored is not None and record is None:
+                log.warning("ignoring the task record at malformed key %r", key)
+                continue
             if seen is None:
                 self._on_task(key, record)
             elif key:
@@ -189,15 +195,17 @@ class Scheduler:
                                 self._continue(task_id)
                         task_status.started()
                     continue
-                task = self.tasks.get(entry.key.partition(".")[0])
+                task = self.tasks.get(entry.key.rpartition(".")[0])
                 if task is None or not _needs_runs(task):
                     continue  # most runs: decoded by nobody here
                 if entry.value is None:  # deleted or expired
                     continue
-                run = decode(RunRecord, entry.value)
+                run = scope.adopt(entry.key, decode(RunRecord, entry.value))
+                if run is None:
+                    continue
                 self.book.apply(run, keep_history=task.kind is TaskKind.CONTINUOUS)
                 if self._runs_ready and task.kind is TaskKind.CONTINUOUS:
-                    self._continue(task.id)
+                    self._continue(task.key)
 
     def _on_task(self, task_id: str, record: TaskRecord | None) -> None:
         old = self.tasks.get(task_id)
@@ -269,7 +277,7 @@ class Scheduler:
         pause/resume change a live task's record, so a newer ``updated_at`` is a resume even
         when the pause itself was not seen (the scheduler was down or disconnected).
         """
-        base = self.anchors.get(task.id) or self._resume_from or task.created_at
+        base = self.anchors.get(task.key) or self._resume_from or task.created_at
         if old is None:
             resumed = task.updated_at > task.created_at
         else:
@@ -337,10 +345,10 @@ class Scheduler:
     # --- Scheduled tasks ----------------------------------------------------------------------
     def _due_scheduled(self, task: TaskRecord, now: datetime) -> list[Step]:
         """Plan the task's due instants (and re-arm it); [] when nothing is due yet."""
-        anchor = self.anchors[task.id]
+        anchor = self.anchors[task.key]
         first = cron.next_fire(task.schedule, task.tz, anchor)
         if first > now:
-            self._arm(task.id, first)
+            self._arm(task.key, first)
             return []
         dropped = None
         if cron.next_fire(task.schedule, task.tz, first) > now:
@@ -351,8 +359,8 @@ class Scheduler:
             if due[0] > first:
                 dropped = (first, cron.prev_fire(task.schedule, task.tz, due[0]))
         steps = policy.plan(task, due, now=now, on_time_s=self.settings.on_time_s, dropped=dropped)
-        self.anchors[task.id] = due[-1]
-        self._arm(task.id, cron.next_fire(task.schedule, task.tz, due[-1]))
+        self.anchors[task.key] = due[-1]
+        self._arm(task.key, cron.next_fire(task.schedule, task.tz, due[-1]))
         return steps
 
     def _spawn(self, func: Any, *args: Any) -> None:
@@ -374,9 +382,9 @@ class Scheduler:
                 else:
                     group.start_soon(self._execute, task, steps)
             failed = await self.firing.fire_many(simple) if simple else []
-            retried = {task.id for task, _ in failed}
+            retried = {task.key for task, _ in failed}
             for task, instant in simple:
-                if task.id in retried:  # still in flight: _execute marks it done
+                if task.key in retried:  # still in flight: _execute marks it done
                     group.start_soon(self._execute, task, [Step(instant, Action.FIRE)])
                 else:
                     self._done(instant)
@@ -422,14 +430,14 @@ class Scheduler:
         )
 
     def _due_continuous(self, task: TaskRecord, now: datetime) -> None:
-        runs = self.book.newest_first(task.id)
+        runs = self.book.newest_first(task.key)
         previous = runs[0] if runs else None
         if previous is not None:
             if previous.status in RUN_ACTIVE or will_retry(task, previous):
                 return
             ready_at = self._ready_at(runs)
             if ready_at > now:
-                self._arm(task.id, ready_at)
+                self._arm(task.key, ready_at)
                 return
         self._spawn(self.firing.start_next, task, previous, self._delay_s(runs) if runs else 0.0)
 

@@ -59,13 +59,13 @@ class Firing:
             if task.overlap is Overlap.ALLOW:
                 await self._steps(task, steps)
             else:  # overlap decisions need the previous fire of this task to have landed
-                async with self._locks.setdefault(task.id, asyncio.Lock()):
+                async with self._locks.setdefault(task.key, asyncio.Lock()):
                     await self._steps(task, steps)
 
     async def _steps(self, task: TaskRecord, steps: list[Step]) -> None:
         for step in steps:
             delay = RETRY_MIN_S
-            while self._is_armed(task.id):
+            while self._is_armed(task.key):
                 try:
                     if step.action is Action.MISSED:
                         await self.skip(task, step.instant, step.reason)
@@ -87,7 +87,7 @@ class Firing:
         if task.overlap is not Overlap.ALLOW:
             await self._runs_loaded.wait()
             own = dispatch.run_id_for(task.id, instant)
-            active = [run_id for run_id in self.book.active(task.id) if run_id != own]
+            active = [run_id for run_id in self.book.active(task.key) if run_id != own]
             if active and task.overlap is Overlap.FORBID:
                 await self.skip(task, instant, policy.OVERLAP)
                 return
@@ -145,10 +145,10 @@ class Firing:
         """Ask the executor to stop the active runs, and wait (bounded) until they ended."""
         reason = f"replaced by the fire of {instant.isoformat()}"
         for run_id in active:
-            await dispatch.request_run_kill(self.bus, task.id, run_id, reason)
+            await dispatch.request_run_kill(self.bus, task, run_id, reason)
             log.info("↻ replace task=%s run=%s by instant=%s", task.id, run_id, instant)
         self.stats["replaced"] += len(active)
-        if not await self.book.wait_ended(task.id, active, self.settings.replace_wait_s):
+        if not await self.book.wait_ended(task.key, active, self.settings.replace_wait_s):
             log.warning(
                 "replace task=%s: run(s) %s still active after %.0f s; starting the new run anyway",
                 task.id,
@@ -181,7 +181,7 @@ class Firing:
         run_id = policy.chain_run_id(task.id, previous.run_id if previous else None)
         delay = RETRY_MIN_S
         async with self._gate:
-            while self._is_armed(task.id):
+            while self._is_armed(task.key):
                 try:
                     record, created = await dispatch.enqueue_run(self.bus, task, run_id=run_id)
                     break

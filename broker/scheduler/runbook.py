@@ -1,5 +1,6 @@
 """What the scheduler knows about runs: the active runs of tasks with an overlap policy, and
-the recent runs of continuous tasks. Fed by one watch on the runs bucket."""
+the recent runs of continuous tasks. Fed by one watch on the runs bucket. Keyed by task key
+(``<workspace>.<task_id>``), as everything of the scheduler's is."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class RunBook:
         self._recent.pop(task_id, None)
 
     def apply(self, record: RunRecord, *, keep_history: bool) -> None:
-        task_id, run_id = record.task_id, record.run_id
+        task_id, run_id = record.task_key, record.run_id
         if record.status in RUN_ACTIVE:
             self._active.setdefault(task_id, {})[run_id] = record.status
         else:

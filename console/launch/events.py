@@ -12,6 +12,7 @@ import anyio
 from broker import store
 from broker.connection import Bus, connect
 from broker.models import ExecutorRecord, RunRecord, TaskRecord
+from broker.scope import adopt
 from broker.settings import ConnectSettings
 from broker.text import printable
 
@@ -20,11 +21,11 @@ def _say(text: str) -> None:
     print(f"{datetime.now():%H:%M:%S} {printable(text)}", flush=True)  # noqa: T201 (the command's output)
 
 
-async def _task_name(bus: Bus, task_id: str, cache: dict[str, str]) -> str:
-    if task_id not in cache:
-        found = await store.get(bus.tasks, task_id, TaskRecord)
-        cache[task_id] = found[0].name if found else "?"
-    return cache[task_id]
+async def _task_name(bus: Bus, task_key: str, cache: dict[str, str]) -> str:
+    if task_key not in cache:
+        found = await store.get(bus.tasks, task_key, TaskRecord)
+        cache[task_key] = found[0].name if found else "?"
+    return cache[task_key]
 
 
 def describe(run: RunRecord) -> str:
@@ -51,11 +52,11 @@ async def _runs(bus: Bus) -> None:
                 _say(f"runs on record: {len(seen)} ({active} pending or running)")
             live = True
             continue
-        if run is None or seen.get(key) == run.status:
+        if run is None or (run := adopt(key, run)) is None or seen.get(key) == run.status:
             continue
         seen[key] = run.status
         if live:
-            name = await _task_name(bus, run.task_id, names)
+            name = await _task_name(bus, run.task_key, names)
             _say(f"{name} {run.run_id} {describe(run)}")
 
 

@@ -52,8 +52,8 @@ class ExecutorsScreen(ListScreen):
         record = self.ctx.state.executors[key].record
         names = []
         for run_key in record.running:
-            task_id, _, run_id = run_key.partition(".")
-            names.append(f"{self.ctx.state.task_name(task_id)}/{short_id(run_id, 6)}")
+            task_key, _, run_id = run_key.rpartition(".")
+            names.append(f"{self.ctx.state.task_name(task_key)}/{short_id(run_id, 6)}")
         return ", ".join(names) or "-"
 
     def fields(self, key: str) -> dict[str, str]:

@@ -57,8 +57,8 @@ class RunsScreen(ListScreen):
         self._newest_marker: tuple[int, int, int] = (-1, -1, 0)
 
     def _record(self, key: str) -> RunRecord | None:
-        task_id, _, run_id = key.partition(".")
-        return self.ctx.state.run(task_id, run_id)
+        task_key, _, run_id = key.rpartition(".")
+        return self.ctx.state.run(task_key, run_id)
 
     def all_keys(self) -> Iterable[str]:
         return (k for _, k in reversed(self._chronological()))
@@ -110,7 +110,7 @@ class RunsScreen(ListScreen):
         if run is None:
             return {}
         return {
-            "task": self.ctx.state.task_name(run.task_id),
+            "task": self.ctx.state.task_name(run.task_key),
             "run": run.run_id,
             "status": str(run.status),
             "executor": run.executor,
@@ -141,7 +141,7 @@ class RunsScreen(ListScreen):
             return [cell(key)], "muted"
         now = self.ctx.clock.now()
         cells = [
-            cell(self.ctx.state.task_name(run.task_id)),
+            cell(self.ctx.state.task_name(run.task_key)),
             cell(short_id(run.run_id)),
             cell(run.status),
             cell(run.attempt),
@@ -158,7 +158,7 @@ class RunsScreen(ListScreen):
 
         run = self._record(key) if key else None
         if run is not None:
-            self.app.push_screen(RunLogsScreen(run.task_id, run.run_id))
+            self.app.push_screen(RunLogsScreen(run.task_key, run.run_id))
 
     def on_record_table_selected(self, event: RecordTable.Selected) -> None:
         self._open_logs(event.key)
@@ -170,5 +170,5 @@ class RunsScreen(ListScreen):
         from console.screens.task_detail import TaskDetailScreen
 
         run = self._record(self.table.cursor_key or "")
-        if run is not None and run.task_id in self.ctx.state.tasks:
-            self.app.push_screen(TaskDetailScreen(run.task_id))
+        if run is not None and run.task_key in self.ctx.state.tasks:
+            self.app.push_screen(TaskDetailScreen(run.task_key))

@@ -71,7 +71,7 @@ class TaskActions(_Base):
     def action_run_now(self) -> None:
         task = self.selected_task()
         if task is not None:
-            self.act(self.ctx.feed.run_now(task.id), done=f"Run requested for {task.name}")
+            self.act(self.ctx.feed.run_now(task), done=f"Run requested for {task.name}")
 
     def action_kill(self) -> None:
         task = self.selected_task()
@@ -88,19 +88,19 @@ class TaskActions(_Base):
 
         def decided(confirmed: bool | None) -> None:
             if confirmed:
-                self.act(self.ctx.feed.kill(task.id), done=f"Kill requested for {task.name}")
+                self.act(self.ctx.feed.kill(task), done=f"Kill requested for {task.name}")
 
         self.app.push_screen(ConfirmScreen("Kill task?", body, "Kill task"), decided)
 
     def action_pause(self) -> None:
         task = self.selected_task()
         if task is not None:
-            self.act(self.ctx.feed.pause(task.id), done=f"Paused {task.name}")
+            self.act(self.ctx.feed.pause(task), done=f"Paused {task.name}")
 
     def action_resume(self) -> None:
         task = self.selected_task()
         if task is not None:
-            self.act(self.ctx.feed.resume(task.id), done=f"Resumed {task.name}")
+            self.act(self.ctx.feed.resume(task), done=f"Resumed {task.name}")
 
     def action_logs(self) -> None:
         target = self.logs_target()

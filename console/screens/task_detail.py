@@ -101,7 +101,7 @@ class TaskDetailScreen(TaskActions, ConsoleScreen):
         text.append(printable(task.name), style="bold")
         text.append(f"   {task.kind.label} · {state.status_of(task.id)}")
         text.append(f" · {'active' if state.is_active(task.id) else 'inactive'}\n")
-        orch = state.orchestrations.get(task.orchestration_id)
+        orch = state.orchestrations.get(task.orchestration_key)
         text.append("id ", label)
         text.append(printable(task.id))
         text.append("   orchestration ", label)

@@ -105,7 +105,7 @@ class TasksScreen(TaskActions, ListScreen):
             "schedule": task.schedule,
             "active": yes_no(state.is_active(key)),
             "id": task.id,
-            "orchestration": state.orchestration_name(task.orchestration_id),
+            "orchestration": state.orchestration_name(task.orchestration_key),
             "orch_id": task.orchestration_id,
             "workspace": workspace_name(task.workspace),
         }
