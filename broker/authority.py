@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,23 @@ def _user_claims(
     if expires_at is not None:
         claims["exp"] = int(expires_at)
     return claims
+
+
+# Users and operators are granted workspaces; ``*`` grants every one (the server's template
+# then matches any workspace token: ``broker.roles``).
+WORKSPACE_ROLES = (Role.USER, Role.OPERATOR)
+ALL_WORKSPACES = "*"
+
+
+def _workspace_tag(name: str) -> str:
+    if name == ALL_WORKSPACES:
+        return name
+    if not re.fullmatch(names.NAME_PATTERN, name):
+        raise CredentialError(
+            f"{name!r} is not a workspace name (1-64 letters, digits, '-' or '_', starting "
+            f"with a letter or digit)"
+        )
+    return name
 
 
 def _check_token(kind: str, value: str) -> str:
@@ -265,16 +283,28 @@ class Authority:
         expires_at: float | None = None,
         path: Path | None = None,
     ) -> Path:
-        """Write a ``.creds`` file for ``name`` with ``role``; returns its path."""
+        """Write a ``.creds`` file for ``name`` with ``role``; returns its path. A user or an
+        operator is granted ``workspaces`` (``ALL_WORKSPACES``: every one, now and later) and
+        must be granted at least one; the other roles serve every workspace."""
         if role not in ISSUABLE:
             raise CredentialError(
                 f"role {role!r} is not issued by hand (run credentials are minted per run)"
             )
         _check_token("name", name)
+        workspaces = list(workspaces)
+        if role in WORKSPACE_ROLES and not workspaces:
+            raise CredentialError(
+                f"a {role} credential is for some workspaces: name them (--workspace W, "
+                f"repeated) or grant every one (--all-workspaces)"
+            )
+        if role not in WORKSPACE_ROLES and workspaces:
+            raise CredentialError(
+                f"a {role} credential serves every workspace: it takes no --workspace"
+            )
         signer = self._seed(f"signing/{role}.nk")
         account = tokens.public(self._seed("account.nk"))
         user = tokens.new_key(tokens.USER)
-        tags = [f"role:{role}", *(f"workspace:{_check_token('workspace', w)}" for w in workspaces)]
+        tags = [f"role:{role}", *(f"workspace:{_workspace_tag(w)}" for w in workspaces)]
         claims = _user_claims(name, user, account, tags, expires_at)
         target = path or self.creds_path(name)
         write_private(target, tokens.creds_text(tokens.sign(claims, signer), user))
@@ -304,8 +334,14 @@ class Authority:
         if not self.exists():
             self.init()
         for role in ISSUABLE:
-            if not self.creds_path(str(role)).is_file():
-                self.issue(str(role), role)
+            path = self.creds_path(str(role))
+            # A user or operator credential written before workspaces scoped them would now
+            # reach none: the machine's owner gets every workspace, as before.
+            if not path.is_file() or (
+                role in WORKSPACE_ROLES and tokens.read_creds(path).tag("workspace") is None
+            ):
+                grant = [ALL_WORKSPACES] if role in WORKSPACE_ROLES else []
+                self.issue(str(role), role, workspaces=grant)
         if not self.secret_key.is_file():
             from broker.secret_key import new_key_text
 

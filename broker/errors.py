@@ -19,6 +19,9 @@
     │                                that does not exist); also a ValueError
     ├── InvalidOrchestration         the zip is not a valid orchestration (no main.py, …)
     ├── OrchestrationUploadFailed    the zip could not be stored on the bus
+    ├── ZipUnavailable               an orchestration's stored zip cannot be read: missing
+    │                                (ZipMissing) or corrupt (ZipCorrupt), both in
+    │                                broker.zipstore
     ├── OrchestrationNotReady        packaging failed, or a wait for ready timed out
     │   └── OrchestrationCannotRun   a run_* of an orchestration that failed packaging (also
     │                                an OrchestrationDeployOneshotFailed)
@@ -134,6 +137,11 @@ class InvalidOrchestration(TaskbusError, ValueError):
 
 class OrchestrationUploadFailed(TaskbusError):
     """The zip was valid but could not be stored on the bus."""
+
+
+class ZipUnavailable(TaskbusError):
+    """An orchestration's stored zip is missing or corrupt; the message says to upload the
+    orchestration again (``broker.zipstore`` raises its two leaves)."""
 
 
 class OrchestrationNotReady(TaskbusError):

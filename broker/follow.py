@@ -208,7 +208,7 @@ class Follow:
         """nats-py's ordered consumer recreates itself after a sequence gap with the same
         config, name included; the server refuses a second consumer of that name with another
         start, and the follow would stall. Each recreation gets a fresh name."""
-        state = sub._jsi
+        state = sub._sub._jsi
         if state is None:
             return
         recreate = state.recreate_consumer

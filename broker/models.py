@@ -225,6 +225,15 @@ class LogBatch(Record, frozen=True, kw_only=True):
     eof: bool = False  # the last batch of the run: nothing follows
 
 
+class ZipManifest(Record, frozen=True, kw_only=True):
+    """A stored zip's last message (``broker.zipstore``): its chunks are all written."""
+
+    size: int  # bytes of the zip
+    chunks: int  # messages "c.0" … "c.<chunks - 1>"
+    chunk_bytes: int  # bytes of every chunk but the last
+    uploaded_at: datetime
+
+
 # --- Encoding --------------------------------------------------------------------------------
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}

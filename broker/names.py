@@ -43,6 +43,27 @@ LOGS_SUBJECTS = "taskbus.logs.>"
 
 DEFAULT_POOL = "default"
 
+# --- Orchestration zips ----------------------------------------------------------------------
+# One stream for every workspace's zips, with the workspace as a subject token, so that a
+# server permission template (taskbus.zips.{{tag(workspace)}}.>) scopes a user to its own.
+# Chunk i of a zip is "<workspace>.<sha256>.c.<i>"; its manifest "<workspace>.<sha256>.m" is
+# written last. One message per subject: a re-upload or a delete (empty messages) replaces it.
+ZIPS_STREAM = "TASKBUS_ZIPS"
+ZIPS_SUBJECTS = "taskbus.zips.>"
+
+
+def zip_subject(workspace: str, sha: str, part: str) -> str:
+    """``part``: ``"m"`` for the manifest, ``"c.<i>"`` for chunk i (``broker.zipstore``
+    checks the workspace and sha before it builds one)."""
+    return f"taskbus.zips.{workspace}.{sha}.{part}"
+
+
+# A deleted zip's messages are replaced by empty ones (a user may publish, never purge) that
+# expire this long after (the server's per-message TTL, whole seconds): a tombstone only has to
+# displace the data, so deleted zips leave nothing behind.
+ZIP_TOMBSTONE_TTL_S = 1
+
+
 # --- Headers ---------------------------------------------------------------------------------
 MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication key (short-term guard; records are idempotent)
 # A KV create(): the write wins only while the key has no message ("0") — as nats-py sends it.
@@ -254,6 +275,10 @@ MAX_ZIP_ENTRIES = 100_000
 # of repeated text legitimately compress that well and cost nothing to unpack.
 MAX_ZIP_RATIO = 100
 ZIP_RATIO_MIN_BYTES = 1 << 20
+# A stored zip travels in chunks of this size, one message each: nats-py's own object store
+# default, far under the server's 1 MiB max_payload, and small enough that a reader's window of
+# chunks in flight (broker.zipstore) holds a couple of MiB, not a zip's worth.
+ZIP_CHUNK_BYTES = 128 * 1024
 # requirements.txt travels on the orchestration record (one KV message under the server's
 # 1 MiB max_payload); a real one is a few KiB even with every hash pinned.
 MAX_REQUIREMENTS_BYTES = 256 * 1024

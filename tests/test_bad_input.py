@@ -158,9 +158,9 @@ async def test_a_run_of_a_forged_ready_record_fails_instead_of_unpacking(
     assert len(_trees(tmp_path)) == 1
     data, problem = BAD_ZIPS["ratio"]
     sha = archive.sha256(data)
-    await bus.artifacts.put(sha, data)
+    await bus.zips.put(names.DEFAULT_WORKSPACE, sha, data)
     forged = msgspec.structs.replace(record, sha=sha, size=len(data))
-    await store.put(bus.orchestrations, record.id, forged)
+    await store.put(bus.orchestrations, record.key, forged)
 
     run = await wait_run(bus, (await run_once(bus, forged)).id)
     assert run.status == RunStatus.FAILURE

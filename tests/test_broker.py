@@ -47,12 +47,12 @@ def test_busy_port_is_a_clear_error(nats_server: EmbeddedServer, tmp_path: Path)
 async def test_concurrent_flag_writes_both_land(bus: Bus) -> None:
     """Compare-and-set: many writers racing on one task record lose nothing."""
     task = _task(key=catalog.new_id())
-    await store.put(bus.tasks, task.id, task)
+    await store.put(bus.tasks, task.key, task)
     await asyncio.gather(
         *(catalog.set_task_flags(bus, task.id, paused=True) for _ in range(10)),
         catalog.set_task_flags(bus, task.id, killed=True),
     )
-    found = await store.get(bus.tasks, task.id, TaskRecord)
+    found = await store.get(bus.tasks, task.key, TaskRecord)
     assert found is not None
     assert found[0].killed  # the kill was not overwritten by a stale pause write
 
@@ -116,7 +116,7 @@ async def test_a_record_that_does_not_decode_is_skipped(
 ) -> None:
     """A record written by hand or by a newer release must not stop listing, watching, or the
     scheduler from starting and firing the tasks it can read."""
-    await bus.tasks.put("garbage", b'{"overlap": "queue"}')
+    await bus.tasks.put(f"default.{catalog.new_id()}", b'{"overlap": "queue"}')
     orch = await catalog.upload_orchestration(bus, make_zip({"main.py": ""}), name="o",
                                               file_name="o.zip")  # fmt: skip
     task = await catalog.create_task(
@@ -125,7 +125,7 @@ async def test_a_record_that_does_not_decode_is_skipped(
     assert [t.id for t in await catalog.list_tasks(bus)] == [task.id]
     start_daemon("broker.scheduler", "--url", nats_url)
     async with asyncio.timeout(30):
-        async for _key, run in store.watch(bus.runs, RunRecord, f"{task.id}.*"):
+        async for _key, run in store.watch(bus.runs, RunRecord, f"{task.key}.*"):
             if run is not None:
                 break
 
@@ -176,13 +176,15 @@ async def test_log_tail_reads_the_last_lines_only(bus: Bus) -> None:
                 ],
                 eof=index == 299,
             )
-            await bus.js.publish_async(names.logs_subject("t", run_id), encode(batch))
+            subject = names.logs_subject(names.DEFAULT_WORKSPACE, "t", run_id)
+            await bus.js.publish_async(subject, encode(batch))
     await bus.js.publish_async_completed()
-    everything = await logs.read(bus, "t", "a")
+    run_a, missing = (RunRecord(task_id="t", run_id=r, created_at=utcnow()) for r in ("a", "m"))
+    everything = await logs.read(bus, run_a)
     assert len(everything) == lines_so_far["a"]
     for limit in (1, 5, 7, 100, 1000, lines_so_far["a"], lines_so_far["a"] + 10):
-        assert await logs.tail(bus, "t", "a", limit) == everything[-limit:]
-    assert await logs.tail(bus, "t", "missing", 5) == []
+        assert await logs.tail(bus, run_a, limit) == everything[-limit:]
+    assert await logs.tail(bus, missing, 5) == []
 
 
 async def test_pipelined_publishes_are_acknowledged_each(bus: Bus) -> None:
@@ -245,7 +247,7 @@ async def test_a_burst_of_fires_creates_each_run_once_and_requests_each_once(bus
         task_id="t1", run_id=dispatch.run_id_for("t1", now), status=RunStatus.SUCCESS,
         instant=now, created_at=now,
     )  # fmt: skip
-    assert await store.create(bus.runs, names.run_key("t1", done.run_id), done)
+    assert await store.create(bus.runs, done.key, done)
 
     outcomes = await dispatch.enqueue_fires(bus, fires)
 
@@ -254,7 +256,7 @@ async def test_a_burst_of_fires_creates_each_run_once_and_requests_each_once(bus
         assert not isinstance(outcome, Exception)
         record, created = outcome
         assert created and record.run_id == dispatch.run_id_for(task.id, instant)
-        stored = await store.get(bus.runs, names.run_key(task.id, record.run_id), RunRecord)
+        stored = await store.get(bus.runs, record.key, RunRecord)
         assert stored is not None and stored[0].status is RunStatus.PENDING
     # A second burst of the same instants (a peer scheduler) creates and queues nothing new.
     again = await dispatch.enqueue_fires(bus, fires)

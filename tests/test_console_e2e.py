@@ -34,11 +34,11 @@ async def test_a_real_run_shows_live_and_a_kill_from_the_console_stops_it(
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: "ticker" in app.state.orchestration_name(orch.id))
         task = await catalog.create_task(bus, orch, name="[e2e] ticker", kind=TaskKind.RUN_ONCE)
-        await wait_for(pilot, lambda: app.state.status_of(task.id) is TaskStatus.STARTED, 30)
+        await wait_for(pilot, lambda: app.state.status_of(task.key) is TaskStatus.STARTED, 30)
         await settled(pilot)
         row = next(line for line in screen_text(app).splitlines() if "[e2e] ticker" in line)
         assert "started" in row and "running" in row
-        assert app.screen.query_one(RecordTable).select_key(task.id)
+        assert app.screen.query_one(RecordTable).select_key(task.key)
         await pilot.press("l")
         assert isinstance(app.screen, RunLogsScreen)
         view = app.screen.query_one(LogView)
@@ -51,8 +51,8 @@ async def test_a_real_run_shows_live_and_a_kill_from_the_console_stops_it(
         await pilot.press("k")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("right", "enter")
-        await wait_for(pilot, lambda: app.state.status_of(task.id) is TaskStatus.KILLED, 30)
-        runs = await catalog.runs_of(bus, task.id)
+        await wait_for(pilot, lambda: app.state.status_of(task.key) is TaskStatus.KILLED, 30)
+        runs = await catalog.runs_of(bus, task)
         assert runs[0].status is RunStatus.KILLED
         await settled(pilot)
         row = next(line for line in screen_text(app).splitlines() if "[e2e] ticker" in line)

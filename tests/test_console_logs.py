@@ -39,7 +39,7 @@ async def open_logs(pilot: object, data: Standard) -> LogView:
     """From the Tasks view: highlight the running task, ``l`` opens its newest run's logs."""
     app = pilot.app  # type: ignore[attr-defined]
     await wait_loaded(pilot)  # type: ignore[arg-type]
-    assert app.screen.query_one(RecordTable).select_key(data.once.id)
+    assert app.screen.query_one(RecordTable).select_key(data.once.key)
     await pilot.press("l")  # type: ignore[attr-defined]
     assert isinstance(app.screen, RunLogsScreen)
     view = app.screen.query_one(LogView)
@@ -58,14 +58,14 @@ async def test_history_then_live_tail_with_follow(bus: Bus, nats_url: str) -> No
         assert "line 199" in text and "line 0 " not in text  # the end of the history shows
         assert "hello once" in text and "running" in text and "200 lines" in text
         await publish_logs(
-            bus, data.once.id, data.running.run_id, [f"live {i}" for i in range(50)],
+            bus, data.once.key, data.running.run_id, [f"live {i}" for i in range(50)],
             first_seq=LOG_LINES + 1,
         )  # fmt: skip
         await wait_for(pilot, lambda: "live 49" in screen_text(app))
         assert view.follow and view.scroll_y == view.max_scroll_y
         # lines the stream lost (a sequence gap of 4) are counted in the header
         await publish_logs(
-            bus, data.once.id, data.running.run_id, ["after the gap"],
+            bus, data.once.key, data.running.run_id, ["after the gap"],
             first_seq=LOG_LINES + 50 + 5,
         )  # fmt: skip
         await wait_for(pilot, lambda: "after the gap" in screen_text(app))
@@ -81,7 +81,7 @@ async def test_scroll_up_stops_follow_and_counts_new_lines(bus: Bus, nats_url: s
         assert not view.follow
         top = view.scroll_y
         await publish_logs(
-            bus, data.once.id, data.running.run_id, [f"new {i}" for i in range(30)],
+            bus, data.once.key, data.running.run_id, [f"new {i}" for i in range(30)],
             first_seq=LOG_LINES + 1,
         )  # fmt: skip
         await wait_for(pilot, lambda: "30 new lines" in screen_text(app))
@@ -110,7 +110,7 @@ async def test_ansi_colours_render_and_markup_is_never_parsed(bus: Bus, nats_url
     async with app.run_test(size=SIZE) as pilot:
         view = await open_logs(pilot, data)
         await publish_logs(
-            bus, data.once.id, data.running.run_id,
+            bus, data.once.key, data.running.run_id,
             ["[/bold] closes nothing", "[red]not red[/red] \x1b[1;32mgreen\x1b[0m done"],
             first_seq=LOG_LINES + 1,
         )  # fmt: skip
@@ -173,7 +173,7 @@ async def test_wrap_time_zone_and_stream_filter(bus: Bus, nats_url: str) -> None
         await pilot.press("z")
         assert "11:58:20.200" in screen_text(app) and "· UTC" in screen_text(app)
         await publish_logs(
-            bus, data.once.id, data.running.run_id, ["w" * 400], first_seq=LOG_LINES + 1
+            bus, data.once.key, data.running.run_id, ["w" * 400], first_seq=LOG_LINES + 1
         )
         await wait_for(pilot, lambda: view.lines_map.count == LOG_LINES + 1)
         rows = view.lines_map.rows
@@ -197,7 +197,7 @@ async def test_a_burst_of_100k_lines_keeps_the_ui_responsive(bus: Bus, nats_url:
         view = await open_logs(pilot, data)
         total = 100_000
         await publish_logs(
-            bus, data.once.id, data.running.run_id,
+            bus, data.once.key, data.running.run_id,
             [f"burst {i} \x1b[33mwarn\x1b[0m" for i in range(total)],
             first_seq=LOG_LINES + 1, batch=1000,
         )  # fmt: skip
@@ -227,7 +227,7 @@ async def test_the_tail_resumes_after_a_nats_restart_without_gaps_or_repeats(
         await wait_for(pilot, lambda: app.state.link is Link.CONNECTED, timeout_s=20)
         await wait_for(pilot, lambda: bus.connected, timeout_s=20)
         await publish_logs(
-            bus, data.once.id, data.running.run_id, [f"after {i}" for i in range(20)],
+            bus, data.once.key, data.running.run_id, [f"after {i}" for i in range(20)],
             first_seq=LOG_LINES + 1,
         )  # fmt: skip
         await wait_for(pilot, lambda: "after 19" in screen_text(app), timeout_s=10)

@@ -65,7 +65,7 @@ def test_tasks_screen(snap_compare: SnapCompare, nats_url: str) -> None:
 
 def test_task_detail_screen(snap_compare: SnapCompare, nats_url: str) -> None:
     data = seed(nats_url)
-    run_before = go("enter", select=data.train.id)
+    run_before = go("enter", select=data.train.key)
     assert snap_compare(app_for(nats_url), terminal_size=SIZE, run_before=run_before)
 
 
@@ -73,7 +73,7 @@ def test_run_logs_screen(snap_compare: SnapCompare, nats_url: str) -> None:
     data = seed(nats_url)
 
     async def run_before(pilot: Pilot[Any]) -> None:
-        await go("l", select=data.once.id)(pilot)
+        await go("l", select=data.once.key)(pilot)
         view = pilot.app.screen.query_one(LogView)
         await wait_for(pilot, lambda: view.lines_map.count >= LOG_LINES)
         await settled(pilot)

@@ -147,14 +147,14 @@ def test_task_summary_matches_task_status() -> None:
         for i, status in enumerate([RunStatus.SUCCESS, RunStatus.FAILURE, RunStatus.RUNNING])
     ]  # fmt: skip
     for run in runs:  # runs may arrive before their task
-        state.apply_run(f"{task.id}.{run.run_id}", run)
-    state.apply_task(task.id, task)
-    assert state.status_of(task.id) == task_status(task, runs) == TaskStatus.STARTED
-    state.apply_run(f"{task.id}.{runs[2].run_id}", None)  # the newest run deleted
-    assert state.status_of(task.id) == TaskStatus.FAILED
+        state.apply_run(f"{task.key}.{run.run_id}", run)
+    state.apply_task(task.key, task)
+    assert state.status_of(task.key) == task_status(task, runs) == TaskStatus.STARTED
+    state.apply_run(f"{task.key}.{runs[2].run_id}", None)  # the newest run deleted
+    assert state.status_of(task.key) == TaskStatus.FAILED
     killed = TaskRecord(**{**{f: getattr(task, f) for f in task.__struct_fields__}, "killed": True})
-    state.apply_task(task.id, killed)
-    assert state.status_of(task.id) == TaskStatus.KILLED and not state.is_active(task.id)
+    state.apply_task(task.key, killed)
+    assert state.status_of(task.key) == TaskStatus.KILLED and not state.is_active(task.key)
     assert state.run_count == 2
 
 

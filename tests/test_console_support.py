@@ -53,6 +53,7 @@ async def put_orchestration(
     status: OrchestrationStatus = OrchestrationStatus.READY,
     error: str = "",
     age_s: float = 3600.0,
+    workspace: str = "",
 ) -> OrchestrationRecord:
     at = FROZEN - timedelta(seconds=age_s)
     record = OrchestrationRecord(
@@ -64,10 +65,11 @@ async def put_orchestration(
         status=status,
         error=error,
         entrypoint="main.py",
+        workspace=workspace,
         created_at=at,
         updated_at=at,
     )
-    await store.put(bus.orchestrations, record.id, record)
+    await store.put(bus.orchestrations, record.key, record)
     return record
 
 
@@ -83,6 +85,7 @@ async def put_task(
     killed: bool = False,
     updated_ago_s: float = 600.0,
 ) -> TaskRecord:
+    """A task in its orchestration's workspace."""
     record = TaskRecord(
         id=uid(n),
         name=name,
@@ -93,10 +96,11 @@ async def put_task(
         schedule=schedule,
         paused=paused,
         killed=killed,
+        workspace=orchestration.workspace,
         created_at=FROZEN - timedelta(seconds=updated_ago_s + 60),
         updated_at=FROZEN - timedelta(seconds=updated_ago_s),
     )
-    await store.put(bus.tasks, record.id, record)
+    await store.put(bus.tasks, record.key, record)
     return record
 
 
@@ -119,6 +123,7 @@ async def put_run(
     record = RunRecord(
         task_id=task.id,
         run_id=uid(n),
+        workspace=task.workspace,
         status=status,
         executor="" if status is RunStatus.PENDING else executor,
         exit_code=exit_code,
@@ -128,7 +133,7 @@ async def put_run(
         finished_at=None if active else started + timedelta(seconds=took_s),
         updated_at=started,
     )
-    await store.put(bus.runs, names.run_key(task.id, record.run_id), record)
+    await store.put(bus.runs, record.key, record)
     return record
 
 
@@ -158,10 +163,11 @@ async def publish_logs(
     first_seq: int = 1,
     eof: bool = False,
     batch: int = 500,
+    workspace: str = names.DEFAULT_WORKSPACE,
 ) -> int:
     """Publish lines as an executor does (ordered batches); returns the next sequence."""
     seq = first_seq
-    subject = names.logs_subject(task_id, run_id)
+    subject = names.logs_subject(workspace, task_id, run_id)
     pending = []
     for start in range(0, max(1, len(texts)), batch):
         chunk = texts[start : start + batch]
@@ -292,11 +298,11 @@ async def seed_standard(bus: Bus) -> Standard:
     await put_run(bus, data.ingest, 1030, RunStatus.SUCCESS, started_ago_s=900)
     await put_run(bus, data.ingest, 1031, RunStatus.RUNNING, started_ago_s=600)
     await put_executor(
-        bus, "exec-a", "host-a", running=[names.run_key(data.once.id, data.running.run_id)]
+        bus, "exec-a", "host-a", running=[data.running.key]
     )
     await put_executor(bus, "exec-b", "host-b", heartbeat_ago_s=30)
     await publish_logs(
-        bus, data.once.id, data.running.run_id, [log_text(i) for i in range(LOG_LINES)]
+        bus, data.once.key, data.running.run_id, [log_text(i) for i in range(LOG_LINES)]
     )
     return data
 
@@ -305,7 +311,7 @@ async def wait_ready(bus: Bus, orchestration_id: str, timeout_s: float = 60.0) -
     """Wait until the executor has packaged an orchestration (a KV watch, not a poll)."""
     async with asyncio.timeout(timeout_s):
         async for key, record in store.watch(bus.orchestrations, OrchestrationRecord):
-            if key == orchestration_id and record is not None:
+            if key.endswith(f".{orchestration_id}") and record is not None:
                 if record.status is OrchestrationStatus.ERROR:
                     raise AssertionError(f"packaging failed: {record.error}")
                 if record.status is OrchestrationStatus.READY:
@@ -316,7 +322,7 @@ async def wait_runs_ended(bus: Bus, task_id: str, timeout_s: float = 30.0) -> No
     """Wait until no run of a task is pending or running (a KV watch)."""
     runs: dict[str, RunRecord] = {}
     async with asyncio.timeout(timeout_s):
-        async for key, record in store.watch(bus.runs, RunRecord, f"{task_id}.*"):
+        async for key, record in store.watch(bus.runs, RunRecord, f"*.{task_id}.*"):
             if record is not None:
                 runs[key] = record
             if runs and all(run.status not in RUN_ACTIVE for run in runs.values()):

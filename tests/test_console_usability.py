@@ -72,7 +72,7 @@ async def test_an_empty_result_says_why(bus: Bus, nats_url: str) -> None:
         # Enter on an orchestration without tasks lists its (no) tasks.
         await pilot.press("3")
         await settled(pilot)
-        assert table_of(app).select_key(data.broken.id)
+        assert table_of(app).select_key(data.broken.key)
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, TasksScreen))
         await settled(pilot)
@@ -86,7 +86,7 @@ async def test_view_keys_land_on_the_top_level_view(bus: Bus, nats_url: str) -> 
     app = make_app(nats_url)
     async with app.run_test(size=WIDE) as pilot:
         await wait_loaded(pilot)
-        assert table_of(app).select_key(data.once.id)
+        assert table_of(app).select_key(data.once.key)
         await pilot.press("enter", "l")  # Tasks, hello once, its logs
         await wait_for(pilot, lambda: isinstance(app.screen, RunLogsScreen))
         await pilot.press("colon", *"runs failed", "enter")
@@ -97,7 +97,7 @@ async def test_view_keys_land_on_the_top_level_view(bus: Bus, nats_url: str) -> 
         assert lines(app)[0].startswith(f" Taskbus{SEP}Tasks  ")
         await pilot.press("slash", *"status=failed", "enter")
         await settled(pilot)
-        assert table_of(app).keys == [data.etl.id]  # a task filter, not a log search
+        assert table_of(app).keys == [data.etl.key]  # a task filter, not a log search
         assert "1 of 7 tasks" in screen_text(app)
         # ":tasks" from a task's detail lands on the list too (and clears the filter).
         await pilot.press("enter")
@@ -139,7 +139,7 @@ async def test_key_bar_fits_on_logs_and_filtered_tasks(bus: Bus, nats_url: str) 
         bar = lines(app)[-1]
         assert "esc Clear filter" in bar and "? Help  q Quit" in bar and "…" not in bar
         await pilot.press("escape")
-        assert table_of(app).select_key(data.once.id)
+        assert table_of(app).select_key(data.once.key)
         await pilot.press("l")
         await wait_for(pilot, lambda: isinstance(app.screen, RunLogsScreen))
         await settled(pilot)

@@ -8,7 +8,7 @@ from pathlib import Path
 from textual.command import CommandList, CommandPalette
 from textual.widgets import Button, Input
 
-from broker import catalog, names, store
+from broker import catalog, store
 from broker.connection import Bus
 from broker.models import OrchestrationRecord, RunRecord, TaskRecord
 from broker.server import EmbeddedServer, ServerSettings, free_port
@@ -76,7 +76,7 @@ async def test_tasks_view_shows_derived_status_and_names_as_written(
         assert "in 5m00s" in rows["[prod] backup"]  # next fire of */5 at 12:00:00 → 12:05
         assert "Temporary Run" in rows["fresh"] and "pending" in rows["fresh"]
         # newest update first
-        assert table_of(app).keys[0] == data.fresh.id
+        assert table_of(app).keys[0] == data.fresh.key
 
 
 async def test_live_update_appears_without_refresh(bus: Bus, nats_url: str) -> None:
@@ -89,7 +89,7 @@ async def test_live_update_appears_without_refresh(bus: Bus, nats_url: str) -> N
         # a redraw had just happened, so this one waits out the 4 Hz limit, no more
         assert seconds < MIN_REDRAW_S + 0.15
         # A run status change (written as the executor would) shows in the same row.
-        runs = await catalog.runs_of(bus, task.id)
+        runs = await catalog.runs_of(bus, task)
         running = RunRecord(
             task_id=task.id,
             run_id=runs[0].run_id,
@@ -97,7 +97,7 @@ async def test_live_update_appears_without_refresh(bus: Bus, nats_url: str) -> N
             exit_code=3,
             created_at=runs[0].created_at,
         )
-        await store.put(bus.runs, names.run_key(task.id, running.run_id), running)
+        await store.put(bus.runs, running.key, running)
         await wait_for(
             pilot,
             lambda: any(
@@ -114,7 +114,7 @@ async def test_filter_by_status_inverse_and_clear(bus: Bus, nats_url: str) -> No
         await wait_loaded(pilot)
         await pilot.press("slash", *"status=failed")
         await settled(pilot)
-        assert table_of(app).keys == [data.etl.id]
+        assert table_of(app).keys == [data.etl.key]
         assert "1 of 7 tasks" in screen_text(app)
         bar, keys = app.screen.query_one(FilterBar), app.screen.query_one(KeyBar)
         assert bar.region.height == 1 and not bar.region.overlaps(keys.region)  # typing shows
@@ -122,17 +122,17 @@ async def test_filter_by_status_inverse_and_clear(bus: Bus, nats_url: str) -> No
         assert app.focused is table_of(app)
         await pilot.press("slash", "home", "!", "enter")  # "!status=failed": the inverse
         await settled(pilot)
-        assert len(table_of(app).keys) == 6 and data.etl.id not in table_of(app).keys
+        assert len(table_of(app).keys) == 6 and data.etl.key not in table_of(app).keys
         await pilot.press("escape")  # clears the filter
         await settled(pilot)
         assert len(table_of(app).keys) == 7
         await pilot.press("slash", *"last=failure", "enter")  # newest run failed
         await settled(pilot)
-        assert set(table_of(app).keys) == {data.etl.id, data.train.id}
+        assert set(table_of(app).keys) == {data.etl.key, data.train.key}
         await pilot.press("escape")
         await pilot.press("slash", *"backup")  # free text
         await settled(pilot)
-        assert table_of(app).keys == [data.backup.id]
+        assert table_of(app).keys == [data.backup.key]
 
 
 async def test_sort_by_column_key_and_header_click(bus: Bus, nats_url: str) -> None:
@@ -168,18 +168,18 @@ async def test_kill_asks_with_cancel_focused_and_cancel_does_nothing(
     app = make_app(nats_url)
     async with app.run_test(size=SIZE) as pilot:
         await wait_loaded(pilot)
-        assert table_of(app).select_key(data.backup.id)
+        assert table_of(app).select_key(data.backup.key)
         await pilot.press("k")
         assert isinstance(app.screen, ConfirmScreen)
         assert isinstance(app.focused, Button) and app.focused.id == "cancel"
         assert "[prod] backup" in screen_text(app)
         await pilot.press("enter")  # enter on the focused Cancel
         assert isinstance(app.screen, TasksScreen)
-        assert not (await task_record(bus, data.backup.id)).killed
+        assert not (await task_record(bus, data.backup.key)).killed
         await pilot.press("k", "right", "enter")  # now really kill it
         assert isinstance(app.screen, TasksScreen)
-        await wait_for(pilot, lambda: app.state.tasks[data.backup.id].killed)
-        assert (await task_record(bus, data.backup.id)).killed
+        await wait_for(pilot, lambda: app.state.tasks[data.backup.key].killed)
+        assert (await task_record(bus, data.backup.key)).killed
         await settled(pilot)
         # a killed task cannot be killed again: the action is greyed out
         assert app.screen.check_action("kill", ()) is None
@@ -192,27 +192,27 @@ async def test_run_now_pause_resume_and_greyed_actions(bus: Bus, nats_url: str) 
     async with app.run_test(size=SIZE) as pilot:
         await wait_loaded(pilot)
         table = table_of(app)
-        table.select_key(data.fresh.id)
+        table.select_key(data.fresh.key)
         await pilot.press("r")
-        await wait_for(pilot, lambda: app.state.summary(data.fresh.id).newest is not None)
-        assert len(await catalog.runs_of(bus, data.fresh.id)) == 1
+        await wait_for(pilot, lambda: app.state.summary(data.fresh.key).newest is not None)
+        assert len(await catalog.runs_of(bus, data.fresh)) == 1
         # run-once: pause does not apply (greyed), resume is hidden
         assert app.screen.active_bindings["p"].binding.action == "pause"
         assert app.screen.active_bindings["p"].enabled is False
-        table.select_key(data.etl.id)  # run once, finished: nothing left to kill
+        table.select_key(data.etl.key)  # run once, finished: nothing left to kill
         await settled(pilot)
         assert app.screen.active_bindings["k"].enabled is False
-        table.select_key(data.once.id)  # run once, running: kill applies
+        table.select_key(data.once.key)  # run once, running: kill applies
         await settled(pilot)
         assert app.screen.active_bindings["k"].enabled is True
-        table.select_key(data.backup.id)
+        table.select_key(data.backup.key)
         await pilot.press("p")
-        await wait_for(pilot, lambda: app.state.tasks[data.backup.id].paused)
+        await wait_for(pilot, lambda: app.state.tasks[data.backup.key].paused)
         await settled(pilot)
         assert app.screen.active_bindings["p"].binding.action == "resume"
         await pilot.press("p")
-        await wait_for(pilot, lambda: not app.state.tasks[data.backup.id].paused)
-        assert not (await task_record(bus, data.backup.id)).paused
+        await wait_for(pilot, lambda: not app.state.tasks[data.backup.key].paused)
+        assert not (await task_record(bus, data.backup.key)).paused
 
 
 async def test_task_detail_shows_spec_and_history_newest_first(bus: Bus, nats_url: str) -> None:
@@ -220,7 +220,7 @@ async def test_task_detail_shows_spec_and_history_newest_first(bus: Bus, nats_ur
     app = make_app(nats_url)
     async with app.run_test(size=SIZE) as pilot:
         await wait_loaded(pilot)
-        table_of(app).select_key(data.train.id)
+        table_of(app).select_key(data.train.key)
         await pilot.press("enter")
         assert isinstance(app.screen, TaskDetailScreen)
         await settled(pilot)
@@ -306,8 +306,8 @@ async def test_command_line_help_and_palette(bus: Bus, nats_url: str) -> None:
         await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen))
         await settled(pilot)
         assert table_of(app).keys == [  # newest first
-            f"{data.etl.id}.{uid(1040)}",
-            f"{data.train.id}.{data.failed.run_id}",
+            f"{data.etl.key}.{uid(1040)}",
+            f"{data.train.key}.{data.failed.run_id}",
         ]
         assert "filter: status=failed" in screen_text(app)
         await pilot.press("colon", *"tasks", "enter")
@@ -372,7 +372,7 @@ async def test_recovers_after_a_nats_restart_without_user_action(
             kind=TaskKind.SCHEDULED, schedule="* * * * *",
         )  # fmt: skip
         await wait_for(pilot, lambda: "after restart" in screen_text(app), timeout_s=10)
-        assert record.id in app.state.tasks
+        assert record.key in app.state.tasks
         assert len(app.state.tasks) == 8  # nothing lost, nothing doubled
 
 

@@ -65,16 +65,12 @@ async def seed_workspaces(bus: Bus) -> Seeded:
     await workspaces.create(bus.workspaces, "team-a")
     await workspaces.create(bus.workspaces, "empty-ws")
     hello = await put_orchestration(bus, 1, "hello")
-    team = await put_orchestration(bus, 2, "[team] pipeline")
-    team = msgspec.structs.replace(team, workspace="team-a")
-    await store.put(bus.orchestrations, team.id, team)
+    team = await put_orchestration(bus, 2, "[team] pipeline", workspace="team-a")
     default_task = await put_task(bus, 100, "default job", hello)
-    team_task = await put_task(bus, 101, "[a] nightly", team, kind=TaskKind.SCHEDULED)
+    team_task = await put_task(
+        bus, 101, "[a] nightly", team, kind=TaskKind.SCHEDULED, schedule="0 2 * * *"
+    )
     other_task = await put_task(bus, 102, "team once", team)
-    team_task = msgspec.structs.replace(team_task, workspace="team-a", schedule="0 2 * * *")
-    other_task = msgspec.structs.replace(other_task, workspace="team-a")
-    await store.put(bus.tasks, team_task.id, team_task)
-    await store.put(bus.tasks, other_task.id, other_task)
     await put_run(bus, team_task, 1000, RunStatus.SUCCESS)
     await put_run(bus, default_task, 1001, RunStatus.FAILURE)
     return Seeded(
@@ -111,7 +107,7 @@ async def test_workspace_column_and_switcher_filter_every_view(bus: Bus, nats_ur
         # w: all → default → empty-ws → team-a → all (default first, then by name)
         await pilot.press("w")
         await settled(pilot)
-        assert table_keys(app) == [data.default_task.id]
+        assert table_keys(app) == [data.default_task.key]
         assert "1 of 1 tasks in workspace default" in screen_text(app)
         await pilot.press("w")
         await settled(pilot)
@@ -119,7 +115,7 @@ async def test_workspace_column_and_switcher_filter_every_view(bus: Bus, nats_ur
         assert "No tasks in workspace 'empty-ws'" in screen_text(app)
         await pilot.press("w")
         await settled(pilot)
-        assert sorted(table_keys(app)) == sorted([data.team_task.id, data.other_task.id])
+        assert sorted(table_keys(app)) == sorted([data.team_task.key, data.other_task.key])
         header = screen_text(app).splitlines()[0]
         assert "workspace team-a" in header  # the choice shows in the header
 
@@ -127,23 +123,23 @@ async def test_workspace_column_and_switcher_filter_every_view(bus: Bus, nats_ur
         await pilot.press("3")
         await settled(pilot)
         assert isinstance(app.screen, OrchestrationsScreen)
-        assert table_keys(app) == [data.team_orch.id]
+        assert table_keys(app) == [data.team_orch.key]
         assert "[team] pipeline" in screen_text(app)  # markup-looking names as written
         assert "team-a" in rows_by_name(app)["[team] pipeline"]
         await pilot.press("2")
         await settled(pilot)
         assert isinstance(app.screen, RunsScreen)
-        assert table_keys(app) == [names.run_key(data.team_task.id, uid_run(1000))]
+        assert table_keys(app) == [f"{data.team_task.key}.{uid_run(1000)}"]
 
         # :ws (no name) shows every workspace again; :workspace NAME picks one.
         await run_colon(pilot, "ws")
         assert len(table_keys(app)) == 2
         assert "workspace team-a" not in screen_text(app).splitlines()[0]
         await run_colon(pilot, "workspace default")
-        assert table_keys(app) == [names.run_key(data.default_task.id, uid_run(1001))]
+        assert table_keys(app) == [f"{data.default_task.key}.{uid_run(1001)}"]
         await pilot.press("3")
         await settled(pilot)
-        assert table_keys(app) == [data.hello.id]
+        assert table_keys(app) == [data.hello.key]
 
 
 async def test_unknown_workspace_is_reported_and_changes_nothing(bus: Bus, nats_url: str) -> None:
@@ -253,11 +249,11 @@ async def test_operator_console_kills_and_lists_connections(
         app = secure_app(secure_server, authority, "operator")
         async with app.run_test(size=SIZE, message_hook=notes_of(notes)) as pilot:
             await wait_loaded(pilot)
-            assert app.screen.query_one(RecordTable).select_key(data.other_task.id)
+            assert app.screen.query_one(RecordTable).select_key(data.other_task.key)
             await pilot.press("k")
             await pilot.press("right", "enter")  # Cancel is focused: move to Kill
             await wait_for(pilot, lambda: any("Kill requested" in n for n in notes))
-            await wait_for(pilot, lambda: app.state.tasks[data.other_task.id].killed)
+            await wait_for(pilot, lambda: app.state.tasks[data.other_task.key].killed)
             await run_colon(pilot, "connections")
             await wait_for(pilot, lambda: table_keys(app) == ["warehouse"])
             assert "hunter2" not in screen_text(app)
@@ -279,7 +275,7 @@ async def test_a_refused_action_is_reported_at_once(
         hook = notes_of(notes)
         async with app.run_test(size=SIZE, message_hook=hook, notifications=True) as pilot:
             await wait_loaded(pilot)
-            assert app.screen.query_one(RecordTable).select_key(data.other_task.id)
+            assert app.screen.query_one(RecordTable).select_key(data.other_task.key)
             await pilot.press("k")
             await pilot.press("right", "enter")
             seconds = await wait_for(
@@ -288,12 +284,12 @@ async def test_a_refused_action_is_reported_at_once(
             assert seconds < 1.5  # not the refused request's timeout
             refused = next(n for n in notes if "Permission denied" in n)
             assert refused.startswith("Refused: ") and "scheduler credential" in refused
-            assert f"may not write the task record {data.other_task.id!r}" in refused
+            assert f"may not write the task record {data.other_task.key!r}" in refused
             await wait_for(pilot, lambda: "Permission denied" in screen_text(app))
-            assert not app.state.tasks[data.other_task.id].killed
+            assert not app.state.tasks[data.other_task.key].killed
             # Pause is refused the same way; the app stays up and responsive.
             notes.clear()
-            assert app.screen.query_one(RecordTable).select_key(data.team_task.id)
+            assert app.screen.query_one(RecordTable).select_key(data.team_task.key)
             await pilot.press("p")
             await wait_for(pilot, lambda: any("Permission denied" in n for n in notes), 5)
             await run_colon(pilot, "connections")

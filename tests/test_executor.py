@@ -43,7 +43,7 @@ async def upload(
     if not settled:
         return record
     async with asyncio.timeout(timeout_s):
-        async for _, current in store.watch(bus.orchestrations, OrchestrationRecord, record.id):
+        async for _, current in store.watch(bus.orchestrations, OrchestrationRecord, record.key):
             if current is not None and current.status in ORCHESTRATION_SETTLED:
                 return current
     raise AssertionError("unreachable")
@@ -65,7 +65,7 @@ async def wait_run(
     last: RunRecord | None = None
     try:
         async with asyncio.timeout(timeout_s):
-            async for _, run in store.watch(bus.runs, RunRecord, f"{task_id}.*"):
+            async for _, run in store.watch(bus.runs, RunRecord, f"*.{task_id}.*"):
                 if run is not None:
                     last = run
                     if until(run):
@@ -92,19 +92,21 @@ async def wait_runs(
 
 async def wait_line(bus: Bus, run: RunRecord, text: str, timeout_s: float = 20.0) -> LogLine:
     async with asyncio.timeout(timeout_s):
-        async for line in logs.follow(bus, run.task_id, run.run_id):
+        async for line in logs.follow(bus, run):
             if text in line.text:
                 return line
     raise AssertionError(f"{text!r} never appeared in the log")
 
 
 async def log_lines(bus: Bus, run: RunRecord) -> list[LogLine]:
-    return await logs.read(bus, run.task_id, run.run_id)
+    return await logs.read(bus, run)
 
 
 async def last_batch(bus: Bus, run: RunRecord) -> LogBatch:
     msg = await bus.js.get_last_msg(
-        names.LOGS_STREAM, names.logs_subject(run.task_id, run.run_id), direct=True
+        names.LOGS_STREAM,
+        names.logs_subject(names.workspace_token(run.workspace), run.task_id, run.run_id),
+        direct=True,
     )
     assert msg.data is not None
     return decode(LogBatch, msg.data)
@@ -239,7 +241,7 @@ async def test_kill_of_a_running_task_and_of_one_run(bus: Bus, executor: Daemon)
 
     assert await catalog.status_of(bus, by_flag) == "started"
     await catalog.set_task_flags(bus, by_flag.id, killed=True)
-    await dispatch.request_run_kill(bus, second.task_id, second.run_id, "replaced by a newer run")
+    await dispatch.request_run_kill(bus, by_control, second.run_id, "replaced by a newer run")
     killed = await wait_run(bus, by_flag.id)
     replaced = await wait_run(bus, by_control.id)
 

@@ -25,7 +25,7 @@ async def history(follow: Follow) -> list[Entry]:
 
 
 async def test_deliver_policies(bus: Bus) -> None:
-    subject = names.logs_subject("t", "r")
+    subject = names.logs_subject("default", "t", "r")
     for data in (b"1", b"2", b"3"):
         await bus.js.publish(subject, data)
     async with Follow(bus.js, names.LOGS_STREAM, subject) as every:

@@ -171,22 +171,22 @@ async def raw_upload(
         found = files.get("requirements.txt", "")
         requirements_text = found if isinstance(found, str) else found.decode()
     sha = archive.sha256(data)
-    await bus.artifacts.put(sha, data)
+    await bus.zips.put(names.DEFAULT_WORKSPACE, sha, data)
     now = utcnow()
     record = OrchestrationRecord(
         id=catalog.new_id(), name="raw", file_name="raw.zip", sha=sha, size=len(data),
         entrypoint="main.py", requirements=requirements_text or "", created_at=now,
         updated_at=now,
     )  # fmt: skip
-    await store.create(bus.orchestrations, record.id, record)
-    await dispatch.request_packaging(bus, record.id)
+    await store.create(bus.orchestrations, record.key, record)
+    await dispatch.request_packaging(bus, record)
     return record
 
 
 async def settled(bus: Bus, orchestration_id: str, timeout_s: float = 60.0) -> OrchestrationRecord:
     async with asyncio.timeout(timeout_s):
         async for _, record in store.watch(
-            bus.orchestrations, OrchestrationRecord, orchestration_id
+            bus.orchestrations, OrchestrationRecord, f"*.{orchestration_id}"
         ):
             if record is not None and record.status in ORCHESTRATION_SETTLED:
                 return record
@@ -235,7 +235,7 @@ async def test_a_forged_ready_record_cannot_smuggle_an_index_into_the_lock(
     record = await raw_upload(bus, {"main.py": SIX_MAIN}, requirements_text="")
     assert (await settled(bus, record.id)).status == OrchestrationStatus.READY
     forged_lock = f"six==1.16.0\n--extra-index-url {listener.url}/simple\n"
-    await store.put(bus.orchestrations, record.id, _with(record, lock=forged_lock))
+    await store.put(bus.orchestrations, record.key, _with(record, lock=forged_lock))
 
     run = await wait_run(bus, (await run_once(bus, record)).id)
     assert run.status == RunStatus.FAILURE

@@ -74,9 +74,9 @@ async def test_a_finished_run_expires_and_an_active_one_stays(
     # A run waiting in a pool no executor serves stays pending: it must never expire.
     pending, _ = await dispatch.enqueue_run(bus, task_record("waiting", orch.id, pool="nobody"))
 
-    await wait_expired(bus, names.run_key(finished.task_id, finished.run_id))
+    await wait_expired(bus, finished.key)
 
-    still = await store.get(bus.runs, names.run_key(pending.task_id, pending.run_id), RunRecord)
+    still = await store.get(bus.runs, pending.key, RunRecord)
     assert still is not None and still[0].status is RunStatus.PENDING
 
 
@@ -87,7 +87,7 @@ async def test_a_skipped_fire_record_expires_too(bus: Bus) -> None:
     skipped = await dispatch.record_skipped_run(bus, task, now - timedelta(minutes=1), "missed")
     assert skipped is not None and skipped.status is RunStatus.SKIPPED
 
-    await wait_expired(bus, names.run_key(task.id, skipped.run_id))
+    await wait_expired(bus, skipped.key)
 
 
 @pytest.mark.parametrize("module", ["executor", "broker.scheduler", "sdk.cli"])

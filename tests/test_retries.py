@@ -60,8 +60,8 @@ async def test_failing_twice_then_succeeding_takes_three_attempts_with_growing_b
         (RunStatus.FAILURE, 2),
         (RunStatus.SUCCESS, 3),
     ]
-    records = [found[0] for run in runs if (found := await store.get(
-        bus.runs, names.run_key(run.task_id(), run.id()), RunRecord)) is not None]  # fmt: skip
+    keys = [names.run_key("default", run.task_id(), run.id()) for run in runs]
+    records = [found[0] for key in keys if (found := await store.get(bus.runs, key, RunRecord))]
     assert [r.retry_of for r in records] == ["", records[0].run_id, records[1].run_id]
     # Each attempt keeps its own log: its own line, its own start and end.
     for number, record in enumerate(records, start=1):
@@ -111,7 +111,7 @@ async def test_a_killed_run_is_never_retried(bus: Bus, executor: Daemon, whole_t
     if whole_task:
         await catalog.set_task_flags(bus, task.id, killed=True)
     else:
-        await dispatch.request_run_kill(bus, task.id, running.run_id, "stopped by the test")
+        await dispatch.request_run_kill(bus, task, running.run_id, "stopped by the test")
     killed = await wait_run(bus, task.id, lambda run: run.status is RunStatus.KILLED)
     await queue_settled(bus)  # the request was acked: a retry would have been enqueued first
 

@@ -156,7 +156,7 @@ async def test_scheduling_an_orchestration_in_error_is_refused(bus: Bus) -> None
             record, status=OrchestrationStatus.ERROR, error="No matching distribution for nope"
         )
 
-    await store.update(bus.orchestrations, orch.id, OrchestrationRecord, broken)
+    await store.update(bus.orchestrations, orch.key, OrchestrationRecord, broken)
     with pytest.raises(OrchestrationNotReady, match="No matching distribution for nope"):
         await scheduled(bus, orch, "*/5 * * * *")
     assert await catalog.list_tasks(bus) == []

@@ -39,7 +39,7 @@ SLEEPER = "import time\nprint('sleeping', flush=True)\ntime.sleep(60)\n"
 async def ready(bus: Bus, files: dict[str, str]) -> OrchestrationRecord:
     orch = await orchestration(bus, files)
     async with asyncio.timeout(30):
-        async for key, record in store.watch(bus.orchestrations, OrchestrationRecord, orch.id):
+        async for key, record in store.watch(bus.orchestrations, OrchestrationRecord, orch.key):
             if key and record is not None and record.status is OrchestrationStatus.READY:
                 return record
             assert record is None or record.status is not OrchestrationStatus.ERROR, record

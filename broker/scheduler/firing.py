@@ -105,7 +105,7 @@ class Firing:
         size = self.settings.max_concurrent_fires
         for start in range(0, len(fires), size):
             # A task killed or deleted while earlier chunks were in flight fires no more.
-            chunk = [fire for fire in fires[start : start + size] if self._is_armed(fire[0].id)]
+            chunk = [fire for fire in fires[start : start + size] if self._is_armed(fire[0].key)]
             outcomes = await dispatch.enqueue_fires(self.bus, chunk)
             for (task, instant), outcome in zip(chunk, outcomes, strict=True):
                 if isinstance(outcome, Exception):

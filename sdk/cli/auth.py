@@ -80,7 +80,12 @@ def register(commands: Commands) -> None:
         "--workspace",
         action="append",
         default=[],
-        help="a workspace it is granted (repeat for several)",
+        help="a workspace a user or operator is granted (repeat for several)",
+    )
+    user.add_argument(
+        "--all-workspaces",
+        action="store_true",
+        help="grant a user or operator every workspace, present and future (and creating them)",
     )
     user.add_argument("--out", help="where to write it (default: <dir>/creds/NAME.creds)")
     user.add_argument("--days", type=float, help="expires after this many days (default: never)")
@@ -123,15 +128,18 @@ def init_authority(args: argparse.Namespace) -> int:
 
 
 def issue_user(args: argparse.Namespace) -> int:
-    from broker.authority import Authority
+    from broker.authority import ALL_WORKSPACES, Authority
     from broker.roles import Role
 
     authority = Authority(_authority_dir(args))
     expires_at = time.time() + args.days * DAY_S if args.days else None
+    if args.all_workspaces and args.workspace:
+        error("give --workspace W (repeated) or --all-workspaces, not both")
+        return USAGE
     path = authority.issue(
         args.name,
         Role(args.role),
-        workspaces=args.workspace,
+        workspaces=[ALL_WORKSPACES] if args.all_workspaces else args.workspace,
         expires_at=expires_at,
         path=Path(args.out).expanduser() if args.out else None,
     )
