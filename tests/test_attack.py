@@ -90,21 +90,24 @@ async def raw():
         return KeyValue(name=bucket, stream=f"KV_{bucket}", pre=f"$KV.{bucket}.", js=js,
                         direct=True)
 
-    await probe("raw read victim task", kv("taskbus_tasks").get(args["victim_task"]))
+    await probe("raw read victim task", kv("taskbus_tasks").get(args["victim_task_key"]))
     await probe("raw rewrite victim run", kv("taskbus_runs").put(args["victim_run_key"],
                 json.dumps({"task_id": args["victim_task"], "run_id": "x", "status": "success",
                             "created_at": "2026-01-01T00:00:00Z"}).encode()))
-    await probe("raw kill victim task", kv("taskbus_tasks").put(args["victim_task"], b"{}"))
+    await probe("raw kill victim task", kv("taskbus_tasks").put(args["victim_task_key"], b"{}"))
     await probe("raw delete victim orchestration",
-                kv("taskbus_orchestrations").delete(args["victim_orch"]))
+                kv("taskbus_orchestrations").delete(args["victim_orch_key"]))
     await probe("raw fake heartbeat", kv("taskbus_executors").put("fake-executor", b"{}"))
     await probe("raw delete logs stream", js.delete_stream("TASKBUS_LOGS"))
     await probe("raw purge runs", js.purge_stream("KV_taskbus_runs"))
-    await probe("raw read victim logs", js.subscribe(f"taskbus.logs.{args['victim_task']}.>",
-                stream="TASKBUS_LOGS", ordered_consumer=True))
-    victim_logs = f"taskbus.logs.{args['victim_task']}.{args['victim_run']}"
+    victim_logs = args["victim_logs"]
+    await probe("raw read victim logs", js.subscribe(victim_logs, stream="TASKBUS_LOGS",
+                ordered_consumer=True))
     await probe("raw logs direct get", js.get_msg("TASKBUS_LOGS", subject=victim_logs,
                                                   direct=True))
+    await probe("raw read victim zip", js.get_msg("TASKBUS_ZIPS", subject=args["victim_zip"],
+                                                  direct=True))
+    await probe("raw overwrite victim zip", js.publish(args["victim_zip"], b"{}"))
 
     async def take_run_request():
         sub = await js.pull_subscribe_bind(consumer="runq_default", stream="TASKBUS_RUNQ")
@@ -215,8 +218,12 @@ async def attack(
             json_args={
                 "victim_task": victim.id,
                 "victim_run": victim_run.run_id,
-                "victim_run_key": names.run_key(victim.id, victim_run.run_id),
+                "victim_task_key": victim.key,
+                "victim_run_key": victim.run_key(victim_run.run_id),
+                "victim_logs": names.logs_subject("default", victim.id, victim_run.run_id),
                 "victim_orch": victim_orch.id,
+                "victim_orch_key": victim_orch.key,
+                "victim_zip": names.zip_subject("default", victim_orch.sha, "m"),
                 "executor_creds": str(authority.creds_path("executor")),
                 "admin_creds": str(authority.creds_path("admin")),
                 "run_signing_key": str(authority.run_signing_key),
@@ -247,14 +254,12 @@ async def attack(
         assert not [line for line in out if line.startswith(("eyJ", "SU"))], out
 
         # Everything of the victim's is intact.
-        task_now = await store.get(admin.tasks, victim.id, TaskRecord)
+        task_now = await store.get(admin.tasks, victim.key, TaskRecord)
         assert task_now is not None and not task_now[0].killed
         assert task_now[0].json_args == {"secret": "victim-args-0042"}
-        run_now = await store.get(
-            admin.runs, names.run_key(victim.id, victim_run.run_id), RunRecord
-        )
+        run_now = await store.get(admin.runs, victim.run_key(victim_run.run_id), RunRecord)
         assert run_now is not None and run_now[0] == victim_run
-        assert await store.get(admin.orchestrations, victim_orch.id, OrchestrationRecord)
+        assert await store.get(admin.orchestrations, victim_orch.key, OrchestrationRecord)
         assert texts(await log_lines(user, victim_run), "stdout") == victim_logs
         assert await store.get(admin.executors, "fake-executor", ExecutorRecord) is None
         assert (await admin.js.stream_info(names.LOGS_STREAM)).state.messages > 0

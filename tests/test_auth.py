@@ -32,6 +32,9 @@ from tests.test_executor import upload, wait_run
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 TASK_ID = "7f1c1f2e-0000-4000-8000-000000000001"
 OTHER_TASK_ID = "7f1c1f2e-0000-4000-8000-000000000002"
+TASK_KEY = f"default.{TASK_ID}"  # keys carry the workspace first
+OTHER_KEY = f"default.{OTHER_TASK_ID}"
+RUN_KEY = f"default.{TASK_ID}.r1"
 
 
 def task(task_id: str, **changes: object) -> TaskRecord:
@@ -92,7 +95,9 @@ async def test_a_credential_of_another_cluster_is_refused(
 async def test_an_expired_credential_is_named(
     secure_server: EmbeddedServer, authority: Authority, tmp_path: Path
 ) -> None:
-    old = authority.issue("old", Role.USER, expires_at=time.time() - 5, path=tmp_path / "old.creds")
+    old = authority.issue(
+        "old", Role.USER, workspaces=["*"], expires_at=time.time() - 5, path=tmp_path / "old.creds"
+    )
     with pytest.raises(NotConnected) as caught:
         await connect(ConnectSettings(urls=[secure_server.url], creds_file=str(old)))
     assert "expired" in str(caught.value) and str(old) in str(caught.value)
@@ -104,13 +109,13 @@ async def test_the_scheduler_cannot_write_a_task_spec(
     admin = await role_bus(secure_server, authority, "admin")
     scheduler = await role_bus(secure_server, authority, "scheduler")
     try:
-        await store.put(admin.tasks, TASK_ID, task(TASK_ID))
-        assert await store.get(scheduler.tasks, TASK_ID, TaskRecord) is not None  # may read
+        await store.put(admin.tasks, TASK_KEY, task(TASK_ID))
+        assert await store.get(scheduler.tasks, TASK_KEY, TaskRecord) is not None  # may read
         error = await refused(
-            scheduler, store.put(scheduler.tasks, TASK_ID, task(TASK_ID, killed=True))
+            scheduler, store.put(scheduler.tasks, TASK_KEY, task(TASK_ID, killed=True))
         )
         assert "task record" in str(error) and "scheduler" in str(error)
-        current = await store.get(admin.tasks, TASK_ID, TaskRecord)
+        current = await store.get(admin.tasks, TASK_KEY, TaskRecord)
         assert current is not None and not current[0].killed
     finally:
         await scheduler.close()
@@ -142,9 +147,9 @@ async def test_an_operator_can_kill_a_task_but_not_fake_an_executor(
     admin = await role_bus(secure_server, authority, "admin")
     operator = await role_bus(secure_server, authority, "operator")
     try:
-        await store.put(admin.tasks, TASK_ID, task(TASK_ID))
+        await store.put(admin.tasks, TASK_KEY, task(TASK_ID))
         killed = await store.update(
-            operator.tasks, TASK_ID, TaskRecord, lambda t: task(TASK_ID, killed=True)
+            operator.tasks, TASK_KEY, TaskRecord, lambda t: task(TASK_ID, killed=True)
         )
         assert killed is not None and killed.killed
         fake = ExecutorRecord(
@@ -165,19 +170,19 @@ async def test_users_and_operators_cannot_forge_runs_or_requests(
     they ask for)."""
     admin = await role_bus(secure_server, authority, "admin")
     run = RunRecord(task_id=TASK_ID, run_id="r1", status=RunStatus.RUNNING, created_at=NOW)
-    await store.put(admin.runs, f"{TASK_ID}.r1", run)
+    await store.put(admin.runs, RUN_KEY, run)
     forged = RunRecord(task_id=TASK_ID, run_id="r1", status=RunStatus.SUCCESS, created_at=NOW)
     try:
         for role in ("user", "operator"):
             bus = await role_bus(secure_server, authority, role)
             try:
-                error = await refused(bus, store.put(bus.runs, f"{TASK_ID}.r1", forged))
+                error = await refused(bus, store.put(bus.runs, RUN_KEY, forged))
                 assert "write the run record" in str(error) and role in str(error)
-                await refused(bus, store.create(bus.runs, f"{TASK_ID}.r2", forged))
+                await refused(bus, store.create(bus.runs, f"default.{TASK_ID}.r2", forged))
                 await refused(bus, bus.js.publish(names.runq_subject("default"), b"{}"))
             finally:
                 await bus.close()
-        current = await store.get(admin.runs, f"{TASK_ID}.r1", RunRecord)
+        current = await store.get(admin.runs, RUN_KEY, RunRecord)
         assert current is not None and current[0].status is RunStatus.RUNNING
     finally:
         await admin.close()
@@ -215,7 +220,7 @@ async def test_an_executor_cannot_write_task_specs_or_provision(
 ) -> None:
     executor = await role_bus(secure_server, authority, "executor")
     try:
-        await refused(executor, store.put(executor.tasks, TASK_ID, task(TASK_ID)))
+        await refused(executor, store.put(executor.tasks, TASK_KEY, task(TASK_ID)))
         await refused(executor, executor.js.delete_stream("TASKBUS_RUNQ"))
         await refused(executor, executor.js.add_stream(api.StreamConfig(name="X", subjects=["x"])))
     finally:
@@ -226,30 +231,34 @@ async def test_a_run_credential_reads_only_its_own_task_orchestration_and_run(
     secure_server: EmbeddedServer, authority: Authority, tmp_path: Path
 ) -> None:
     admin = await role_bus(secure_server, authority, "admin")
-    await store.put(admin.tasks, TASK_ID, task(TASK_ID))
-    await store.put(admin.tasks, OTHER_TASK_ID, task(OTHER_TASK_ID))
+    await store.put(admin.tasks, TASK_KEY, task(TASK_ID))
+    await store.put(admin.tasks, OTHER_KEY, task(OTHER_TASK_ID))
     run = RunRecord(task_id=TASK_ID, run_id="r1", status=RunStatus.RUNNING, created_at=NOW)
-    await store.put(admin.runs, f"{TASK_ID}.r1", run)
+    await store.put(admin.runs, RUN_KEY, run)
     creds = tmp_path / "run.creds"
     creds.write_text(
         authority.run_signer().mint(
-            task_id=TASK_ID, run_id="r1", orchestration_id="o1", expires_at=time.time() + 60
+            task_id=TASK_ID,
+            run_id="r1",
+            orchestration_id="o1",
+            workspace="default",
+            expires_at=time.time() + 60,
         )
     )
     mine = await connect(ConnectSettings(urls=[secure_server.url], creds_file=str(creds)))
     try:
-        own = await store.get(mine.tasks, TASK_ID, TaskRecord)
+        own = await store.get(mine.tasks, TASK_KEY, TaskRecord)
         assert own is not None and own[0].json_args == {"secret": "victim-args"}
-        assert await store.get(mine.runs, f"{TASK_ID}.r1", RunRecord) is not None
-        assert list(await store.scan(mine, names.RUNS, RunRecord, f"{TASK_ID}.*")) == [
-            f"{TASK_ID}.r1"
+        assert await store.get(mine.runs, RUN_KEY, RunRecord) is not None
+        assert list(await store.scan(mine, names.RUNS, RunRecord, f"default.{TASK_ID}.*")) == [
+            RUN_KEY
         ]
-        await refused(mine, store.scan(mine, names.RUNS, RunRecord, f"{OTHER_TASK_ID}.*"))
+        await refused(mine, store.scan(mine, names.RUNS, RunRecord, f"default.{OTHER_TASK_ID}.*"))
         await refused(mine, store.scan(mine, names.RUNS, RunRecord, ">"))
-        error = await refused(mine, store.get(mine.tasks, OTHER_TASK_ID, TaskRecord))
+        error = await refused(mine, store.get(mine.tasks, OTHER_KEY, TaskRecord))
         assert OTHER_TASK_ID in str(error) and "run credential" in str(error)
-        await refused(mine, store.put(mine.tasks, TASK_ID, task(TASK_ID, killed=True)))
-        await refused(mine, store.put(mine.runs, f"{TASK_ID}.r1", run))
+        await refused(mine, store.put(mine.tasks, TASK_KEY, task(TASK_ID, killed=True)))
+        await refused(mine, store.put(mine.runs, RUN_KEY, run))
         await refused(mine, mine.js.delete_stream("TASKBUS_LOGS"))
         await refused(mine, subscribed(mine, "_INBOX.>"))
     finally:
@@ -263,7 +272,11 @@ async def test_a_run_credential_stops_working_when_it_expires(
     creds = tmp_path / "run.creds"
     creds.write_text(
         authority.run_signer().mint(
-            task_id=TASK_ID, run_id="r1", orchestration_id="o1", expires_at=time.time() - 1
+            task_id=TASK_ID,
+            run_id="r1",
+            orchestration_id="o1",
+            workspace="default",
+            expires_at=time.time() - 1,
         )
     )
     with pytest.raises(NotConnected, match="expired"):
@@ -307,7 +320,11 @@ async def test_only_users_and_executors_read_connections(
     creds = tmp_path / "run.creds"
     creds.write_text(
         authority.run_signer().mint(
-            task_id=TASK_ID, run_id="r1", orchestration_id="o1", expires_at=time.time() + 60
+            task_id=TASK_ID,
+            run_id="r1",
+            orchestration_id="o1",
+            workspace="default",
+            expires_at=time.time() + 60,
         )
     )
     run = await connect(ConnectSettings(urls=[secure_server.url], creds_file=str(creds)))
@@ -341,7 +358,7 @@ async def test_a_store_made_without_authentication_opens_with_everything_in_it(
     data_dir = tmp_path / "old"
     with EmbeddedServer(ServerSettings(data_dir=data_dir, port=0)) as old:
         bus = await connect(ConnectSettings(urls=[old.url]))
-        await store.put(bus.tasks, TASK_ID, task(TASK_ID))
+        await store.put(bus.tasks, TASK_KEY, task(TASK_ID))
         await bus.close()
     settings = ServerSettings(data_dir=data_dir, port=0, config_file=authority.server_config)
     server = EmbeddedServer(settings)
@@ -350,7 +367,7 @@ async def test_a_store_made_without_authentication_opens_with_everything_in_it(
     with server:
         user = await connect(as_role(server.url, authority, "user"))
         try:
-            found = await store.get(user.tasks, TASK_ID, TaskRecord)
+            found = await store.get(user.tasks, TASK_KEY, TaskRecord)
             assert found is not None and found[0].json_args == {"secret": "victim-args"}
         finally:
             await user.close()

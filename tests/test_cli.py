@@ -204,7 +204,7 @@ async def test_a_continuous_task_from_the_cli_runs_again_and_again_until_killed(
     assert task["type"] == "Continuous Run" and task["active"] is True
     successes: set[str] = set()
     async with asyncio.timeout(60):
-        async for key, run in store.watch(bus.runs, RunRecord, f"{task['id']}.>"):
+        async for key, run in store.watch(bus.runs, RunRecord, f"*.{task['id']}.>"):
             if run is not None and run.status is RunStatus.SUCCESS:
                 successes.add(key)
             if len(successes) >= 3:

@@ -229,7 +229,10 @@ def test_bad_task_inputs_are_clear_and_store_nothing(client: sdk.Client) -> None
 
     # the record changes as an executor's packager would write it
     on_bus(
-        client, lambda bus: store.update(bus.orchestrations, orch.id(), OrchestrationRecord, failed)
+        client,
+        lambda bus: store.update(
+            bus.orchestrations, f"default.{orch.id()}", OrchestrationRecord, failed
+        ),
     )
     with pytest.raises(sdk.OrchestrationNotReady, match="No matching distribution"):
         orch.run_once("t")
@@ -277,7 +280,7 @@ def test_run_once_task_record_and_getters(client: sdk.Client) -> None:
     assert task.input_data() == {"workspace_name": "ws", "n": [1, 2]}
     assert task.orchestration() == orch.id()
     assert task.created_at().tzinfo is not None and task.updated_at() >= task.created_at()
-    record = on_bus(client, lambda bus: store.get(bus.tasks, task.id(), TaskRecord))
+    record = on_bus(client, lambda bus: store.get(bus.tasks, f"default.{task.id()}", TaskRecord))
     assert record is not None
     assert record[0].timeout_s == 60 and record[0].debug is True
     assert record[0].kind is TaskKind.RUN_ONCE
@@ -341,7 +344,7 @@ def test_scheduled_and_continuous_tasks(client: sdk.Client) -> None:
     assert now < next_run <= now + timedelta(minutes=5)
     assert next_run.minute % 5 == 0 and next_run.second == 0
     assert loop.next_run_at() is None
-    record = on_bus(client, lambda bus: store.get(bus.tasks, cron.id(), TaskRecord))
+    record = on_bus(client, lambda bus: store.get(bus.tasks, f"default.{cron.id()}", TaskRecord))
     assert record is not None
     spec = record[0]
     assert (spec.tz, spec.overlap, spec.missed, spec.timeout_s) == (

@@ -1,0 +1,186 @@
+"""A workspace is an access boundary the server enforces (SECURITY.md, issue 8 item 4): a user
+or operator credential granted some workspaces reaches nothing of another's — not through the
+SDK, not through raw requests on the keys and subjects that carry the other workspace."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import pytest
+
+import sdk
+from broker import catalog, logs, names, store, workspaces
+from broker.authority import Authority
+from broker.connection import Bus, connect
+from broker.errors import PermissionDenied
+from broker.models import RunRecord, TaskRecord
+from broker.roles import Role
+from broker.server import EmbeddedServer
+from broker.settings import ConnectSettings
+from broker.status import RunStatus, TaskKind
+from tests.conftest import as_role
+from tests.helpers import Daemon, make_zip, wait_for_executors
+from tests.test_auth import refused
+
+MAIN = "import sdk\nprint('args', sdk.task_args())\n"
+
+
+@dataclass
+class Teams:
+    server: EmbeddedServer
+    admin: Bus
+    alice: Bus  # a user granted team-a only
+    bob: Bus  # a user granted team-b only
+    alice_creds: str
+    bob_task: TaskRecord
+    bob_run: RunRecord
+    bob_sha: str
+
+
+def issue(authority: Authority, name: str, role: Role, *workspaces: str) -> str:
+    return str(authority.issue(name, role, workspaces=list(workspaces)))
+
+
+async def user_bus(server: EmbeddedServer, creds: str) -> Bus:
+    return await connect(ConnectSettings(urls=[server.url], creds_file=creds))
+
+
+async def finished_run(bus: Bus, task: TaskRecord, timeout_s: float = 60.0) -> RunRecord:
+    async with asyncio.timeout(timeout_s):
+        async for _, run in store.watch(bus.runs, RunRecord, f"{task.key}.*"):
+            if run is not None and run.status not in (RunStatus.PENDING, RunStatus.RUNNING):
+                return run
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture
+async def teams(
+    secure_server: EmbeddedServer,
+    authority: Authority,
+    tmp_path: Path,
+    start_daemon: Callable[..., Daemon],
+) -> AsyncIterator[Teams]:
+    url = secure_server.url
+    admin = await connect(as_role(url, authority, "admin"))
+    for name in ("team-a", "team-b"):
+        await workspaces.create(admin.workspaces, name)
+    start_daemon(
+        "executor", "--url", url, "--creds", str(authority.creds_path("executor")),
+        "--run-signing-key", str(authority.run_signing_key), "--run-uids", "none",
+        "--work-dir", str(tmp_path / "executor"),
+    )  # fmt: skip
+    start_daemon(
+        "broker.scheduler", "--url", url, "--creds", str(authority.creds_path("scheduler"))
+    )
+    await wait_for_executors(admin, 1)
+    alice_creds = issue(authority, "alice", Role.USER, "team-a")
+    bob_creds = issue(authority, "bob", Role.USER, "team-b")
+    alice, bob = (
+        await user_bus(secure_server, alice_creds),
+        await user_bus(secure_server, bob_creds),
+    )
+    data = make_zip({"main.py": MAIN})
+    orch = await catalog.upload_orchestration(
+        bob, data, name="bob's", file_name="b.zip", workspace="team-b"
+    )
+    task = await catalog.create_task(
+        bob, orch, name="bob once", kind=TaskKind.RUN_ONCE, json_args={"secret": "bob-0042"}
+    )
+    run = await finished_run(bob, task)
+    assert run.status is RunStatus.SUCCESS, run
+    try:
+        yield Teams(secure_server, admin, alice, bob, alice_creds, task, run, orch.sha)
+    finally:
+        for bus in (alice, bob, admin):
+            await bus.close()
+
+
+async def test_a_user_sees_nothing_of_another_workspace_through_the_sdk(teams: Teams) -> None:
+    async with sdk.AsyncClient(teams.server.url, creds=teams.alice_creds) as alice:
+        assert (await alice.get_current_workspace()).name() == "team-a"  # its only grant
+        assert [w.name() for w in await alice.list_workspaces()] == ["team-a"]
+        assert list(await alice.list_tasks()) == []
+        assert list(await alice.list_orchestrations()) == []
+        with pytest.raises(sdk.TaskNotFound):
+            await alice.get_task_by_id(teams.bob_task.id)
+        with pytest.raises(sdk.TaskbusError):
+            await alice.list_tasks(workspace_name="team-b")
+    async with sdk.AsyncClient(teams.server.url, "team-b", creds=teams.alice_creds) as alice:
+        with pytest.raises(PermissionDenied):
+            await alice.upload_orchestration(make_zip({"main.py": ""}), name="x")
+    async with sdk.AsyncClient(teams.server.url, "team-a", creds=teams.alice_creds) as alice:
+        orch = await alice.upload_orchestration(make_zip({"main.py": MAIN}), name="alice's")
+        assert orch.workspace_name() == "team-a"
+        assert [o.name() for o in await alice.list_orchestrations()] == ["alice's"]
+
+
+async def test_raw_requests_on_another_workspaces_keys_are_refused(teams: Teams) -> None:
+    alice, bob_task, bob_run = teams.alice, teams.bob_task, teams.bob_run
+    assert bob_task.workspace == "team-b"
+    reads = {
+        "task": store.get(alice.tasks, bob_task.key, TaskRecord),
+        "run": store.get(alice.runs, bob_task.run_key(bob_run.run_id), RunRecord),
+        "tasks listed": store.scan(alice, names.TASKS, TaskRecord, "team-b.>"),
+        "every task listed": store.scan(alice, names.TASKS, TaskRecord, "*.>"),
+        "runs listed": store.scan(alice, names.RUNS, RunRecord, ">"),
+        "log": alice.js.get_msg(
+            names.LOGS_STREAM,
+            subject=names.logs_subject("team-b", bob_task.id, bob_run.run_id),
+            direct=True,
+        ),
+        "log by sequence": alice.js.get_msg(names.LOGS_STREAM, seq=1, direct=True),
+        "zip": alice.js.get_msg(
+            names.ZIPS_STREAM, subject=names.zip_subject("team-b", teams.bob_sha, "m"), direct=True
+        ),
+        "stream info naming every key": alice.js.stream_info(
+            names.kv_stream(names.TASKS), subjects_filter=">"
+        ),
+    }
+    for what, action in reads.items():
+        error = await refused(alice, action)
+        assert "alice" in str(error), (what, error)
+    killed = msgspec.structs.replace(bob_task, killed=True)
+    for action in (
+        store.put(alice.tasks, bob_task.key, killed),
+        alice.js.publish(names.zip_subject("team-b", teams.bob_sha, "m"), b"{}"),
+        alice.js.publish(names.logs_subject("team-b", bob_task.id, "forged"), b"{}"),
+    ):
+        await refused(alice, action)
+    # Bob's task, run and log are as they were.
+    found = await store.get(teams.admin.tasks, bob_task.key, TaskRecord)
+    assert found is not None and not found[0].killed
+    lines = await logs.read(teams.bob, bob_run)
+    assert any("bob-0042" in line.text for line in lines)
+
+
+async def test_a_task_given_another_workspaces_task_id_cannot_touch_it(teams: Teams) -> None:
+    """Ids are chosen by whoever writes a task: one of team-a's with the id of team-b's
+    task is another task (keys carry the workspace), and killing it kills only itself."""
+    alice, bob_task = teams.alice, teams.bob_task
+    clone = msgspec.structs.replace(
+        bob_task, workspace="team-a", name="clone", kind=TaskKind.SCHEDULED,
+        schedule="0 0 1 1 *", killed=True,
+    )  # fmt: skip
+    await store.put(alice.tasks, clone.key, clone)
+    by_bob = await catalog.get_task(teams.bob, bob_task.id)
+    assert by_bob.workspace == "team-b" and not by_bob.killed
+    # The record's own workspace field is not trusted: the key's is.
+    lying = msgspec.structs.replace(clone, workspace="team-b", killed=False, name="liar")
+    await store.put(alice.tasks, clone.key, lying)
+    seen = await catalog.get_task(alice, bob_task.id)
+    assert seen.name == "liar" and seen.workspace == "team-a"
+
+
+async def test_credentials_name_their_workspaces(authority: Authority) -> None:
+    from broker.errors import CredentialError
+
+    with pytest.raises(CredentialError, match="--all-workspaces"):
+        authority.issue("nobody", Role.USER)
+    with pytest.raises(CredentialError, match="not a workspace name"):
+        authority.issue("wild", Role.USER, workspaces=["a.>"])
+    with pytest.raises(CredentialError, match="takes no --workspace"):
+        authority.issue("exec", Role.EXECUTOR, workspaces=["team-a"])
