@@ -37,8 +37,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -125,10 +125,7 @@ async def enqueue_fires(
     creates = await _send_all(
         bus,
         outcomes,
-        [
-            store.create_message(names.RUNS, record.key, record)
-            for record in records
-        ],
+        [store.create_message(names.RUNS, record.key, record) for record in records],
     )
     refused: list[int] = []
     sends: list[tuple[str, bytes, dict[str, str]] | None] = []

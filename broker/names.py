@@ -6,8 +6,7 @@ that a component that speaks to another one can only do so through a name both i
 
 from __future__ import annotations
 
-# --- Key-value buckets and the object store -------------------------------------------------
-ARTIFACTS = "taskbus_artifacts"  # object store: orchestration zips, keyed by sha256
+# --- Key-value buckets -----------------------------------------------------------------------
 # Every record of a workspace has the workspace's name as its key's first token, and so does
 # every log subject and zip: server permissions scope a credential to its workspaces with
 # ``{{tag(workspace)}}`` in the subject (``broker.roles``).
@@ -123,7 +122,7 @@ def kv_stream(bucket: str) -> str:
 
 
 def object_stream(store: str) -> str:
-    """The stream that holds an object store."""
+    """The stream that holds an object store (only the migration of an old store reads one)."""
     return f"OBJ_{store}"
 
 

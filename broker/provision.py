@@ -1,4 +1,4 @@
-"""Idempotent provisioning of every JetStream resource (streams, buckets, object store named in
+"""Idempotent provisioning of every JetStream resource (streams and buckets named in
 ``broker.names``), and binding to them.
 
 Only the admin provisions (``taskbus up``/``server``/``provision``, or any client of a server

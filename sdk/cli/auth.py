@@ -148,7 +148,8 @@ def issue_user(args: argparse.Namespace) -> int:
 
 
 def provision(args: argparse.Namespace) -> int:
-    """Create or update every stream, bucket and object store (an admin credential)."""
+    """Create or update every stream and bucket, migrating an older store (an admin
+    credential)."""
     import asyncio
 
     from broker.connection import connect
