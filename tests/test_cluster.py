@@ -60,7 +60,7 @@ async def test_runs_survive_a_node_dying(
                          "--work-dir", str(tmp_path / f"executor{index}"))  # fmt: skip
         await wait_for_executors(bus, 2)
         # The executors provisioned with the default of one replica: nothing shrank.
-        for stream in ("KV_taskbus_runs", "TASKBUS_RUNQ", "OBJ_taskbus_artifacts"):
+        for stream in ("KV_taskbus_runs", "TASKBUS_RUNQ", "TASKBUS_ZIPS"):
             assert (await bus.js.stream_info(stream)).config.num_replicas == 3
 
         async with sdk.AsyncClient(url=urls) as wl:

@@ -156,17 +156,18 @@ async def put_executor(
 
 async def publish_logs(
     bus: Bus,
-    task_id: str,
+    task_key: str,
     run_id: str,
     texts: Sequence[str | tuple[str, str]],
     *,
     first_seq: int = 1,
     eof: bool = False,
     batch: int = 500,
-    workspace: str = names.DEFAULT_WORKSPACE,
 ) -> int:
-    """Publish lines as an executor does (ordered batches); returns the next sequence."""
+    """Publish lines as an executor does (ordered batches) for the run ``run_id`` of the task
+    whose ``TaskRecord.key`` is ``task_key``; returns the next sequence."""
     seq = first_seq
+    workspace, _, task_id = task_key.partition(".")
     subject = names.logs_subject(workspace, task_id, run_id)
     pending = []
     for start in range(0, max(1, len(texts)), batch):

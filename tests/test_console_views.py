@@ -158,7 +158,7 @@ async def test_sort_by_column_key_and_header_click(bus: Bus, nats_url: str) -> N
         assert table.cursor == 2
         third = table.keys[2]
         await pilot.click(RecordTable, offset=(5, 3), times=2)
-        assert isinstance(app.screen, TaskDetailScreen) and app.screen.task_id == third
+        assert isinstance(app.screen, TaskDetailScreen) and app.screen.task_key == third
 
 
 async def test_kill_asks_with_cancel_focused_and_cancel_does_nothing(

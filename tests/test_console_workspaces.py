@@ -15,8 +15,10 @@ from broker import catalog, connections, names, store, workspaces
 from broker.authority import Authority
 from broker.connection import Bus, connect
 from broker.models import ConnectionRecord, OrchestrationRecord, TaskRecord
+from broker.roles import Role
 from broker.secret_key import SecretKey, new_key_text
 from broker.server import EmbeddedServer
+from broker.settings import ConnectSettings
 from broker.status import RunStatus, TaskKind
 from console.app import TaskbusApp
 from console.clock import Clock
@@ -257,6 +259,28 @@ async def test_operator_console_kills_and_lists_connections(
             await run_colon(pilot, "connections")
             await wait_for(pilot, lambda: table_keys(app) == ["warehouse"])
             assert "hunter2" not in screen_text(app)
+    finally:
+        await admin.close()
+
+
+async def test_an_operator_of_one_workspace_sees_only_that_workspace(
+    secure_server: EmbeddedServer, authority: Authority, tmp_path: Path
+) -> None:
+    """The server, not the console, keeps another workspace out of view: an operator granted
+    team-a watches team-a's keys only, and the rest never reaches it."""
+    admin = await connect(as_role(secure_server.url, authority, "admin"))
+    try:
+        data = await seed_workspaces(admin)
+        creds = authority.issue("team-a-operator", Role.OPERATOR, workspaces=["team-a"])
+        settings = ConnectSettings(urls=[secure_server.url], creds_file=str(creds))
+        app = TaskbusApp(settings, clock=Clock.frozen(FROZEN), freeze_gc=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_loaded(pilot)
+            assert sorted(app.state.tasks) == sorted([data.team_task.key, data.other_task.key])
+            assert list(app.state.orchestrations) == [data.team_orch.key]
+            assert all(key.startswith("team-a.") for key in app.state.runs)
+            assert "default job" not in screen_text(app)
+            assert set(app.state.workspaces) == {"team-a"}
     finally:
         await admin.close()
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import unicodedata
 
-from broker import catalog, names
+from broker import catalog
 from broker.connection import Bus
 from broker.models import TaskRecord
 from broker.status import OrchestrationStatus, RunStatus, TaskKind
@@ -200,9 +200,9 @@ async def test_console_shows_hostile_names_errors_reasons_and_logs_escaped(
     )
     task = await put_task(bus, 100, short, orch, kind=TaskKind.SCHEDULED, schedule="0 * * * *")
     run = await put_run(bus, task, 1000, RunStatus.FAILURE, reason=f"r{CLEAR}", executor="ex")
-    await put_executor(bus, "ex", f"h{CLEAR}", running=[names.run_key(task.id, run.run_id)])
+    await put_executor(bus, "ex", f"h{CLEAR}", running=[run.key])
     await publish_logs(
-        bus, task.id, run.run_id, [f"\x1b[32mgreen\x1b[0m {CLIPBOARD}", f"tab\there {C1_CSI}"]
+        bus, task.key, run.run_id, [f"\x1b[32mgreen\x1b[0m {CLIPBOARD}", f"tab\there {C1_CSI}"]
     )
     app = make_app(nats_url)
     async with app.run_test(size=SIZE) as pilot:
@@ -225,7 +225,7 @@ async def test_console_shows_hostile_names_errors_reasons_and_logs_escaped(
         app.run_command("orchestrations")
         await wait_for(pilot, lambda: isinstance(app.screen, OrchestrationsScreen))
         await wait_for(pilot, lambda: "broken" in terminal_output(app))
-        app.screen.table.select_key(broken.id)  # type: ignore[attr-defined]
+        app.screen.table.select_key(broken.key)  # type: ignore[attr-defined]
         await wait_for(pilot, lambda: "line two" in terminal_output(app))
         assert_screen_clean(app, r"bad \x1b]52;c;cHduZWQ=\x07", r"o\x1b[2J")
         app.run_command("executors")

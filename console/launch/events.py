@@ -9,7 +9,7 @@ from datetime import datetime
 
 import anyio
 
-from broker import store
+from broker import scope, store
 from broker.connection import Bus, connect
 from broker.models import ExecutorRecord, RunRecord, TaskRecord
 from broker.scope import adopt
@@ -41,11 +41,11 @@ def describe(run: RunRecord) -> str:
     return " ".join(parts)
 
 
-async def _runs(bus: Bus) -> None:
+async def _runs(bus: Bus, keys: str) -> None:
     names: dict[str, str] = {}
     seen: dict[str, str] = {}
     live = False
-    async for key, run in store.watch(bus.runs, RunRecord, bus=bus):
+    async for key, run in store.watch(bus.runs, RunRecord, keys, bus=bus):
         if not key:  # caught up (again, after a reconnect: the replay repeats what we saw)
             if not live:
                 active = sum(1 for status in seen.values() if status in ("pending", "running"))
@@ -86,7 +86,8 @@ async def watch(settings: ConnectSettings) -> None:
     bus = await connect(settings, reconnect_forever=True)
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(_runs, bus)
+            for keys in scope.filters(bus.creds):  # the workspaces its credential may see
+                group.start_soon(_runs, bus, keys)
             group.start_soon(_executors, bus)
             await stop.wait()
             group.cancel_scope.cancel()

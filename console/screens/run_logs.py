@@ -74,9 +74,9 @@ class RunLogsScreen(ConsoleScreen):
         Binding("N", "find(False)", "Previous", id="previous-match"),
     ]
 
-    def __init__(self, task_id: str, run_id: str) -> None:
+    def __init__(self, task_key: str, run_id: str) -> None:
         super().__init__()
-        self.task_id = task_id
+        self.task_key = task_key  # TaskRecord.key
         self.run_id = run_id
         self.doc = LogDocument()
         self.stream_index = 0
@@ -85,7 +85,7 @@ class RunLogsScreen(ConsoleScreen):
         self._signature: tuple[object, ...] = ()
 
     def view_name(self) -> str:
-        task = printable(self.ctx.state.task_name(self.task_id))
+        task = printable(self.ctx.state.task_name(self.task_key))
         return SEP.join(("Logs", task, short_id(self.run_id)))
 
     def compose_body(self) -> Iterable[Widget]:
@@ -103,7 +103,7 @@ class RunLogsScreen(ConsoleScreen):
 
     @work(group="tail")
     async def open_tail(self) -> None:
-        self.tail = await self.ctx.feed.open_log(self.task_id, self.run_id, self.doc)
+        self.tail = await self.ctx.feed.open_log(self.task_key, self.run_id, self.doc)
 
     async def on_unmount(self) -> None:
         if self.tail is not None:
@@ -147,14 +147,14 @@ class RunLogsScreen(ConsoleScreen):
         marker.set_class(show, "-shown")
 
     def _update_info(self) -> None:
-        run = self.ctx.state.run(self.task_id, self.run_id)
+        run = self.ctx.state.run(self.task_key, self.run_id)
         if run is not None and run.status in RUN_TERMINAL and self.tail and self.tail.caught_up:
             self.view.empty_text = "This run wrote no log lines."
         now = self.ctx.clock.now()
         view = self.view
         dim = Style(dim=True)
         text = Text(no_wrap=True, overflow="ellipsis")
-        text.append(printable(self.ctx.state.task_name(self.task_id)), style="bold")
+        text.append(printable(self.ctx.state.task_name(self.task_key)), style="bold")
         text.append(f"  {short_id(self.run_id)}  ")
         if run is None:
             text.append("run record not found", style="italic")

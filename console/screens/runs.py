@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual.binding import Binding, BindingType
 
+from broker import names
 from broker.models import RunRecord
 from console.cells import RUN_STYLES, cell
 from console.format import DASH, clock_time, duration, short_id
@@ -101,9 +102,9 @@ class RunsScreen(ListScreen):
         return self._record(key)
 
     def in_workspace(self, key: str) -> bool:
-        state = self.ctx.state
-        task = state.tasks.get(key.partition(".")[0])
-        return task is not None and state.in_workspace(task.workspace)
+        """A run's key starts with its workspace (``names.run_key``)."""
+        label = key.partition(".")[0]
+        return self.ctx.state.in_workspace("" if label == names.DEFAULT_WORKSPACE else label)
 
     def fields(self, key: str) -> dict[str, str]:
         run = self._record(key)

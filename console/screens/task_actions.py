@@ -38,12 +38,12 @@ class TaskActions(_Base):
         raise NotImplementedError
 
     def logs_target(self) -> tuple[str, str] | None:
-        """(task id, run id) whose logs ``l`` opens."""
+        """(task key, run id) whose logs ``l`` opens."""
         task = self.selected_task()
         if task is None:
             return None
-        newest = self.ctx.state.summary(task.id).newest
-        return (task.id, newest.run_id) if newest is not None else None
+        newest = self.ctx.state.summary(task.key).newest
+        return (task.key, newest.run_id) if newest is not None else None
 
     def task_action_state(self, action: str) -> bool | None:
         """True: available; None: shown greyed out; False: hidden (its twin shows instead)."""
@@ -55,7 +55,7 @@ class TaskActions(_Base):
         if action == "run_now":
             return None if task.killed else True
         if action == "kill":  # nothing to stop once killed or finished
-            return True if self.ctx.state.is_active(task.id) else None
+            return True if self.ctx.state.is_active(task.key) else None
         pausable = task.kind is not TaskKind.RUN_ONCE and not task.killed
         if action == "pause":
             if task.paused and pausable:

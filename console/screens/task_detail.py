@@ -48,9 +48,9 @@ class TaskDetailScreen(TaskActions, ConsoleScreen):
         Column("reason", "Reason", min_width=10),
     ]
 
-    def __init__(self, task_id: str) -> None:
+    def __init__(self, task_key: str) -> None:
         super().__init__()
-        self.task_id = task_id
+        self.task_key = task_key  # TaskRecord.key
         self.runs: dict[str, RunRecord] = {}
         self.table = RecordTable(
             self.COLUMNS, self.render_row, empty_text="No runs yet.", id="runs"
@@ -58,7 +58,7 @@ class TaskDetailScreen(TaskActions, ConsoleScreen):
         self._signature: tuple[object, ...] = ()
 
     def view_name(self) -> str:
-        return SEP.join(("Tasks", printable(self.ctx.state.task_name(self.task_id))))
+        return SEP.join(("Tasks", printable(self.ctx.state.task_name(self.task_key))))
 
     def compose_body(self) -> Iterable[Widget]:
         yield Static(id="spec")
@@ -71,15 +71,15 @@ class TaskDetailScreen(TaskActions, ConsoleScreen):
 
     def data_version(self) -> int:
         state = self.ctx.state
-        return state.task_version(self.task_id) + state.version_of("orchestrations", "link")
+        return state.task_version(self.task_key) + state.version_of("orchestrations", "link")
 
     # --- drawing ------------------------------------------------------------------------
     def sync(self) -> None:
         state = self.ctx.state
-        runs = state.runs_of(self.task_id)
+        runs = state.runs_of(self.task_key)
         self.runs = {run.run_id: run for run in runs}
         self.table.set_keys([run.run_id for run in runs])
-        task = state.tasks.get(self.task_id)
+        task = state.tasks.get(self.task_key)
         self.show("#spec", self.spec(task))
         active = sum(1 for run in runs if run.status is RunStatus.RUNNING)
         self.show(
@@ -93,14 +93,15 @@ class TaskDetailScreen(TaskActions, ConsoleScreen):
         label = Style(dim=True)
         text = Text(no_wrap=False, overflow="fold")
         if task is None:
-            text.append(f"Task {self.task_id} is gone (deleted).", style="italic")
+            gone = self.task_key.partition(".")[2]
+            text.append(f"Task {gone} is gone (deleted).", style="italic")
             return text
         state = self.ctx.state
         now = self.ctx.clock.now()
         zone = self.ctx.clock.local
         text.append(printable(task.name), style="bold")
-        text.append(f"   {task.kind.label} · {state.status_of(task.id)}")
-        text.append(f" · {'active' if state.is_active(task.id) else 'inactive'}\n")
+        text.append(f"   {task.kind.label} · {state.status_of(task.key)}")
+        text.append(f" · {'active' if state.is_active(task.key) else 'inactive'}\n")
         orch = state.orchestrations.get(task.orchestration_key)
         text.append("id ", label)
         text.append(printable(task.id))
@@ -165,12 +166,12 @@ class TaskDetailScreen(TaskActions, ConsoleScreen):
 
     # --- actions ------------------------------------------------------------------------
     def selected_task(self) -> TaskRecord | None:
-        return self.ctx.state.tasks.get(self.task_id)
+        return self.ctx.state.tasks.get(self.task_key)
 
     def logs_target(self) -> tuple[str, str] | None:
         key = self.table.cursor_key
         if key is not None and key in self.runs:
-            return self.task_id, key
+            return self.task_key, key
         return super().logs_target()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -187,4 +188,4 @@ class TaskDetailScreen(TaskActions, ConsoleScreen):
     def on_record_table_selected(self, event: RecordTable.Selected) -> None:
         from console.screens.run_logs import RunLogsScreen
 
-        self.app.push_screen(RunLogsScreen(self.task_id, event.key))
+        self.app.push_screen(RunLogsScreen(self.task_key, event.key))

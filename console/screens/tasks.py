@@ -117,7 +117,7 @@ class TasksScreen(TaskActions, ListScreen):
         if task.kind is not TaskKind.SCHEDULED or task.paused or task.killed:
             return None
         ctx = self.ctx
-        return ctx.fires.next_fire(task.id, task.schedule, task.tz, ctx.clock.now())
+        return ctx.fires.next_fire(task.key, task.schedule, task.tz, ctx.clock.now())
 
     def sort_value(self, key: str, column: str) -> Any:
         state = self.ctx.state

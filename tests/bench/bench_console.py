@@ -96,7 +96,7 @@ async def seed(bus: Bus, tasks: int, runs: int) -> tuple[str, str]:
             size=1000, status=OrchestrationStatus.READY, created_at=now, updated_at=now,
         )  # fmt: skip
         orchestrations.append(orch)
-        await put(names.ORCHESTRATIONS, orch.id, encode(orch))
+        await put(names.ORCHESTRATIONS, orch.key, encode(orch))
     kinds = [TaskKind.RUN_ONCE, TaskKind.SCHEDULED, TaskKind.CONTINUOUS]
     statuses = [RunStatus.SUCCESS] * 6 + [RunStatus.FAILURE, RunStatus.TIMED_OUT, RunStatus.KILLED]
     per_task = max(1, runs // tasks)
@@ -109,7 +109,7 @@ async def seed(bus: Bus, tasks: int, runs: int) -> tuple[str, str]:
             schedule=f"{i % 60} * * * *" if kind is TaskKind.SCHEDULED else "",
             created_at=now - timedelta(seconds=i), updated_at=now - timedelta(seconds=i),
         )  # fmt: skip
-        await put(names.TASKS, task.id, encode(task))
+        await put(names.TASKS, task.key, encode(task))
         for j in range(per_task):
             created = now - timedelta(minutes=j * 5 + i % 5)
             status = RunStatus.RUNNING if j == 0 and i % 50 == 0 else statuses[(i + j) % 9]
@@ -119,8 +119,8 @@ async def seed(bus: Bus, tasks: int, runs: int) -> tuple[str, str]:
                 started_at=created, finished_at=None if status is RunStatus.RUNNING else created,
             )  # fmt: skip
             if i == 0 and j == 0:
-                tail = (task.id, run.run_id)
-            await put(names.RUNS, names.run_key(task.id, run.run_id), encode(run))
+                tail = (task.key, run.run_id)
+            await put(names.RUNS, run.key, encode(run))
     await asyncio.gather(*pending)
     return tail
 
@@ -311,7 +311,8 @@ async def bench_logs(
 # --- the publisher (a separate process, like an executor) ----------------------------------
 async def publish(url: str, task_id: str, run_id: str, count: int, first: int, rate: int) -> None:
     bus = await connect(ConnectSettings(urls=[url]))
-    subject = names.logs_subject(task_id, run_id)
+    workspace, _, task_id = task_id.partition(".")  # the task's key
+    subject = names.logs_subject(workspace, task_id, run_id)
     pending = []
     start = time.perf_counter()
     seq = first

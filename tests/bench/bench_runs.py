@@ -39,7 +39,7 @@ from nats.js.kv import KeyValue  # noqa: E402
 from broker import catalog, dispatch, logs, names, store  # noqa: E402
 from broker.authority import Authority  # noqa: E402
 from broker.connection import Bus, connect  # noqa: E402
-from broker.models import OrchestrationRecord, Record, RunRecord  # noqa: E402
+from broker.models import OrchestrationRecord, Record, RunRecord, TaskRecord  # noqa: E402
 from broker.server import EmbeddedServer, ServerSettings  # noqa: E402
 from broker.settings import ConnectSettings  # noqa: E402
 from broker.status import ORCHESTRATION_SETTLED, RUN_TERMINAL, RunStatus, TaskKind  # noqa: E402
@@ -82,16 +82,16 @@ async def upload(bus: Bus, files: dict[str, str]) -> OrchestrationRecord:
         bus, make_zip(files), name="bench", file_name="bench.zip"
     )
     settled = await first_record(
-        bus.orchestrations, OrchestrationRecord, record.id,
+        bus.orchestrations, OrchestrationRecord, record.key,
         lambda r: r.status in ORCHESTRATION_SETTLED, 120,
     )  # fmt: skip
     assert settled.status == "ready", settled.error
     return settled
 
 
-async def finished(bus: Bus, task_id: str) -> RunRecord:
+async def finished(bus: Bus, task: TaskRecord) -> RunRecord:
     run = await first_record(
-        bus.runs, RunRecord, f"{task_id}.*", lambda r: r.status in RUN_TERMINAL, 60
+        bus.runs, RunRecord, f"{task.key}.*", lambda r: r.status in RUN_TERMINAL, 60
     )
     assert run.status == RunStatus.SUCCESS, run
     return run
@@ -103,8 +103,8 @@ async def start_latency(bus: Bus, orch: OrchestrationRecord, runs: int) -> list[
     for i in range(runs):
         task = await catalog.create_task(bus, orch, name=f"a{i}", kind=TaskKind.RUN_ONCE)
         returned = time.time()
-        run = await finished(bus, task.id)
-        lines = await logs.read(bus, run.task_id, run.run_id)
+        run = await finished(bus, task)
+        lines = await logs.read(bus, run)
         stdout = [line.text for line in lines if line.stream == "stdout"]
         samples.append((float(stdout[0]) - returned) * 1000)
     return samples
@@ -115,8 +115,8 @@ async def log_latency(bus: Bus, orch: OrchestrationRecord, runs: int) -> list[fl
     samples = []
     for i in range(runs):
         task = await catalog.create_task(bus, orch, name=f"b{i}", kind=TaskKind.RUN_ONCE)
-        run = await first_record(bus.runs, RunRecord, f"{task.id}.*", lambda r: True, 30)
-        async for line in logs.follow(bus, task.id, run.run_id):
+        run = await first_record(bus.runs, RunRecord, f"{task.key}.*", lambda r: True, 30)
+        async for line in logs.follow(bus, run):
             if line.stream == "stdout":
                 samples.append((time.time() - float(line.text)) * 1000)
     return samples
