@@ -223,6 +223,8 @@ class Claim:
 
     # --- the run's log and records -----------------------------------------------------------
     def log_stream(self) -> LogStream:
+        """The run's log (it publishes as lines come inside ``LogStream.flushing()``, and at
+        ``close()`` in any case)."""
         settings = self.ctx.settings
         assert self.record is not None
         # De-duplication ids name the writer: a stale executor's retries never collide with
@@ -234,7 +236,6 @@ class Claim:
             linger_s=settings.log_linger_s, batch_lines=settings.log_batch_lines,
             writer=writer, owned=lambda: not self.lost,
         )  # fmt: skip
-        stream.start()
         return stream
 
     async def write(self, mutate: Callable[[RunRecord], RunRecord | None]) -> RunRecord | None:

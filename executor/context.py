@@ -7,6 +7,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import anyio.abc
+
 from broker.connection import Bus
 from broker.models import OrchestrationRecord
 from executor.artifacts import Artifacts
@@ -36,3 +38,6 @@ class Context:
     stats: Counter[str] = field(default_factory=Counter)
     ready_orchestrations: dict[str, OrchestrationRecord] = field(default_factory=dict)
     secrets: Secrets | None = None  # connections for runs (executor.secrets)
+    # The daemon's task group for work that outlives a run (deleting its folder); None
+    # before the daemon serves (then such work is done in line).
+    background: anyio.abc.TaskGroup | None = None

@@ -216,7 +216,7 @@ class Executor:
         )  # fmt: skip
         try:
             async with anyio.create_task_group() as services:
-                self._services = services
+                self._services = self.ctx.background = services
                 services.start_soon(self.heartbeat.beat_loop)
                 services.start_soon(self.heartbeat.fence_loop)
                 services.start_soon(self.secrets.watch)

@@ -46,10 +46,12 @@ import asyncio
 import codecs
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Literal
 
+import anyio
 import nats.errors
 
 from broker import names
@@ -151,7 +153,7 @@ class LogStream:
         self._sending_since: float | None = None  # loop time the batch being sent was sent
         self._wake = asyncio.Event()
         self._closing = False
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushing: anyio.Event | None = None  # set once the flusher (``flushing``) ended
         self.output_bytes = 0  # user output seen (stdout + stderr)
         self.dropped_bytes = 0
         self._said_cap = False
@@ -163,8 +165,22 @@ class LogStream:
     def last_seq(self) -> int:
         return self._seq
 
-    def start(self) -> None:
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+    @asynccontextmanager
+    async def flushing(self) -> AsyncIterator[LogStream]:
+        """Publish batches as lines come while inside: the flusher is a task of this block.
+        ``close()`` inside publishes the rest (the last batch with ``eof``); a block left on
+        an error closes the log too, and one left cancelled (shutdown) stops the flusher."""
+        stopped = self._flushing = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._flush_loop, stopped)
+            try:
+                yield self
+            except Exception:
+                if not self._closing:
+                    await self.close()
+                raise
+            finally:
+                group.cancel_scope.cancel()
 
     # --- adding lines ------------------------------------------------------------------------
     def add(self, stream: Stream, lines: list[str], ts: datetime | None = None) -> None:
@@ -256,15 +272,18 @@ class LogStream:
         self.add("taskbus", [f"taskbus: {text}"])
 
     # --- publishing --------------------------------------------------------------------------
-    async def _flush_loop(self) -> None:
-        while not self._closing:
-            await self._wake.wait()
-            if not self._closing and len(self._pending) < self._batch_lines:
-                await asyncio.sleep(self._linger_s)
-            self._wake.clear()
-            if self._closing:
-                return  # close() publishes the rest, the last batch with eof
-            await self._publish_pending(eof=False)
+    async def _flush_loop(self, stopped: anyio.Event) -> None:
+        try:
+            while not self._closing:
+                await self._wake.wait()
+                if not self._closing and len(self._pending) < self._batch_lines:
+                    await anyio.sleep(self._linger_s)
+                self._wake.clear()
+                if self._closing:
+                    return  # close() publishes the rest, the last batch with eof
+                await self._publish_pending(eof=False)
+        finally:
+            stopped.set()
 
     async def _publish_pending(self, *, eof: bool) -> None:
         while True:
@@ -348,8 +367,8 @@ class LogStream:
         self._closing = True
         self._close_deadline = asyncio.get_running_loop().time() + FINAL_PUBLISH_GIVE_UP_S
         self._wake.set()
-        if self._flusher is not None:
-            await self._flusher
+        if self._flushing is not None:  # a batch it is sending lands first: lines stay in order
+            await self._flushing.wait()
         await self._publish_pending(eof=True)
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import anyio
+
 from broker.service import die_with_parent
 from executor.zygote import confine
 
@@ -128,8 +130,8 @@ class Spawner:
 async def stop_group(child: Child, grace_s: float) -> None:
     """SIGTERM to the group, SIGKILL after ``grace_s``; returns once the main process ended."""
     signal_group(child.pid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(child.wait(), grace_s)
-    except TimeoutError:
-        signal_group(child.pid, signal.SIGKILL)
+    with anyio.move_on_after(grace_s):
         await child.wait()
+        return
+    signal_group(child.pid, signal.SIGKILL)
+    await child.wait()

@@ -22,16 +22,17 @@ environment), then ``executor.process`` (the launch).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
+import anyio
+import anyio.abc
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
@@ -43,7 +44,7 @@ from broker.status import RunStatus
 from executor.artifacts import ArtifactError, RunFolder, remove_tree
 from executor.claim import STATUS_WRITE_GIVE_UP_S, Claim
 from executor.context import Context
-from executor.control import keep_alive
+from executor.control import first, keep_alive
 from executor.credentials import hide_credential
 from executor.environments import Environment, EnvironmentBuildError
 from executor.isolation import (
@@ -76,7 +77,7 @@ class RunJob:
         self.key = self.claim.key
         self.kill_reason: str | None = None
         self.kill_grace_s = ctx.settings.kill_grace_s
-        self._kill = asyncio.Event()
+        self._kill = anyio.Event()
         self.pid = 0
         self._received = time.monotonic()
 
@@ -95,16 +96,18 @@ class RunJob:
         claim = self.claim
         if not await claim.take(lambda: self.kill_reason):
             return
-        keeper = asyncio.ensure_future(
-            keep_alive(lambda: claim.msg, self.ctx.settings.ack_wait_s / 3, self.key)
-        )
-        try:
-            await self._run()
-        except Exception as exc:
-            log.exception("run %s failed inside the executor", self.key)
-            await self._finish(Outcome(RunStatus.FAILURE, None, f"executor error: {exc}"))
-        finally:
-            keeper.cancel()
+        # The run's life is this task group: the request's keep-alive ends with it.
+        async with anyio.create_task_group() as life:
+            life.start_soon(
+                keep_alive, lambda: claim.msg, self.ctx.settings.ack_wait_s / 3, self.key
+            )
+            try:
+                await self._run()
+            except Exception as exc:
+                log.exception("run %s failed inside the executor", self.key)
+                await self._finish(Outcome(RunStatus.FAILURE, None, f"executor error: {exc}"))
+            finally:
+                life.cancel_scope.cancel()
 
     # --- running -----------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -114,22 +117,26 @@ class RunJob:
             self.ctx.secrets.attach(logs, claim.orchestration)
         if claim.note:
             logs.taskbus(claim.note)
-        preparing = asyncio.ensure_future(self._prepare(logs))
-        killed = asyncio.ensure_future(self._kill.wait())
+        async with logs.flushing():
+            await self._prepare_and_run(logs)
+
+    async def _prepare_and_run(self, logs: LogStream) -> None:
+        # A kill while preparing ends the run at once; the preparation itself (an environment
+        # build may take minutes) is not cut short: what it acquired is let go once it ends.
+        preparation = Preparation()
+        async with anyio.create_task_group() as group:
+            group.start_soon(preparation.run, self._prepare, logs)
+            winner, _ = await first(preparation.done.wait, self._kill.wait)
+            if winner == 1 and not preparation.done.is_set():
+                await self._end(logs, Outcome(RunStatus.KILLED, None, self.kill_reason or ""), None)
+                await preparation.done.wait()
+                if preparation.value is not None:
+                    await self._cleanup(*preparation.value)
+                elif preparation.error is not None:
+                    log.debug("preparing %s failed after its kill: %r", self.key, preparation.error)
+                return
         try:
-            await asyncio.wait({preparing, killed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            killed.cancel()
-        if not preparing.done():  # killed while the environment or files were being prepared
-            await self._end(logs, Outcome(RunStatus.KILLED, None, self.kill_reason or ""), None)
-            try:
-                folder, environment, space = await preparing
-                await self._cleanup(folder, environment, space)
-            except Exception as exc:
-                log.debug("preparing %s failed after its kill: %r", self.key, exc)
-            return
-        try:
-            folder, environment, space = preparing.result()
+            folder, environment, space = preparation.result()
         except (
             ArtifactError,
             EnvironmentBuildError,
@@ -186,7 +193,8 @@ class RunJob:
                 text = ctx.secrets.run_file_text(orchestration)
                 space.connections = space.write_private(CONNECTIONS_NAME, text)
         except BaseException:
-            await asyncio.shield(self._cleanup(folder, environment, space))
+            with anyio.CancelScope(shield=True):
+                await self._cleanup(folder, environment, space)
             raise
         return folder, environment, space
 
@@ -251,11 +259,12 @@ class RunJob:
             "→ %s attempt %d pid %d (%.1f ms after the request reached the executor)",
             self.key, self.claim.attempt, child.pid, (started - self._received) * 1000,
         )  # fmt: skip
-        recorder = asyncio.ensure_future(self._record_pid(child.pid))
-        try:
-            outcome = await self._supervise(child, space)
-        finally:
-            recorder.cancel()
+        async with anyio.create_task_group() as recorder:
+            recorder.start_soon(self._record_pid, child.pid)
+            try:
+                outcome = await self._supervise(child, space)
+            finally:
+                recorder.cancel_scope.cancel()
         # The run is over: every process it started goes too, then the pipes drain.
         signal_group(child.pid, signal.SIGKILL)
         if space.cgroup is not None:
@@ -267,7 +276,9 @@ class RunJob:
                                   f"out of memory (limit {limit})")  # fmt: skip
         else:  # no cgroup: what detached from the group still runs as the run's UID
             ctx.isolation.sweep(space)
-        await asyncio.wait([r.closed for r in readers], timeout=PIPE_DRAIN_S)
+        with anyio.move_on_after(PIPE_DRAIN_S):
+            for reader in readers:
+                await reader.closed
         for reader in readers:
             reader.close()
         if space.cgroup is None and hunger.starved and outcome.status is RunStatus.FAILURE:
@@ -282,7 +293,7 @@ class RunJob:
     async def _record_pid(self, pid: int) -> None:
         """Record the pid once the run lasts (a short run gets it with its final status: one
         write less), fenced: a run taken over elsewhere is killed here."""
-        await asyncio.sleep(PID_WRITE_AFTER_S)
+        await anyio.sleep(PID_WRITE_AFTER_S)
 
         def with_pid(record: RunRecord) -> RunRecord | None:
             if not self.claim.ours(record):
@@ -298,16 +309,11 @@ class RunJob:
 
     async def _supervise(self, child: Child, space: RunSpace) -> Outcome:
         timeout = self.request.timeout_s
-        exited = asyncio.ensure_future(child.wait())
-        killed = asyncio.ensure_future(self._kill.wait())
         try:
-            done, _ = await asyncio.wait(
-                {exited, killed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            killed.cancel()
-        try:
-            if exited in done:
+            winner: int | None = None
+            with anyio.move_on_after(timeout):  # None: no timeout
+                winner, code = await first(child.wait, self._kill.wait)
+            if winner == 0:
                 if getattr(child, "fenced", False):  # the zygote's watchdog: the lease ran out
                     self.request_kill(
                         f"fenced: the executor's lease ({self.ctx.settings.lease_s:.3g} s after "
@@ -315,16 +321,16 @@ class RunJob:
                         f"elsewhere",
                         grace_s=0.0,
                     )
-                    return Outcome(RunStatus.KILLED, exited.result(), self.kill_reason or "")
-                return outcome_of(exited.result())
-            if killed in done:
+                    return Outcome(RunStatus.KILLED, code, self.kill_reason or "")
+                return outcome_of(code)
+            if winner == 1:
                 status, reason = RunStatus.KILLED, self.kill_reason or "killed"
             else:
                 status, reason = RunStatus.TIMED_OUT, f"timeout {timeout}s"
             if space.cgroup is not None:  # detached processes get the grace too
                 space.cgroup.signal(signal.SIGTERM)
             await stop_group(child, self.kill_grace_s)
-            return Outcome(status, await exited, reason)
+            return Outcome(status, await child.wait(), reason)
         except Exception as exc:  # the zygote that forked it died: its exit code is unknown
             signal_group(child.pid, signal.SIGKILL)
             return Outcome(RunStatus.FAILURE, None, f"lost track of the process: {exc}")
@@ -343,9 +349,8 @@ class RunJob:
     async def _check_ownership(self) -> None:
         """After a fence: is the run still this executor's (else its log stops here)?"""
         try:
-            found = await asyncio.wait_for(
-                store.get(self.ctx.bus.runs, self.key, RunRecord), PIPE_DRAIN_S
-            )
+            with anyio.fail_after(PIPE_DRAIN_S):
+                found = await store.get(self.ctx.bus.runs, self.key, RunRecord)
         except (nats.errors.Error, TimeoutError) as exc:
             log.debug("could not re-read %s after its fence: %s", self.key, exc)
             return
@@ -401,13 +406,39 @@ class RunJob:
         if self.ctx.settings.keep_run_dirs:
             return
         doomed = await artifacts.release_run_folder(folder)
-        if doomed is not None:  # deleting costs disk journal time: off the event loop
-            future = asyncio.get_running_loop().run_in_executor(None, remove_tree, doomed)
-            _background.add(future)
-            future.add_done_callback(_background.discard)
+        if doomed is None:
+            return
+        if self.ctx.background is None:
+            await anyio.to_thread.run_sync(remove_tree, doomed)
+        else:  # deleting costs disk journal time: off the loop, and not holding the run's slot
+            self.ctx.background.start_soon(anyio.to_thread.run_sync, remove_tree, doomed)
 
 
-_background: set[asyncio.Future[None]] = set()
+class Preparation:
+    """A run's preparation as a task of the run's task group: its outcome, once ``done``."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.value: tuple[RunFolder, Environment | None, RunSpace] | None = None
+        self.error: BaseException | None = None
+
+    async def run(
+        self,
+        prepare: Callable[[LogStream], Awaitable[tuple[RunFolder, Environment | None, RunSpace]]],
+        logs: LogStream,
+    ) -> None:
+        try:
+            self.value = await prepare(logs)
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def result(self) -> tuple[RunFolder, Environment | None, RunSpace]:
+        if self.error is not None:
+            raise self.error
+        assert self.value is not None
+        return self.value
 
 
 class MemoryErrorWatch:
