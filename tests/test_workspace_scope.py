@@ -13,12 +13,13 @@ import msgspec
 import pytest
 
 import sdk
-from broker import catalog, logs, names, store, workspaces
+from broker import catalog, connections, logs, names, store, workspaces
 from broker.authority import Authority
 from broker.connection import Bus, connect
 from broker.errors import PermissionDenied
-from broker.models import RunRecord, TaskRecord
+from broker.models import ConnectionRecord, RunRecord, TaskRecord
 from broker.roles import Role
+from broker.secret_key import SecretKey, new_key_text
 from broker.server import EmbeddedServer
 from broker.settings import ConnectSettings
 from broker.status import RunStatus, TaskKind
@@ -184,3 +185,31 @@ async def test_credentials_name_their_workspaces(authority: Authority) -> None:
         authority.issue("wild", Role.USER, workspaces=["a.>"])
     with pytest.raises(CredentialError, match="takes no --workspace"):
         authority.issue("exec", Role.EXECUTOR, workspaces=["team-a"])
+
+
+async def test_connections_stay_in_their_workspace(
+    teams: Teams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each team's connection is out of the other's reach: not listed, not found, and its
+    record (encrypted details and all) refused by the server."""
+    monkeypatch.setenv(names.ENV_SECRET_KEY, new_key_text())
+    key = SecretKey.load()
+    for bus, workspace, name in ((teams.alice, "team-a", "db-a"), (teams.bob, "team-b", "db-b")):
+        await connections.create(
+            bus, key, name=name, connection_type="postgres",
+            details={"password": f"{name}-s3cret"}, workspace=workspace,
+        )  # fmt: skip
+    assert [c.name for c in await connections.list_all(teams.alice)] == ["db-a"]
+    with pytest.raises(sdk.ConnectionNotFound):
+        await connections.get(teams.alice, "db-b")
+    await refused(
+        teams.alice,
+        store.get(
+            teams.alice.connections, names.connection_key("team-b", "db-b"), ConnectionRecord
+        ),
+    )
+    await refused(teams.alice, connections.add(teams.alice, "db-a", "team-b", key))
+    async with sdk.AsyncClient(teams.server.url, creds=teams.alice_creds) as alice:
+        assert [c.name() for c in await alice.list_connections()] == ["db-a"]
+        with pytest.raises(sdk.ConnectionNotFound):
+            await alice.get_connection("db-b")
