@@ -1,15 +1,13 @@
 """Small pieces the daemon and every run share: why a run must die, keeping a queue message
-alive while its work goes on, waiting for the first of several things, and best-effort calls
-whose failure is only worth a debug line."""
+alive while its work goes on, and best-effort calls whose failure is only worth a debug
+line."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import anyio
 import nats.errors
 from nats.aio.msg import Msg
 
@@ -37,29 +35,6 @@ async def keep_alive(current: Callable[[], Msg], interval_s: float, what: str) -
             await current().in_progress()
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("in_progress for %s failed: %s", what, exc)
-
-
-async def first(*waits: Callable[[], Awaitable[Any]]) -> tuple[int, Any]:
-    """Run every ``wait`` in one task group; when the first returns, cancel the others and
-    return its index and value (or raise what it raised)."""
-    outcome: list[tuple[int, Any, BaseException | None]] = []
-    async with anyio.create_task_group() as group:
-
-        async def one(index: int, wait: Callable[[], Awaitable[Any]]) -> None:
-            try:
-                value, error = await wait(), None
-            except Exception as exc:
-                value, error = None, exc
-            if not outcome:
-                outcome.append((index, value, error))
-            group.cancel_scope.cancel()
-
-        for index, wait in enumerate(waits):
-            group.start_soon(one, index, wait)
-    index, value, error = outcome[0]
-    if error is not None:
-        raise error
-    return index, value
 
 
 async def quietly(awaitable: Awaitable[object]) -> None:

@@ -46,8 +46,7 @@ import asyncio
 import codecs
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -153,7 +152,7 @@ class LogStream:
         self._sending_since: float | None = None  # loop time the batch being sent was sent
         self._wake = asyncio.Event()
         self._closing = False
-        self._flushing: anyio.Event | None = None  # set once the flusher (``flushing``) ended
+        self._flushing: anyio.Event | None = None  # set once ``flush_loop`` ended
         self.output_bytes = 0  # user output seen (stdout + stderr)
         self.dropped_bytes = 0
         self._said_cap = False
@@ -165,22 +164,10 @@ class LogStream:
     def last_seq(self) -> int:
         return self._seq
 
-    @asynccontextmanager
-    async def flushing(self) -> AsyncIterator[LogStream]:
-        """Publish batches as lines come while inside: the flusher is a task of this block.
-        ``close()`` inside publishes the rest (the last batch with ``eof``); a block left on
-        an error closes the log too, and one left cancelled (shutdown) stops the flusher."""
-        stopped = self._flushing = anyio.Event()
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._flush_loop, stopped)
-            try:
-                yield self
-            except Exception:
-                if not self._closing:
-                    await self.close()
-                raise
-            finally:
-                group.cancel_scope.cancel()
+    @property
+    def closing(self) -> bool:
+        """``close()`` was called."""
+        return self._closing
 
     # --- adding lines ------------------------------------------------------------------------
     def add(self, stream: Stream, lines: list[str], ts: datetime | None = None) -> None:
@@ -272,7 +259,10 @@ class LogStream:
         self.add("taskbus", [f"taskbus: {text}"])
 
     # --- publishing --------------------------------------------------------------------------
-    async def _flush_loop(self, stopped: anyio.Event) -> None:
+    async def flush_loop(self) -> None:
+        """Publish batches as lines come, until ``close()`` (a task of the run's task group,
+        which cancels it if the run ends another way)."""
+        stopped = self._flushing = anyio.Event()
         try:
             while not self._closing:
                 await self._wake.wait()

@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Generic, TypeVar
 
 import anyio
 import anyio.abc
@@ -44,7 +45,7 @@ from broker.status import RunStatus
 from executor.artifacts import ArtifactError, RunFolder, remove_tree
 from executor.claim import STATUS_WRITE_GIVE_UP_S, Claim
 from executor.context import Context
-from executor.control import first, keep_alive
+from executor.control import keep_alive
 from executor.credentials import hide_credential
 from executor.environments import Environment, EnvironmentBuildError
 from executor.isolation import (
@@ -62,6 +63,10 @@ from executor.secrets import SecretsUnavailable
 
 log = logging.getLogger(__name__)
 
+A = TypeVar("A")
+T = TypeVar("T")
+Prepared = tuple[RunFolder, Environment | None, RunSpace]
+
 PIPE_DRAIN_S = 2.0  # after the main process ended, how long leftover output may take
 PID_WRITE_AFTER_S = 0.05
 
@@ -77,7 +82,10 @@ class RunJob:
         self.key = self.claim.key
         self.kill_reason: str | None = None
         self.kill_grace_s = ctx.settings.kill_grace_s
-        self._kill = anyio.Event()
+        # Set by a kill, and by the end of what the run's current phase waits for (its
+        # preparation, then its process): one event per phase, no task per thing waited on.
+        self._wake = anyio.Event()
+        self._life: anyio.abc.TaskGroup | None = None
         self.pid = 0
         self._received = time.monotonic()
 
@@ -90,14 +98,16 @@ class RunJob:
             self.kill_reason = reason
             if grace_s is not None:
                 self.kill_grace_s = min(self.kill_grace_s, grace_s)
-            self._kill.set()
+            self._wake.set()
 
     async def execute(self) -> None:
         claim = self.claim
         if not await claim.take(lambda: self.kill_reason):
             return
-        # The run's life is this task group: the request's keep-alive ends with it.
+        # The run's life is one task group: its background tasks (the request's keep-alive, the
+        # log's flusher, the preparation, the process's exit watch, the pid record) end with it.
         async with anyio.create_task_group() as life:
+            self._life = life
             life.start_soon(
                 keep_alive, lambda: claim.msg, self.ctx.settings.ack_wait_s / 3, self.key
             )
@@ -117,24 +127,30 @@ class RunJob:
             self.ctx.secrets.attach(logs, claim.orchestration)
         if claim.note:
             logs.taskbus(claim.note)
-        async with logs.flushing():
+        assert self._life is not None
+        self._life.start_soon(logs.flush_loop)
+        try:
             await self._prepare_and_run(logs)
+        except Exception:
+            if not logs.closing:
+                await logs.close()  # the run's end was not recorded: its log still ends
+            raise
 
     async def _prepare_and_run(self, logs: LogStream) -> None:
         # A kill while preparing ends the run at once; the preparation itself (an environment
         # build may take minutes) is not cut short: what it acquired is let go once it ends.
-        preparation = Preparation()
-        async with anyio.create_task_group() as group:
-            group.start_soon(preparation.run, self._prepare, logs)
-            winner, _ = await first(preparation.done.wait, self._kill.wait)
-            if winner == 1 and not preparation.done.is_set():
-                await self._end(logs, Outcome(RunStatus.KILLED, None, self.kill_reason or ""), None)
-                await preparation.done.wait()
-                if preparation.value is not None:
-                    await self._cleanup(*preparation.value)
-                elif preparation.error is not None:
-                    log.debug("preparing %s failed after its kill: %r", self.key, preparation.error)
-                return
+        assert self._life is not None
+        preparation: Pending[LogStream, Prepared] = Pending(self._wake)
+        self._life.start_soon(preparation.run, self._prepare, logs)
+        await self._wake.wait()
+        if not preparation.done.is_set():  # killed first
+            await self._end(logs, Outcome(RunStatus.KILLED, None, self.kill_reason or ""), None)
+            await preparation.done.wait()
+            if preparation.value is not None:
+                await self._cleanup(*preparation.value)
+            elif preparation.error is not None:
+                log.debug("preparing %s failed after its kill: %r", self.key, preparation.error)
+            return
         try:
             folder, environment, space = preparation.result()
         except (
@@ -151,7 +167,7 @@ class RunJob:
         finally:
             await self._cleanup(folder, environment, space)
 
-    async def _prepare(self, logs: LogStream) -> tuple[RunFolder, Environment | None, RunSpace]:
+    async def _prepare(self, logs: LogStream) -> Prepared:
         """The run's environment, working copy and private space (UID, HOME, TMPDIR, 0600
         arguments file, credential, cgroup); what was acquired is let go again when a later
         step fails."""
@@ -206,7 +222,8 @@ class RunJob:
         space: RunSpace,
     ) -> None:
         ctx, request, orchestration = self.ctx, self.request, self.claim.orchestration
-        assert orchestration is not None
+        assert orchestration is not None and self._life is not None
+        self._wake = anyio.Event()  # before the check: a kill from now on sets this one
         if self.kill_reason:
             await self._end(logs, Outcome(RunStatus.KILLED, None, self.kill_reason), None)
             return
@@ -259,12 +276,12 @@ class RunJob:
             "→ %s attempt %d pid %d (%.1f ms after the request reached the executor)",
             self.key, self.claim.attempt, child.pid, (started - self._received) * 1000,
         )  # fmt: skip
-        async with anyio.create_task_group() as recorder:
-            recorder.start_soon(self._record_pid, child.pid)
-            try:
-                outcome = await self._supervise(child, space)
-            finally:
-                recorder.cancel_scope.cancel()
+        recorder = anyio.CancelScope()
+        self._life.start_soon(self._record_pid, child.pid, recorder)
+        try:
+            outcome = await self._supervise(child, space)
+        finally:
+            recorder.cancel()
         # The run is over: every process it started goes too, then the pipes drain.
         signal_group(child.pid, signal.SIGKILL)
         if space.cgroup is not None:
@@ -290,11 +307,15 @@ class RunJob:
             )
         await self._end(logs, outcome, time.monotonic() - started)
 
-    async def _record_pid(self, pid: int) -> None:
+    async def _record_pid(self, pid: int, scope: anyio.CancelScope) -> None:
         """Record the pid once the run lasts (a short run gets it with its final status: one
-        write less), fenced: a run taken over elsewhere is killed here."""
-        await anyio.sleep(PID_WRITE_AFTER_S)
+        write less; ``scope`` is cancelled when it ends), fenced: a run taken over elsewhere
+        is killed here."""
+        with scope:
+            await anyio.sleep(PID_WRITE_AFTER_S)
+            await self._write_pid(pid)
 
+    async def _write_pid(self, pid: int) -> None:
         def with_pid(record: RunRecord) -> RunRecord | None:
             if not self.claim.ours(record):
                 return None
@@ -309,11 +330,14 @@ class RunJob:
 
     async def _supervise(self, child: Child, space: RunSpace) -> Outcome:
         timeout = self.request.timeout_s
+        assert self._life is not None
+        exit: Pending[Child, int] = Pending(self._wake)  # its exit code, or why it is unknown
+        self._life.start_soon(exit.run, _wait, child)
         try:
-            winner: int | None = None
             with anyio.move_on_after(timeout):  # None: no timeout
-                winner, code = await first(child.wait, self._kill.wait)
-            if winner == 0:
+                await self._wake.wait()
+            if exit.done.is_set():
+                code = exit.result()
                 if getattr(child, "fenced", False):  # the zygote's watchdog: the lease ran out
                     self.request_kill(
                         f"fenced: the executor's lease ({self.ctx.settings.lease_s:.3g} s after "
@@ -323,8 +347,8 @@ class RunJob:
                     )
                     return Outcome(RunStatus.KILLED, code, self.kill_reason or "")
                 return outcome_of(code)
-            if winner == 1:
-                status, reason = RunStatus.KILLED, self.kill_reason or "killed"
+            if self.kill_reason is not None:
+                status, reason = RunStatus.KILLED, self.kill_reason
             else:
                 status, reason = RunStatus.TIMED_OUT, f"timeout {timeout}s"
             if space.cgroup is not None:  # detached processes get the grace too
@@ -414,31 +438,34 @@ class RunJob:
             self.ctx.background.start_soon(anyio.to_thread.run_sync, remove_tree, doomed)
 
 
-class Preparation:
-    """A run's preparation as a task of the run's task group: its outcome, once ``done``."""
+class Pending(Generic[A, T]):
+    """One step of a run (its preparation, its process's exit) as a task of the run's task
+    group: its value or error once ``done``, and the run's current ``wake`` set then."""
 
-    def __init__(self) -> None:
+    def __init__(self, wake: anyio.Event) -> None:
         self.done = anyio.Event()
-        self.value: tuple[RunFolder, Environment | None, RunSpace] | None = None
-        self.error: BaseException | None = None
+        self._wake = wake
+        self.value: T | None = None
+        self.error: Exception | None = None
 
-    async def run(
-        self,
-        prepare: Callable[[LogStream], Awaitable[tuple[RunFolder, Environment | None, RunSpace]]],
-        logs: LogStream,
-    ) -> None:
+    async def run(self, step: Callable[[A], Awaitable[T]], argument: A) -> None:
         try:
-            self.value = await prepare(logs)
+            self.value = await step(argument)
         except Exception as exc:
             self.error = exc
         finally:
             self.done.set()
+            self._wake.set()
 
-    def result(self) -> tuple[RunFolder, Environment | None, RunSpace]:
+    def result(self) -> T:
         if self.error is not None:
             raise self.error
         assert self.value is not None
         return self.value
+
+
+async def _wait(child: Child) -> int:
+    return await child.wait()
 
 
 class MemoryErrorWatch:
