@@ -1,0 +1,276 @@
+"""Workspace scope under attack: what a user credential granted team-a only, or code running
+inside a task of team-a with its run's own credential, can do to team-b (SECURITY.md: a
+workspace is an access boundary the server enforces). Tests of holes still open on main are
+``xfail(strict=True)``: each passes once its hole is closed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from broker import catalog, logs, names, store, workspaces
+from broker.authority import Authority
+from broker.connection import Bus, connect
+from broker.models import (
+    OrchestrationRecord,
+    RunRecord,
+    TaskRecord,
+    WorkspaceIds,
+    encode,
+    utcnow,
+)
+from broker.roles import Role
+from broker.server import EmbeddedServer
+from broker.settings import ConnectSettings
+from broker.status import OrchestrationStatus, RunStatus, TaskKind
+from executor.uids import can_switch_uids
+from tests.conftest import as_role
+from tests.helpers import Daemon, make_zip, wait_for_executors
+
+BOB_MAIN = "BOB_CODE_SECRET = 'bob-code-7731'\nprint('bob ran')\n"
+
+
+@dataclass
+class Teams:
+    server: EmbeddedServer
+    admin: Bus
+    alice: Bus  # a user granted team-a only
+    bob: Bus  # a user granted team-b only
+    alice_creds: str
+    bob_orch: OrchestrationRecord
+    bob_task: TaskRecord
+    bob_run: RunRecord
+
+
+def issue(authority: Authority, name: str, role: Role, *granted: str) -> str:
+    return str(authority.issue(name, role, workspaces=list(granted)))
+
+
+async def user_bus(server: EmbeddedServer, creds: str) -> Bus:
+    return await connect(ConnectSettings(urls=[server.url], creds_file=creds))
+
+
+async def finished(bus: Bus, task: TaskRecord, timeout_s: float = 90.0) -> RunRecord:
+    async with asyncio.timeout(timeout_s):
+        async for _, run in store.watch(bus.runs, RunRecord, f"{task.key}.*"):
+            if run is not None and run.status not in (RunStatus.PENDING, RunStatus.RUNNING):
+                return run
+    raise AssertionError("unreachable")
+
+
+async def stdout(bus: Bus, run: RunRecord) -> str:
+    return "\n".join(line.text for line in await logs.read(bus, run))
+
+
+@pytest.fixture
+async def teams(
+    secure_server: EmbeddedServer,
+    authority: Authority,
+    tmp_path: Path,
+    start_daemon: Callable[..., Daemon],
+) -> AsyncIterator[Teams]:
+    """team-a (alice) and team-b (bob) on one shared executor; bob's task has run there."""
+    url = secure_server.url
+    admin = await connect(as_role(url, authority, "admin"))
+    for name in ("team-a", "team-b"):
+        await workspaces.create(admin.workspaces, name)
+    # Runs get UIDs of their own where this host allows it (as in production as root).
+    uids = "61700-61799" if can_switch_uids() else "none"
+    start_daemon(
+        "executor", "--url", url, "--creds", str(authority.creds_path("executor")),
+        "--run-signing-key", str(authority.run_signing_key), "--run-uids", uids,
+        "--work-dir", str(tmp_path / "executor"),
+    )  # fmt: skip
+    start_daemon(
+        "broker.scheduler", "--url", url, "--creds", str(authority.creds_path("scheduler"))
+    )
+    await wait_for_executors(admin, 1)
+    alice_creds = issue(authority, "alice", Role.USER, "team-a")
+    bob_creds = issue(authority, "bob", Role.USER, "team-b")
+    alice, bob = (
+        await user_bus(secure_server, alice_creds),
+        await user_bus(secure_server, bob_creds),
+    )
+    orch = await catalog.upload_orchestration(
+        bob, make_zip({"main.py": BOB_MAIN}), name="bob's", file_name="b.zip", workspace="team-b"
+    )
+    task = await catalog.create_task(
+        bob, orch, name="bob once", kind=TaskKind.RUN_ONCE, json_args={"secret": "bob-0042"}
+    )
+    run = await finished(bob, task)
+    assert run.status is RunStatus.SUCCESS, run
+    try:
+        yield Teams(secure_server, admin, alice, bob, alice_creds, orch, task, run)
+    finally:
+        for bus in (alice, bob, admin):
+            await bus.close()
+
+
+async def alice_runs(teams: Teams, orch: OrchestrationRecord, name: str) -> RunRecord:
+    task = await catalog.create_task(teams.alice, orch, name=name, kind=TaskKind.RUN_ONCE)
+    return await finished(teams.alice, task)
+
+
+# --- inside a task of team-a: the executor's caches -------------------------------------------
+
+# A main.py that lists the folder above its own (when started as "<sha>/main.py" of a copy of
+# the executor's whole tree cache: every cached zip) and prints every main.py found there.
+SNOOP = """
+import os
+root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+try:
+    for entry in sorted(os.listdir(root)):
+        path = os.path.join(root, entry, "main.py")
+        if os.path.isfile(path):
+            print("TREE", entry, open(path).read().replace(chr(10), " | "))
+except OSError as exc:
+    print("cannot list", type(exc).__name__)
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hole: executor.artifacts.Artifacts.tree joins the record's sha into a path "
+    "unchecked (the cached tree is used before zipstore checks the sha), so a forged "
+    "orchestration record with sha '../trees' runs over a copy of every cached tree",
+)
+async def test_a_forged_sha_does_not_walk_out_of_the_tree_cache(teams: Teams) -> None:
+    """Alice (team-a) writes an orchestration record of her own workspace by hand (her
+    credential may): status ready, sha ``../trees``, entrypoint ``<her sha>/main.py``. Its run
+    gets a working copy of the executor's whole tree cache — every workspace's code, hardlinks
+    readable by any run UID — and prints bob's main.py. It must fail and show nothing of
+    team-b's."""
+    alice = teams.alice
+    own = await catalog.upload_orchestration(
+        alice, make_zip({"main.py": SNOOP}), name="snoop", file_name="s.zip", workspace="team-a"
+    )
+    first = await alice_runs(teams, own, "warm")  # alice's own tree is now cached as well
+    assert first.status is RunStatus.SUCCESS, first
+    forged = msgspec.structs.replace(
+        own, id=catalog.new_id(), name="forged", sha="../trees",
+        entrypoint=f"{own.sha}/main.py", status=OrchestrationStatus.READY,
+    )  # fmt: skip
+    await store.put(alice.orchestrations, forged.key, forged)
+    run = await alice_runs(teams, forged, "walk")
+    assert "bob-code-7731" not in await stdout(alice, run)
+    assert run.status is RunStatus.FAILURE, run
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hole: executor.artifacts.Artifacts.tree serves a cached tree by sha alone, never "
+    "checking that the run's workspace holds that zip",
+)
+async def test_a_sha_of_another_workspace_does_not_reach_its_cached_code(teams: Teams) -> None:
+    """An orchestration record of team-a naming the sha of team-b's zip (which team-a never
+    uploaded) must not run team-b's code out of the executor's cache."""
+    alice = teams.alice
+    own = await catalog.upload_orchestration(
+        alice, make_zip({"main.py": "print('mine')"}), name="own", file_name="o.zip",
+        workspace="team-a",
+    )  # fmt: skip
+    forged = msgspec.structs.replace(
+        own, id=catalog.new_id(), name="borrowed", sha=teams.bob_orch.sha,
+        entrypoint="main.py", status=OrchestrationStatus.READY,
+    )  # fmt: skip
+    await store.put(alice.orchestrations, forged.key, forged)
+    run = await alice_runs(teams, forged, "borrow")
+    assert "bob ran" not in await stdout(alice, run)
+    assert run.status is RunStatus.FAILURE, run
+
+
+# --- a team-a user against the shared daemons ---------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hole: a naive datetime in a task record (broker.models accepts it) raises "
+    "TypeError in broker.scheduler.daemon.Scheduler._start_asked before the task is "
+    "remembered, so the task watch fails and replays into the same record for ever",
+)
+async def test_a_task_record_with_a_naive_timestamp_does_not_stop_the_scheduler(
+    teams: Teams,
+) -> None:
+    """Alice writes a run-once task of team-a whose ``created_at`` has no time zone (a raw KV
+    put, which her credential allows); bob's next run-once task must still run."""
+    poison = {
+        "id": catalog.new_id(), "name": "poison", "orchestration_id": teams.bob_orch.id,
+        "kind": "run_once", "workspace": "team-a",
+        "created_at": "2030-01-01T00:00:00", "updated_at": "2030-01-01T00:00:00",
+    }  # fmt: skip
+    await teams.alice.tasks.put(f"team-a.{poison['id']}", json.dumps(poison).encode())
+    task = await catalog.create_task(
+        teams.bob, teams.bob_orch, name="after", kind=TaskKind.RUN_ONCE
+    )
+    run = await finished(teams.bob, task, timeout_s=20)
+    assert run.status is RunStatus.SUCCESS, run
+
+
+async def test_a_task_record_with_a_bad_schedule_does_not_stop_the_scheduler(
+    teams: Teams,
+) -> None:
+    """Pinned: a scheduled task of team-a with a schedule the SDK refuses (raw KV put) costs
+    the scheduler one watch restart, and bob's next run-once task still runs."""
+    now = utcnow()
+    poison = TaskRecord(
+        id=catalog.new_id(), name="poison", orchestration_id=teams.bob_orch.id,
+        kind=TaskKind.SCHEDULED, schedule="not a cron", tz="No/Where", workspace="team-a",
+        created_at=now, updated_at=now,
+    )  # fmt: skip
+    await store.put(teams.alice.tasks, poison.key, poison)
+    task = await catalog.create_task(
+        teams.bob, teams.bob_orch, name="after", kind=TaskKind.RUN_ONCE
+    )
+    run = await finished(teams.bob, task, timeout_s=20)
+    assert run.status is RunStatus.SUCCESS, run
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hole: broker.roles lets every scoped user write the workspace id counter "
+    "(names.WORKSPACE_IDS), and broker.workspaces._next_id trusts what it holds",
+)
+async def test_a_scoped_user_cannot_make_workspace_ids_repeat(teams: Teams) -> None:
+    """Alice (team-a only) resets the id counter; the next workspace an all-workspace admin
+    creates must still get an id no other workspace has."""
+    await teams.alice.workspaces.put(names.WORKSPACE_IDS, encode(WorkspaceIds(last_id=1)))
+    taken = {w.id for w in await workspaces.list_all(teams.admin)}
+    created = await workspaces.create(teams.admin.workspaces, "team-c")
+    assert created.id not in taken
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hole: broker.roles lets every scoped user write the workspace id counter, and "
+    "broker.workspaces._next_id fails with msgspec.DecodeError on what it holds",
+)
+async def test_a_scoped_user_cannot_stop_workspaces_being_created(teams: Teams) -> None:
+    await teams.alice.workspaces.put(names.WORKSPACE_IDS, b"not a record")
+    created = await workspaces.create(teams.admin.workspaces, "team-c")
+    assert created.name == "team-c"
+
+
+async def test_consumer_filters_cannot_reach_past_the_granted_workspace(teams: Teams) -> None:
+    """Pinned: a named consumer whose API subject names team-a's keys but whose body asks
+    for team-b's (one filter, several, both, or none) is refused by the server."""
+    nc = teams.alice.nc
+    stream = names.kv_stream(names.TASKS)
+    mine = names.kv_subject(names.TASKS, "team-a.>")
+    theirs = names.kv_subject(names.TASKS, "team-b.>")
+    for config in (
+        {"filter_subject": theirs},
+        {"filter_subjects": [theirs]},
+        {"filter_subject": mine, "filter_subjects": [theirs]},
+        {},
+    ):
+        body = {"stream_name": stream, "config": {"name": "probe", "ack_policy": "none", **config}}
+        reply = await nc.request(
+            f"$JS.API.CONSUMER.CREATE.{stream}.probe.{mine}", json.dumps(body).encode(), timeout=5
+        )
+        assert "error" in json.loads(reply.data), (config, reply.data)
