@@ -295,7 +295,7 @@ async def request_packaging(bus: Bus, orchestration: OrchestrationRecord) -> Non
     await bus.js.publish(
         names.PKGQ_SUBJECT,
         encode(request),
-        headers={names.MSG_ID: f"pkg.{orchestration.id}"},
+        headers={names.MSG_ID: f"pkg.{orchestration.key}"},
     )
 
 

@@ -8,12 +8,17 @@ read them with the ``nats`` CLI. Only broker code turns bytes into objects and b
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
 from broker import names
 from broker.status import MissedPolicy, OrchestrationStatus, Overlap, RunStatus, TaskKind
+
+# Every instant on the wire carries its time zone: one without would fail every comparison
+# with an aware one (a record written by hand must be refused where it is decoded, not crash
+# a daemon that compares it).
+Instant = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 def utcnow() -> datetime:
@@ -39,8 +44,8 @@ class OrchestrationRecord(Record, frozen=True, kw_only=True):
     # The workspace's name ("" in stores made before workspaces: ``default``). Readers take it
     # from the record's key, which server permissions scope; never from a record's own field.
     workspace: str = ""
-    created_at: datetime
-    updated_at: datetime
+    created_at: Instant
+    updated_at: Instant
 
     @property
     def key(self) -> str:
@@ -71,9 +76,9 @@ class TaskRecord(Record, frozen=True, kw_only=True):
     paused: bool = False
     # "Run now" asked at this instant (the console's, or a user's): the scheduler starts it,
     # with a run id derived from the task and this instant (exactly once across schedulers).
-    run_now_at: datetime | None = None
-    created_at: datetime
-    updated_at: datetime
+    run_now_at: Instant | None = None
+    created_at: Instant
+    updated_at: Instant
 
     @property
     def key(self) -> str:
@@ -98,14 +103,14 @@ class RunRecord(Record, frozen=True, kw_only=True):
     pid: int = 0
     exit_code: int | None = None
     reason: str = ""  # why it ended the way it did: "timeout 60s", "executor lost", "missed"…
-    instant: datetime | None = None  # the scheduled instant this run fires for
+    instant: Instant | None = None  # the scheduled instant this run fires for
     pool: str = "default"  # the pool whose executors may take it
     retry_of: str = ""  # the run id of the attempt this run retries ("" for a first attempt)
-    not_before: datetime | None = None  # a retry starts no sooner (its back-off)
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    updated_at: datetime | None = None
+    not_before: Instant | None = None  # a retry starts no sooner (its back-off)
+    created_at: Instant
+    started_at: Instant | None = None
+    finished_at: Instant | None = None
+    updated_at: Instant | None = None
 
     @property
     def key(self) -> str:
@@ -123,8 +128,8 @@ class ExecutorRecord(Record, frozen=True, kw_only=True):
     pool: str
     slots: int
     running: list[str] = []  # run keys "<workspace>.<task_id>.<run_id>"
-    started_at: datetime
-    heartbeat_at: datetime
+    started_at: Instant
+    heartbeat_at: Instant
 
 
 class WorkspaceRecord(Record, frozen=True, kw_only=True):
@@ -133,7 +138,7 @@ class WorkspaceRecord(Record, frozen=True, kw_only=True):
 
     id: int
     name: str
-    created_at: datetime
+    created_at: Instant
 
 
 class SchemaMark(Record, frozen=True, kw_only=True):
@@ -156,14 +161,14 @@ class ConnectionRecord(Record, frozen=True, kw_only=True):
     connection_type: str
     details_token: str  # Fernet token of the details' JSON
     workspaces: list[str] = []  # names of the workspaces it is added to
-    created_at: datetime
+    created_at: Instant
 
 
 class SchedulerMark(Record, frozen=True, kw_only=True):
     """The last instant the scheduler fired (or recorded as missed) for one task."""
 
     task_id: str
-    last_instant: datetime
+    last_instant: Instant
 
 
 class RunControl(Record, frozen=True, kw_only=True):
@@ -173,7 +178,7 @@ class RunControl(Record, frozen=True, kw_only=True):
     run_id: str
     kill: bool = True
     reason: str = ""
-    requested_at: datetime
+    requested_at: Instant
 
 
 # --- Messages --------------------------------------------------------------------------------
@@ -189,8 +194,8 @@ class RunRequest(Record, frozen=True, kw_only=True):
     retries: int = 0
     memory_limit_bytes: int | None = None
     cpu_limit: float | None = None
-    not_before: datetime | None = None  # a retry's back-off: executors nak it until then
-    requested_at: datetime
+    not_before: Instant | None = None  # a retry's back-off: executors nak it until then
+    requested_at: Instant
 
     @property
     def key(self) -> str:
@@ -213,7 +218,7 @@ class PackageRequest(Record, frozen=True, kw_only=True):
 
 class LogLine(Record, frozen=True, kw_only=True, array_like=True):
     seq: int  # per run, from 1, strictly increasing
-    ts: datetime
+    ts: Instant
     stream: Literal["stdout", "stderr", "taskbus"]
     text: str
 
@@ -231,7 +236,7 @@ class ZipManifest(Record, frozen=True, kw_only=True):
     size: int  # bytes of the zip
     chunks: int  # messages "c.0" … "c.<chunks - 1>"
     chunk_bytes: int  # bytes of every chunk but the last
-    uploaded_at: datetime
+    uploaded_at: Instant
 
 
 # --- Encoding --------------------------------------------------------------------------------

@@ -167,9 +167,6 @@ def _permissions(role: Role) -> tuple[list[str], list[str]]:
         # Its workspaces' records; with ``workspace:*``, any workspace (creating one) and the
         # id counter (one token, which only ``*`` matches).
         *write_bucket(n.WORKSPACES, WS),
-        # The id counter, for creating a granted workspace nobody made yet: ids are labels
-        # (the reference's ints), never access, so a tampered counter costs no boundary.
-        *write_bucket(n.WORKSPACES, n.WORKSPACE_IDS),
         *write_bucket(n.TASKS, f"{WS}.*"),
         *write_bucket(n.ORCHESTRATIONS, f"{WS}.*"),
         *write_bucket(n.CONNECTIONS, f"{WS}.*"),

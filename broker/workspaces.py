@@ -21,7 +21,12 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysEr
 from nats.js.kv import KeyValue
 
 from broker import names, scope, store
-from broker.errors import InvalidWorkspace, WorkspaceNotFound, WrongArgumentType
+from broker.errors import (
+    InvalidWorkspace,
+    PermissionDenied,
+    WorkspaceNotFound,
+    WrongArgumentType,
+)
 from broker.models import (
     OrchestrationRecord,
     TaskRecord,
@@ -33,6 +38,7 @@ from broker.models import (
 )
 
 if TYPE_CHECKING:
+    from broker import tokens
     from broker.connection import Bus
 
 log = logging.getLogger(__name__)
@@ -102,7 +108,14 @@ async def _next_id(kv: KeyValue) -> int:
             except KeyWrongLastSequenceError:
                 continue
             return names.DEFAULT_WORKSPACE_ID + 1
-        last = decode(WorkspaceIds, entry.value).last_id
+        try:
+            last = decode(WorkspaceIds, entry.value).last_id
+        except msgspec.DecodeError:
+            raise InvalidWorkspace(
+                f"The workspace id counter ({names.WORKSPACES} key {names.WORKSPACE_IDS!r}) "
+                f'is not readable: an admin must put a record there ({{"last_id": N}}, N at '
+                f"least the highest workspace id) before workspaces can be created."
+            ) from None
         try:
             await kv.update(
                 names.WORKSPACE_IDS, encode(WorkspaceIds(last_id=last + 1)), last=entry.revision
@@ -120,9 +133,21 @@ async def ensure_default(kv: KeyValue) -> None:
         await store.create(kv, names.DEFAULT_WORKSPACE, _default())
 
 
-async def create(kv: KeyValue, name: object) -> WorkspaceRecord:
-    """A new workspace (``InvalidWorkspace`` for a bad or taken name)."""
+async def create(kv: KeyValue, name: object, creds: tokens.Creds | None = None) -> WorkspaceRecord:
+    """A new workspace (``InvalidWorkspace`` for a bad or taken name). Only a credential
+    granted every workspace (or an infrastructure role) may create one: a user granted some
+    could not use a workspace it made, and may not touch the id counter."""
     checked = check_name(name)
+    if scope.visible(creds) is not None:
+        assert creds is not None
+        raise PermissionDenied(
+            f"create the workspace {checked!r}",
+            f"the {creds.role} credential {creds.name!r} (granted workspaces "
+            f"{', '.join(scope.visible(creds) or ()) or 'none'})",
+            "Workspaces are created by the admin or a credential granted every workspace "
+            "(`taskbus auth user NAME --role user --all-workspaces`); ask one to create it and "
+            "to grant it to you.",
+        )
     if await store.get(kv, checked, WorkspaceRecord) is not None:
         raise InvalidWorkspace(
             f"A workspace named {checked!r} exists already; get_workspace({checked!r}) returns it."
@@ -134,7 +159,13 @@ async def create(kv: KeyValue, name: object) -> WorkspaceRecord:
     return record
 
 
-async def get(kv: KeyValue, name: object, *, create_if_not_exist: bool = False) -> WorkspaceRecord:
+async def get(
+    kv: KeyValue,
+    name: object,
+    *,
+    create_if_not_exist: bool = False,
+    creds: tokens.Creds | None = None,
+) -> WorkspaceRecord:
     checked = check_name(name)
     found = await store.get(kv, checked, WorkspaceRecord)
     if found is not None:
@@ -148,7 +179,7 @@ async def get(kv: KeyValue, name: object, *, create_if_not_exist: bool = False) 
             f"shows them, create_workspace({checked!r}) makes it."
         )
     try:
-        return await create(kv, checked)
+        return await create(kv, checked, creds)
     except InvalidWorkspace:  # created meanwhile by another client
         return await get(kv, checked)
 

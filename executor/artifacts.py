@@ -56,10 +56,13 @@ from pathlib import Path
 
 import anyio
 
-from broker import archive
+from broker import archive, names
 from broker.connection import Bus
 
 log = logging.getLogger(__name__)
+
+_SHA = re.compile(r"[0-9a-f]{64}")
+_WORKSPACE = re.compile(names.NAME_PATTERN)
 
 HARDLINK_MIN_BYTES = 1 << 20
 SPARES_PER_SHA = 8
@@ -110,11 +113,31 @@ class Artifacts:
         self._locks: dict[str, asyncio.Lock] = {}
         self._spares: dict[str, list[RunFolder]] = {}
         self._entries: dict[str, int] = {}  # entries per tree, once copied
+        # (workspace, sha) whose zip was found in that workspace's zips: a cached tree is
+        # content, shared by every workspace holding the same zip, and handed only to those.
+        self._held: set[tuple[str, str]] = set()
 
     async def tree(self, workspace: str, sha: str) -> Path:
         """The extracted, compiled files of one zip (fetched on first use from the zips of
-        ``workspace``, one the run may use; the cache is by content, so shared by every
-        workspace with the same zip)."""
+        ``workspace``). ``sha`` comes from an orchestration record, which a user may write by
+        hand: it must be a sha256, and the workspace must hold that zip, before its cached
+        tree is used (another workspace's code is not reached by naming its sha)."""
+        if not _SHA.fullmatch(sha) or not _WORKSPACE.fullmatch(workspace):
+            raise ArtifactError(
+                f"the orchestration names no valid zip ({sha[:80]!r} in {workspace[:80]!r}); "
+                f"upload it again"
+            )
+        if (workspace, sha) not in self._held:
+            try:
+                held = await self._bus.zips.exists(workspace, sha)
+            except Exception as exc:
+                raise ArtifactError(f"could not look up the orchestration zip: {exc}") from exc
+            if not held:
+                raise ArtifactError(
+                    f"workspace {workspace!r} holds no zip {sha[:12]}; upload the orchestration "
+                    f"again"
+                )
+            self._held.add((workspace, sha))
         tree = self.trees / sha
         if tree.is_dir():
             return tree

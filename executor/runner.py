@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Generic, TypeVar
 
 import anyio
@@ -228,6 +229,12 @@ class RunJob:
             await self._end(logs, Outcome(RunStatus.KILLED, None, self.kill_reason), None)
             return
         script = folder.path / orchestration.entrypoint
+        # The entry point comes from the orchestration record, which a user may write by
+        # hand: it must be a file of this run's own working copy.
+        if not _inside(script, folder.path):
+            reason = f"the entry point {orchestration.entrypoint[:200]!r} is not a file of its zip"
+            await self._end(logs, Outcome(RunStatus.FAILURE, None, reason), None)
+            return
         env = allowed_environment(ctx.base_env)
         env.update({
             names.ENV_URL: public_urls(ctx.settings.connect.urls),
@@ -462,6 +469,14 @@ class Pending(Generic[A, T]):
             raise self.error
         assert self.value is not None
         return self.value
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return False
+    return resolved.is_file() and resolved.is_relative_to(folder.resolve())
 
 
 async def _wait(child: Child) -> int:

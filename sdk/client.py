@@ -242,7 +242,9 @@ class AsyncClient:
         """The current workspace (one named with ``Client(workspace=…)`` is made on first
         use, as releases before workspaces let any label be used)."""
         name = self._workspace or workspaces.current_default(bus)
-        record = await workspaces.get(bus.workspaces, name, create_if_not_exist=True)
+        record = await workspaces.get(
+            bus.workspaces, name, create_if_not_exist=True, creds=bus.creds
+        )
         return AsyncWorkspace(self, record)
 
     async def list_workspaces(self) -> WorkspaceList[AsyncWorkspace]:
@@ -254,13 +256,15 @@ class AsyncClient:
         """A new workspace; ``InvalidWorkspace`` for a malformed or taken name."""
         workspaces.check_name(name)
         bus = await self.session.bus()
-        return AsyncWorkspace(self, await workspaces.create(bus.workspaces, name))
+        return AsyncWorkspace(self, await workspaces.create(bus.workspaces, name, bus.creds))
 
     async def get_workspace(self, name: str, create_if_not_exist: bool = False) -> AsyncWorkspace:
         """``WorkspaceNotFound`` for an unknown name unless ``create_if_not_exist``."""
         workspaces.check_name(name)
         bus = await self.session.bus()
-        record = await workspaces.get(bus.workspaces, name, create_if_not_exist=create_if_not_exist)
+        record = await workspaces.get(
+            bus.workspaces, name, create_if_not_exist=create_if_not_exist, creds=bus.creds
+        )
         return AsyncWorkspace(self, record)
 
     def set_current_workspace(self, workspace: AsyncWorkspace | Workspace) -> AsyncWorkspace:

@@ -1,7 +1,7 @@
 """Workspace scope under attack: what a user credential granted team-a only, or code running
 inside a task of team-a with its run's own credential, can do to team-b (SECURITY.md: a
-workspace is an access boundary the server enforces). Tests of holes still open on main are
-``xfail(strict=True)``: each passes once its hole is closed."""
+workspace is an access boundary the server enforces). Each test here was first written as an
+attack that succeeded; they pass now that the holes are closed."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 from broker import catalog, logs, names, store, workspaces
 from broker.authority import Authority
 from broker.connection import Bus, connect
+from broker.errors import PermissionDenied
 from broker.models import (
     OrchestrationRecord,
     RunRecord,
@@ -32,6 +33,7 @@ from broker.status import OrchestrationStatus, RunStatus, TaskKind
 from executor.uids import can_switch_uids
 from tests.conftest import as_role
 from tests.helpers import Daemon, make_zip, wait_for_executors
+from tests.test_auth import refused
 
 BOB_MAIN = "BOB_CODE_SECRET = 'bob-code-7731'\nprint('bob ran')\n"
 
@@ -134,12 +136,6 @@ except OSError as exc:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: executor.artifacts.Artifacts.tree joins the record's sha into a path "
-    "unchecked (the cached tree is used before zipstore checks the sha), so a forged "
-    "orchestration record with sha '../trees' runs over a copy of every cached tree",
-)
 async def test_a_forged_sha_does_not_walk_out_of_the_tree_cache(teams: Teams) -> None:
     """Alice (team-a) writes an orchestration record of her own workspace by hand (her
     credential may): status ready, sha ``../trees``, entrypoint ``<her sha>/main.py``. Its run
@@ -162,11 +158,6 @@ async def test_a_forged_sha_does_not_walk_out_of_the_tree_cache(teams: Teams) ->
     assert run.status is RunStatus.FAILURE, run
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: executor.artifacts.Artifacts.tree serves a cached tree by sha alone, never "
-    "checking that the run's workspace holds that zip",
-)
 async def test_a_sha_of_another_workspace_does_not_reach_its_cached_code(teams: Teams) -> None:
     """An orchestration record of team-a naming the sha of team-b's zip (which team-a never
     uploaded) must not run team-b's code out of the executor's cache."""
@@ -188,12 +179,6 @@ async def test_a_sha_of_another_workspace_does_not_reach_its_cached_code(teams: 
 # --- a team-a user against the shared daemons ---------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: a naive datetime in a task record (broker.models accepts it) raises "
-    "TypeError in broker.scheduler.daemon.Scheduler._start_asked before the task is "
-    "remembered, so the task watch fails and replays into the same record for ever",
-)
 async def test_a_task_record_with_a_naive_timestamp_does_not_stop_the_scheduler(
     teams: Teams,
 ) -> None:
@@ -231,29 +216,19 @@ async def test_a_task_record_with_a_bad_schedule_does_not_stop_the_scheduler(
     assert run.status is RunStatus.SUCCESS, run
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: broker.roles lets every scoped user write the workspace id counter "
-    "(names.WORKSPACE_IDS), and broker.workspaces._next_id trusts what it holds",
-)
-async def test_a_scoped_user_cannot_make_workspace_ids_repeat(teams: Teams) -> None:
-    """Alice (team-a only) resets the id counter; the next workspace an all-workspace admin
-    creates must still get an id no other workspace has."""
-    await teams.alice.workspaces.put(names.WORKSPACE_IDS, encode(WorkspaceIds(last_id=1)))
+async def test_a_scoped_user_cannot_touch_the_workspace_id_counter(teams: Teams) -> None:
+    """Alice (team-a only) may neither reset the id counter (ids would repeat) nor spoil it
+    (no workspace could be created); nor create a workspace herself."""
+    before = await teams.admin.workspaces.get(names.WORKSPACE_IDS)
+    for value in (encode(WorkspaceIds(last_id=1)), b"not a record"):
+        await refused(teams.alice, teams.alice.workspaces.put(names.WORKSPACE_IDS, value))
+    after = await teams.admin.workspaces.get(names.WORKSPACE_IDS)
+    assert after.value == before.value and after.revision == before.revision
+    with pytest.raises(PermissionDenied, match="all-workspaces"):
+        await workspaces.create(teams.alice.workspaces, "team-c", teams.alice.creds)
     taken = {w.id for w in await workspaces.list_all(teams.admin)}
-    created = await workspaces.create(teams.admin.workspaces, "team-c")
+    created = await workspaces.create(teams.admin.workspaces, "team-c", teams.admin.creds)
     assert created.id not in taken
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: broker.roles lets every scoped user write the workspace id counter, and "
-    "broker.workspaces._next_id fails with msgspec.DecodeError on what it holds",
-)
-async def test_a_scoped_user_cannot_stop_workspaces_being_created(teams: Teams) -> None:
-    await teams.alice.workspaces.put(names.WORKSPACE_IDS, b"not a record")
-    created = await workspaces.create(teams.admin.workspaces, "team-c")
-    assert created.name == "team-c"
 
 
 async def test_consumer_filters_cannot_reach_past_the_granted_workspace(teams: Teams) -> None:

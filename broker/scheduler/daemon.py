@@ -166,15 +166,23 @@ class Scheduler:
                 log.warning("ignoring the task record at malformed key %r", key)
                 continue
             if seen is None:
-                self._on_task(key, record)
+                self._apply_task(key, record)
             elif key:
                 seen.add(key)
-                self._on_task(key, record)
+                self._apply_task(key, record)
             else:  # caught up: tasks deleted while we were away are gone
                 for gone in set(self.tasks) - seen:
-                    self._on_task(gone, None)
+                    self._apply_task(gone, None)
                 seen = None
                 task_status.started()
+
+    def _apply_task(self, key: str, record: TaskRecord | None) -> None:
+        """``_on_task``; a record it cannot handle (written by hand: users write their tasks'
+        records) is logged and skipped, never allowed to stop the watch every task needs."""
+        try:
+            self._on_task(key, record)
+        except Exception:
+            log.exception("skipping the task record at %r that cannot be scheduled", key)
 
     async def _watch_runs_once_wanted(self) -> None:
         await self._runs_wanted.wait()
