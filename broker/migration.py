@@ -35,7 +35,6 @@ from broker.models import (
     SchemaMark,
     TaskRecord,
     WorkspaceIds,
-    decode,
     encode,
 )
 from broker.publisher import Publisher
@@ -107,25 +106,6 @@ async def _move_id_counter(marks: KeyValue) -> None:
     await marks.purge(OLD_WORKSPACE_IDS)
 
 
-async def _listing(js: JetStreamContext, bucket: str, keys: str) -> dict[str, bytes]:
-    """The live records of ``bucket`` at keys matching ``keys`` (raw values)."""
-    found: dict[str, bytes] = {}
-    async with Follow.bucket(
-        js, bucket, keys, until_loaded=True, flow_control=False, inactive_threshold_s=30.0
-    ) as listing:
-        while True:
-            try:
-                entry = await listing.next(READ_TIMEOUT_S)
-            except StopAsyncIteration:
-                return found
-            if entry is None:
-                raise nats.errors.TimeoutError
-            if entry.value is not None:
-                found[entry.key] = entry.value
-            else:
-                found.pop(entry.key, None)
-
-
 async def _move(
     js: JetStreamContext,
     kv: KeyValue,
@@ -139,12 +119,8 @@ async def _move(
     """Every record at an old-layout key, created at its new key, then purged at the old one;
     returns them by new key (old records that do not decode are left where they are)."""
     moved: dict[str, R] = {}
-    for old, value in (await _listing(js, kv._name, old_keys)).items():
-        try:
-            record = decode(kind, value)
-        except Exception as exc:
-            log.warning("not migrating %s record %r that does not decode: %s", kv._name, old, exc)
-            continue
+    # Old records that do not decode are logged and left where they are.
+    for old, record in (await store.scan_js(js, kv._name, kind, old_keys)).items():
         if adapt is not None:
             record = adapt(record)
         key = new_key(old, record)
@@ -221,10 +197,9 @@ async def _move_zips(js: JetStreamContext, zips: ZipStore, orchestrations: KeyVa
     except NotFoundError:
         return
     old = ObjectStore(name=OLD_ARTIFACTS, stream=names.object_stream(OLD_ARTIFACTS), js=js)
-    records = await _listing(js, orchestrations._name, "*.*")
+    records = await store.scan_js(js, orchestrations._name, OrchestrationRecord, "*.*")
     missing = 0
-    for key, value in records.items():
-        record = decode(OrchestrationRecord, value)
+    for key, record in records.items():
         workspace = key.split(".", 1)[0]
         if await zips.exists(workspace, record.sha):
             continue

@@ -29,6 +29,24 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
     """Base of every wire type."""
 
 
+class RunKeys:
+    """The keys of a run (a ``RunRecord``'s, a ``RunRequest``'s): workspace first."""
+
+    __slots__ = ()
+    workspace: str
+    task_id: str
+    run_id: str
+
+    @property
+    def key(self) -> str:
+        """The run's key (in RUNS and CONTROL)."""
+        return names.run_key(names.workspace_token(self.workspace), self.task_id, self.run_id)
+
+    @property
+    def task_key(self) -> str:
+        return names.task_key(names.workspace_token(self.workspace), self.task_id)
+
+
 class OrchestrationRecord(Record, frozen=True, kw_only=True):
     id: str
     name: str
@@ -93,7 +111,7 @@ class TaskRecord(Record, frozen=True, kw_only=True):
         return names.orchestration_key(names.workspace_token(self.workspace), self.orchestration_id)
 
 
-class RunRecord(Record, frozen=True, kw_only=True):
+class RunRecord(Record, RunKeys, frozen=True, kw_only=True):
     task_id: str
     run_id: str
     workspace: str = ""  # its task's (as on TaskRecord: the key's, when read)
@@ -111,14 +129,6 @@ class RunRecord(Record, frozen=True, kw_only=True):
     started_at: Instant | None = None
     finished_at: Instant | None = None
     updated_at: Instant | None = None
-
-    @property
-    def key(self) -> str:
-        return names.run_key(names.workspace_token(self.workspace), self.task_id, self.run_id)
-
-    @property
-    def task_key(self) -> str:
-        return names.task_key(names.workspace_token(self.workspace), self.task_id)
 
 
 class ExecutorRecord(Record, frozen=True, kw_only=True):
@@ -182,7 +192,7 @@ class RunControl(Record, frozen=True, kw_only=True):
 
 
 # --- Messages --------------------------------------------------------------------------------
-class RunRequest(Record, frozen=True, kw_only=True):
+class RunRequest(Record, RunKeys, frozen=True, kw_only=True):
     """Published on the run queue once the run record exists as ``pending``."""
 
     task_id: str
@@ -196,15 +206,6 @@ class RunRequest(Record, frozen=True, kw_only=True):
     cpu_limit: float | None = None
     not_before: Instant | None = None  # a retry's back-off: executors nak it until then
     requested_at: Instant
-
-    @property
-    def key(self) -> str:
-        """The run's key (in RUNS and CONTROL)."""
-        return names.run_key(names.workspace_token(self.workspace), self.task_id, self.run_id)
-
-    @property
-    def task_key(self) -> str:
-        return names.task_key(names.workspace_token(self.workspace), self.task_id)
 
     @property
     def orchestration_key(self) -> str:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 import nats.errors
+from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -147,6 +148,13 @@ def _decoded(kind: type[R], key: str, value: bytes) -> R | None:
 
 
 async def scan(bus: Bus, bucket: str, kind: type[R], keys: str = ">") -> dict[str, R]:
+    """Every live record whose key matches the subject pattern ``keys`` (``scan_js``)."""
+    return await scan_js(bus.js, bucket, kind, keys)
+
+
+async def scan_js(
+    js: JetStreamContext, bucket: str, kind: type[R], keys: str = ">"
+) -> dict[str, R]:
     """Every live record whose key matches the subject pattern ``keys``, in one consumer.
 
     Not ``kv.watch()``'s "caught up" marker: it can come before a record the server had
@@ -158,7 +166,7 @@ async def scan(bus: Bus, bucket: str, kind: type[R], keys: str = ">") -> dict[st
     # lists its own task's runs); its answer already says how many records there are.
     records: dict[str, R] = {}
     listing = Follow.bucket(
-        bus.js,
+        js,
         bucket,
         keys,
         until_loaded=True,

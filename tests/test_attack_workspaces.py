@@ -5,18 +5,12 @@ attack that succeeded; they pass now that the holes are closed."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import msgspec
 import pytest
 
-from broker import catalog, logs, names, store, workspaces
-from broker.authority import Authority
-from broker.connection import Bus, connect
+from broker import catalog, names, store, workspaces
 from broker.errors import PermissionDenied
 from broker.models import (
     OrchestrationRecord,
@@ -26,92 +20,12 @@ from broker.models import (
     encode,
     utcnow,
 )
-from broker.roles import Role
-from broker.server import EmbeddedServer
-from broker.settings import ConnectSettings
 from broker.status import OrchestrationStatus, RunStatus, TaskKind
-from executor.uids import can_switch_uids
-from tests.conftest import as_role
-from tests.helpers import Daemon, make_zip, wait_for_executors
+from tests.helpers import make_zip
 from tests.test_auth import refused
+from tests.test_workspace_scope import Teams, finished, stdout, teams
 
-BOB_MAIN = "BOB_CODE_SECRET = 'bob-code-7731'\nprint('bob ran')\n"
-
-
-@dataclass
-class Teams:
-    server: EmbeddedServer
-    admin: Bus
-    alice: Bus  # a user granted team-a only
-    bob: Bus  # a user granted team-b only
-    alice_creds: str
-    bob_orch: OrchestrationRecord
-    bob_task: TaskRecord
-    bob_run: RunRecord
-
-
-def issue(authority: Authority, name: str, role: Role, *granted: str) -> str:
-    return str(authority.issue(name, role, workspaces=list(granted)))
-
-
-async def user_bus(server: EmbeddedServer, creds: str) -> Bus:
-    return await connect(ConnectSettings(urls=[server.url], creds_file=creds))
-
-
-async def finished(bus: Bus, task: TaskRecord, timeout_s: float = 90.0) -> RunRecord:
-    async with asyncio.timeout(timeout_s):
-        async for _, run in store.watch(bus.runs, RunRecord, f"{task.key}.*"):
-            if run is not None and run.status not in (RunStatus.PENDING, RunStatus.RUNNING):
-                return run
-    raise AssertionError("unreachable")
-
-
-async def stdout(bus: Bus, run: RunRecord) -> str:
-    return "\n".join(line.text for line in await logs.read(bus, run))
-
-
-@pytest.fixture
-async def teams(
-    secure_server: EmbeddedServer,
-    authority: Authority,
-    tmp_path: Path,
-    start_daemon: Callable[..., Daemon],
-) -> AsyncIterator[Teams]:
-    """team-a (alice) and team-b (bob) on one shared executor; bob's task has run there."""
-    url = secure_server.url
-    admin = await connect(as_role(url, authority, "admin"))
-    for name in ("team-a", "team-b"):
-        await workspaces.create(admin.workspaces, name)
-    # Runs get UIDs of their own where this host allows it (as in production as root).
-    uids = "61700-61799" if can_switch_uids() else "none"
-    start_daemon(
-        "executor", "--url", url, "--creds", str(authority.creds_path("executor")),
-        "--run-signing-key", str(authority.run_signing_key), "--run-uids", uids,
-        "--work-dir", str(tmp_path / "executor"),
-    )  # fmt: skip
-    start_daemon(
-        "broker.scheduler", "--url", url, "--creds", str(authority.creds_path("scheduler"))
-    )
-    await wait_for_executors(admin, 1)
-    alice_creds = issue(authority, "alice", Role.USER, "team-a")
-    bob_creds = issue(authority, "bob", Role.USER, "team-b")
-    alice, bob = (
-        await user_bus(secure_server, alice_creds),
-        await user_bus(secure_server, bob_creds),
-    )
-    orch = await catalog.upload_orchestration(
-        bob, make_zip({"main.py": BOB_MAIN}), name="bob's", file_name="b.zip", workspace="team-b"
-    )
-    task = await catalog.create_task(
-        bob, orch, name="bob once", kind=TaskKind.RUN_ONCE, json_args={"secret": "bob-0042"}
-    )
-    run = await finished(bob, task)
-    assert run.status is RunStatus.SUCCESS, run
-    try:
-        yield Teams(secure_server, admin, alice, bob, alice_creds, orch, task, run)
-    finally:
-        for bus in (alice, bob, admin):
-            await bus.close()
+__all__ = ["teams"]  # the fixture, shared with tests.test_workspace_scope
 
 
 async def alice_runs(teams: Teams, orch: OrchestrationRecord, name: str) -> RunRecord:

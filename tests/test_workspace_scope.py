@@ -17,17 +17,20 @@ from broker import catalog, connections, logs, names, store, workspaces
 from broker.authority import Authority
 from broker.connection import Bus, connect
 from broker.errors import PermissionDenied
-from broker.models import ConnectionRecord, RunRecord, TaskRecord
+from broker.models import ConnectionRecord, OrchestrationRecord, RunRecord, TaskRecord
 from broker.roles import Role
 from broker.secret_key import SecretKey, new_key_text
 from broker.server import EmbeddedServer
 from broker.settings import ConnectSettings
 from broker.status import RunStatus, TaskKind
+from executor.uids import can_switch_uids
 from tests.conftest import as_role
 from tests.helpers import Daemon, make_zip, wait_for_executors
 from tests.test_auth import refused
 
 MAIN = "import sdk\nprint('args', sdk.task_args())\n"
+# Bob's code: its secret constant must never reach another workspace; it prints its arguments.
+BOB_MAIN = "import sdk\nBOB_CODE_SECRET = 'bob-code-7731'\nprint('bob ran', sdk.task_args())\n"
 
 
 @dataclass
@@ -37,25 +40,29 @@ class Teams:
     alice: Bus  # a user granted team-a only
     bob: Bus  # a user granted team-b only
     alice_creds: str
+    bob_orch: OrchestrationRecord
     bob_task: TaskRecord
     bob_run: RunRecord
-    bob_sha: str
 
 
-def issue(authority: Authority, name: str, role: Role, *workspaces: str) -> str:
-    return str(authority.issue(name, role, workspaces=list(workspaces)))
+def issue(authority: Authority, name: str, role: Role, *granted: str) -> str:
+    return str(authority.issue(name, role, workspaces=list(granted)))
 
 
 async def user_bus(server: EmbeddedServer, creds: str) -> Bus:
     return await connect(ConnectSettings(urls=[server.url], creds_file=creds))
 
 
-async def finished_run(bus: Bus, task: TaskRecord, timeout_s: float = 60.0) -> RunRecord:
+async def finished(bus: Bus, task: TaskRecord, timeout_s: float = 90.0) -> RunRecord:
     async with asyncio.timeout(timeout_s):
         async for _, run in store.watch(bus.runs, RunRecord, f"{task.key}.*"):
             if run is not None and run.status not in (RunStatus.PENDING, RunStatus.RUNNING):
                 return run
     raise AssertionError("unreachable")
+
+
+async def stdout(bus: Bus, run: RunRecord) -> str:
+    return "\n".join(line.text for line in await logs.read(bus, run))
 
 
 @pytest.fixture
@@ -65,13 +72,16 @@ async def teams(
     tmp_path: Path,
     start_daemon: Callable[..., Daemon],
 ) -> AsyncIterator[Teams]:
+    """team-a (alice) and team-b (bob) on one shared executor; bob's task has run there."""
     url = secure_server.url
     admin = await connect(as_role(url, authority, "admin"))
     for name in ("team-a", "team-b"):
         await workspaces.create(admin.workspaces, name)
+    # Runs get UIDs of their own where this host allows it (as in production as root).
+    uids = "61700-61799" if can_switch_uids() else "none"
     start_daemon(
         "executor", "--url", url, "--creds", str(authority.creds_path("executor")),
-        "--run-signing-key", str(authority.run_signing_key), "--run-uids", "none",
+        "--run-signing-key", str(authority.run_signing_key), "--run-uids", uids,
         "--work-dir", str(tmp_path / "executor"),
     )  # fmt: skip
     start_daemon(
@@ -84,17 +94,16 @@ async def teams(
         await user_bus(secure_server, alice_creds),
         await user_bus(secure_server, bob_creds),
     )
-    data = make_zip({"main.py": MAIN})
     orch = await catalog.upload_orchestration(
-        bob, data, name="bob's", file_name="b.zip", workspace="team-b"
+        bob, make_zip({"main.py": BOB_MAIN}), name="bob's", file_name="b.zip", workspace="team-b"
     )
     task = await catalog.create_task(
         bob, orch, name="bob once", kind=TaskKind.RUN_ONCE, json_args={"secret": "bob-0042"}
     )
-    run = await finished_run(bob, task)
+    run = await finished(bob, task)
     assert run.status is RunStatus.SUCCESS, run
     try:
-        yield Teams(secure_server, admin, alice, bob, alice_creds, task, run, orch.sha)
+        yield Teams(secure_server, admin, alice, bob, alice_creds, orch, task, run)
     finally:
         for bus in (alice, bob, admin):
             await bus.close()
@@ -135,7 +144,9 @@ async def test_raw_requests_on_another_workspaces_keys_are_refused(teams: Teams)
         ),
         "log by sequence": alice.js.get_msg(names.LOGS_STREAM, seq=1, direct=True),
         "zip": alice.js.get_msg(
-            names.ZIPS_STREAM, subject=names.zip_subject("team-b", teams.bob_sha, "m"), direct=True
+            names.ZIPS_STREAM,
+            subject=names.zip_subject("team-b", teams.bob_orch.sha, "m"),
+            direct=True,
         ),
         "stream info naming every key": alice.js.stream_info(
             names.kv_stream(names.TASKS), subjects_filter=">"
@@ -147,7 +158,7 @@ async def test_raw_requests_on_another_workspaces_keys_are_refused(teams: Teams)
     killed = msgspec.structs.replace(bob_task, killed=True)
     for action in (
         store.put(alice.tasks, bob_task.key, killed),
-        alice.js.publish(names.zip_subject("team-b", teams.bob_sha, "m"), b"{}"),
+        alice.js.publish(names.zip_subject("team-b", teams.bob_orch.sha, "m"), b"{}"),
         alice.js.publish(names.logs_subject("team-b", bob_task.id, "forged"), b"{}"),
     ):
         await refused(alice, action)
