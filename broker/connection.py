@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from broker import names, roles, tokens
+from broker import names, roles, scope, tokens
 from broker.errors import CredentialError, NotConnected, PermissionDenied
 from broker.provision import bind, provision
 from broker.publisher import Publisher
@@ -339,6 +339,13 @@ def _credential_words(creds: tokens.Creds | None) -> tuple[str, str]:
         return who, (
             "A task run may read only its own task, orchestration and arguments; a task that "
             "must drive other tasks needs a user credential from its owner."
+        )
+    granted = scope.visible(creds)
+    if granted is not None:
+        who = f"{who} (granted workspaces {', '.join(granted) or 'none'})"
+        return who, (
+            "Another workspace's records need a grant of it (`taskbus auth user NAME --role "
+            f"{role} --workspace W`, W repeated); other actions a role that allows them."
         )
     return who, (
         "Ask an admin for a credential with a role that allows it "

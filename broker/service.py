@@ -45,6 +45,13 @@ CLOSE_TIMEOUT_S = 2.0
 def configure_logging(level: int | str = logging.INFO) -> None:
     """One line per record on stderr, the same format in every daemon."""
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    quiet_asyncio()
+
+
+def quiet_asyncio() -> None:
+    """asyncio warns "returning true from eof_received() has no effect when using ssl" on
+    every TLS connection nats-py closes: noise, not a problem; its errors still show."""
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
 
 
 def run(serve: Callable[[], Awaitable[None]], log: logging.Logger) -> ExitCode:

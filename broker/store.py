@@ -147,15 +147,27 @@ def _decoded(kind: type[R], key: str, value: bytes) -> R | None:
         return None
 
 
-async def scan(bus: Bus, bucket: str, kind: type[R], keys: str = ">") -> dict[str, R]:
+async def scan(
+    bus: Bus,
+    bucket: str,
+    kind: type[R],
+    keys: str = ">",
+    accept: Callable[[str], object] | None = None,
+) -> dict[str, R]:
     """Every live record whose key matches the subject pattern ``keys`` (``scan_js``)."""
-    return await scan_js(bus.js, bucket, kind, keys)
+    return await scan_js(bus.js, bucket, kind, keys, accept)
 
 
 async def scan_js(
-    js: JetStreamContext, bucket: str, kind: type[R], keys: str = ">"
+    js: JetStreamContext,
+    bucket: str,
+    kind: type[R],
+    keys: str = ">",
+    accept: Callable[[str], object] | None = None,
 ) -> dict[str, R]:
-    """Every live record whose key matches the subject pattern ``keys``, in one consumer.
+    """Every live record whose key matches the subject pattern ``keys``, in one consumer;
+    with ``accept``, only those whose key it accepts are decoded (a bucket's other keys, such
+    as the workspaces bucket's id counter, hold other records).
 
     Not ``kv.watch()``'s "caught up" marker: it can come before a record the server had
     already pushed (a record then goes missing from a listing). The consumer's own counts say
@@ -182,7 +194,7 @@ async def scan_js(
                 return records
             if entry is None:
                 raise nats.errors.TimeoutError
-            if entry.value is not None:
+            if entry.value is not None and (accept is None or accept(entry.key)):
                 record = _decoded(kind, entry.key, entry.value)
                 if record is not None:
                     records[entry.key] = record

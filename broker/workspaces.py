@@ -188,7 +188,7 @@ async def list_all(bus: Bus) -> list[WorkspaceRecord]:
     """Every workspace this connection may see, by id (``default`` first)."""
     listings = await asyncio.gather(
         *(
-            store.scan(bus, names.WORKSPACES, WorkspaceRecord, keys)
+            store.scan(bus, names.WORKSPACES, WorkspaceRecord, keys, accept=_NAME.fullmatch)
             for keys in scope.filters(bus.creds, None)
         )
     )

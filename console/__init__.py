@@ -1,7 +1,7 @@
 """The Taskbus console: a full-screen Textual app with live tasks, runs, executors and logs.
 
 ``run_console(settings)`` runs it in this terminal; ``web=True`` serves it in a browser
-through textual-serve (localhost only by default: it has no authentication of its own).
+through textual-serve (localhost by default, behind a token: ``console.web``).
 """
 
 from __future__ import annotations

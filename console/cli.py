@@ -53,8 +53,8 @@ def add_web_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host",
         default="127.0.0.1",
-        help="with --web: address to bind (default 127.0.0.1; the web console has no "
-        "authentication of its own: keep it on localhost or behind an authenticating proxy)",
+        help="with --web: address to bind (default 127.0.0.1; requests need the token in the "
+        "printed URL, which travels in clear: beyond localhost, put TLS in front)",
     )
     parser.add_argument(
         "--port", type=int, default=WEB_PORT, help=f"with --web: port (default {WEB_PORT})"

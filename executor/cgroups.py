@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,35 @@ class RunCgroup:
                 path.rmdir()
 
 
+# An executor's id (``executor.settings``) ends in "-<pid>-<4 hex>": its parents outlive a
+# SIGKILLed executor, and the next executor on the host removes them once that pid is gone.
+_OWNER_PID = re.compile(r"-(\d+)-[0-9a-f]{4}$")
+
+
+def _remove_stale(taskbus: Path, keep: str) -> None:
+    """Remove the cgroup parents of executors of this host that died without closing them
+    (empty of processes; a parent still holding one is left alone)."""
+    for parent in taskbus.iterdir() if taskbus.is_dir() else []:
+        found = _OWNER_PID.search(parent.name)
+        if parent.name == keep or not parent.is_dir() or found is None:
+            continue
+        if _alive(int(found.group(1))):
+            continue
+        for child in [*(c for c in parent.iterdir() if c.is_dir()), parent]:
+            with contextlib.suppress(OSError):  # EBUSY: processes left in it
+                child.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Cgroups:
     """This executor's cgroup parent in every controller, and a child per run."""
 
@@ -119,6 +149,7 @@ class Cgroups:
                         made.rmdir()
                 return None, f"no writable cgroup v1 {controller} controller ({exc})"
             parents[controller] = parent
+            _remove_stale(parent.parent, keep=owner)
         return cls(parents), "cgroup v1 (pids, freezer, memory, cpu) per run"
 
     def create(

@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar, overload
 
 import msgspec
 
+from broker import names
 from broker.text import printable
 
 NONE = "-"
@@ -31,8 +32,11 @@ def iso(value: datetime | None, *, none: str | None = NONE) -> str | None:
 
 
 def jsonable(record: Any) -> dict[str, Any]:
-    """A wire record as a dict of JSON values (times in full ISO-8601 with their zone)."""
+    """A wire record as a dict of JSON values (times in full ISO-8601 with their zone; a
+    ``workspace`` by its name, never the empty label of the default workspace)."""
     data: dict[str, Any] = msgspec.to_builtins(record)
+    if data.get("workspace") == "":
+        data["workspace"] = names.DEFAULT_WORKSPACE
     return data
 
 

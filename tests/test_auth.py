@@ -27,6 +27,7 @@ from broker.settings import ConnectSettings
 from broker.status import RunStatus, TaskKind
 from tests.conftest import as_role
 from tests.helpers import REPO, Daemon, daemon_env, make_zip
+from tests.test_cli import one_error_line
 from tests.test_executor import upload, wait_run
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -445,3 +446,18 @@ async def test_the_async_client_is_told_at_once_too(
             with pytest.raises(sdk.PermissionDenied, match="scheduler"):
                 await client.upload_orchestration(bytes_buffer=make_zip({"main.py": "print(1)"}))
         assert await client.list_tasks() == []  # what it may do still works
+
+
+def test_a_server_not_provisioned_yet_is_named_as_such(
+    tmp_path: Path, authority: Authority
+) -> None:
+    """A cluster before `taskbus provision`: a user's command says to provision, once, with
+    the admin credential, not that the connection was lost."""
+    settings = ServerSettings(
+        data_dir=tmp_path / "bare", port=0, config_file=authority.server_config
+    )
+    with EmbeddedServer(settings) as server:
+        result = taskbus("tasks", "--creds", str(authority.creds_path("user")), "--url", server.url)
+    assert result.returncode == 3
+    line = one_error_line(result)
+    assert "no Taskbus streams yet" in line and "taskbus provision" in line

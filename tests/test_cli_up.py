@@ -25,6 +25,11 @@ from tests.helpers import REPO, daemon_env, make_zip
 from tests.test_console_support import screen_text, wait_for
 
 EXPECT_TIMEOUT_S = 60.0
+READS_CONNECTION = (
+    "import sdk\n"
+    "ok = sdk.Client().get_connection('db').details()['password'] == 's3cret-42'\n"
+    "print('password ok' if ok else 'password wrong')\n"
+)
 
 
 class Up:
@@ -37,7 +42,9 @@ class Up:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=daemon_env(),
+            # As a user starts it: --data-dir alone says where everything is (the daemons
+            # find its keys without the variable the SDK here uses).
+            env={k: v for k, v in daemon_env().items() if k != "TASKBUS_DATA_DIR"},
             cwd=cwd,
         )  # fmt: skip
         self.lines: queue.Queue[str | None] = queue.Queue()
@@ -109,6 +116,14 @@ def test_up_runs_work_and_a_restart_loses_nothing(
             run = task.last_runs()[0]
             logs = list(run.logs())
             assert any(line.endswith("hi {'who': 'world'}") for line in logs), logs
+            # A connection (up made its key in the data directory) reaches a run.
+            wl.create_connection("db", "postgres", {"password": "s3cret-42"})
+            reader = wl.upload_orchestration(
+                bytes_buffer=make_zip({"main.py": READS_CONNECTION}), name="reader"
+            ).wait_until_ready(timeout=60)
+            reads = reader.run_once("reads")
+            assert reads.wait(timeout=60) == "success", list(reads.last_runs()[0].logs())
+            assert any(line.endswith("password ok") for line in reads.last_runs()[0].logs())
         up.expect(rf"greet {run.id()} success")
     finally:
         code = up.stop()
@@ -118,12 +133,13 @@ def test_up_runs_work_and_a_restart_loses_nothing(
     again = Up(port, data_dir)
     try:
         url = again.expect(r"listening on (nats://\S+)").group(1)
-        again.expect(r"runs on record: 1 ")
+        again.expect(r"runs on record: 2 ")
         with sdk.Client(url) as wl:
-            (orch_after,) = wl.list_orchestrations()
+            orch_after, _ = wl.list_orchestrations()  # oldest first
             assert (orch_after.id(), orch_after.status()) == (orch.id(), "ready")
-            (task_after,) = wl.list_tasks()
-            assert task_after.id() == task.id() and task_after.status() == "success"
+            task_after = wl.get_task_by_id(task.id())
+            assert task_after.status() == "success"
+            assert len(wl.list_tasks()) == 2
             (run_after,) = task_after.last_runs()
             assert run_after.id() == run.id() and run_after.status() == "success"
             assert run_after.exit_code() == 0

@@ -6,6 +6,9 @@ seconds are printed (``-s``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -114,3 +117,32 @@ async def test_kill_and_timeout_end_every_descendant(
     async with asyncio.timeout(2.0):  # within 2 s of the run being recorded timed out
         while not all(process_gone(pid) for pid in pids.values()):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+
+
+def test_a_dead_executors_cgroups_are_removed_by_the_next_one(tmp_path: Path) -> None:
+    """An executor killed with SIGKILL leaves its cgroup parents (and a run's, emptied);
+    the next executor on the host removes them, and leaves a live executor's alone."""
+    from executor.cgroups import CONTROLLERS, ROOT, Cgroups
+
+    probe, _ = Cgroups.probe("probe")
+    if probe is None:
+        pytest.skip("no writable cgroup v1 hierarchy here")
+    probe.close()
+    finished = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+    dead_pid = int(finished.stdout)  # a pid that was an executor's and is gone
+    dead, live = f"host-{dead_pid}-abcd", f"host-{os.getpid()}-abcd"
+    for owner in (dead, live):
+        for controller in CONTROLLERS:
+            (ROOT / controller / "taskbus" / owner / "run-1").mkdir(parents=True)
+    mine, _ = Cgroups.probe(f"host-{os.getpid()}-ef01")
+    assert mine is not None
+    try:
+        for controller in CONTROLLERS:
+            assert not (ROOT / controller / "taskbus" / dead).exists()
+            assert (ROOT / controller / "taskbus" / live / "run-1").is_dir()
+    finally:
+        mine.close()
+        for controller in CONTROLLERS:
+            for owner in (f"{live}/run-1", live):
+                with contextlib.suppress(OSError):
+                    (ROOT / controller / "taskbus" / owner).rmdir()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,3 +185,15 @@ def test_cli_workspace_option_selects_and_filters(nats_url: str, tmp_path: Path)
     assert refused.returncode == 2 and "in workspace 'team-a'" in one_error_line(refused)
     unknown = taskbus("upload", str(zip_path), "--workspace", "ghost", url=nats_url)
     assert unknown.returncode == 2 and "No workspace named 'ghost'" in one_error_line(unknown)
+
+
+def test_listing_workspaces_decodes_workspaces_only(
+    client: sdk.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bucket's id counter and schema mark are no workspaces: a listing skips them
+    without a warning about records that do not decode."""
+    client.create_workspace("team-a")
+    with caplog.at_level(logging.WARNING):
+        listed = [w.name() for w in client.list_workspaces()]
+    assert listed == ["default", "team-a"]
+    assert not [r for r in caplog.records if "does not decode" in r.getMessage()]

@@ -65,11 +65,18 @@ def up(args: argparse.Namespace) -> int:
     settings = _as(authority, url, Role.OPERATOR)  # the console and the event printer
     _say(f"nats-server listening on {url} (data in {data_dir})")
     _say(f"credentials in {authority.root / 'creds'} (the SDK and CLI here find user.creds)")
+    exports = []
     if data_dir != default_data_dir():
-        _say(f"for them to find it: export {names.ENV_DATA_DIR}={data_dir}")
+        exports.append(f"{names.ENV_DATA_DIR}={data_dir}")
+    if url != names.DEFAULT_URL:
+        exports.append(f"{names.ENV_URL}={url}")
+    if exports:
+        _say(f"for them to find it: export {' '.join(exports)}")
     try:
         executor_env = child_env(_as(authority, url, Role.EXECUTOR))
         executor_env[names.ENV_RUN_SIGNING_KEY] = str(authority.run_signing_key)
+        # Where the connections' key is (<data dir>/auth/secret.key, made with the authority).
+        executor_env[names.ENV_DATA_DIR] = str(data_dir)
         for what, argv, env in (
             ("executor", ["-m", "executor", "--url", url, "--slots", str(args.slots),
                           "--work-dir", str(data_dir / "executor")], executor_env),

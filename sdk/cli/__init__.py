@@ -12,6 +12,7 @@ stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -42,6 +43,8 @@ def dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None)
     on stderr and an exit code."""
     from broker.errors import TaskbusError, exit_status
 
+    # As broker.service.quiet_asyncio (not imported: `--help` stays light): no TLS EOF noise.
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passthrough", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -64,7 +67,15 @@ def dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None)
         error(exc)
         return USAGE
     except Exception as exc:
-        if type(exc).__module__.startswith("nats"):
+        nats_error = type(exc).__module__.startswith("nats")  # nats is not imported for --help
+        if nats_error and "stream not found" in str(exc):
+            error(
+                "the server has no Taskbus streams yet: provision it once with the admin "
+                "credential (`taskbus provision --creds …/admin.creds`; `taskbus up` and "
+                "`taskbus server` do it themselves)"
+            )
+            return NOT_CONNECTED
+        if nats_error:
             error(f"lost the connection to the server ({type(exc).__name__}: {exc})")
             return NOT_CONNECTED
         raise
