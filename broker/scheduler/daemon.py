@@ -253,7 +253,7 @@ class Scheduler:
             self._arm(task_id, cron.next_fire(record.schedule, record.tz, anchor))
 
     def _start_asked(self, task: TaskRecord, seen: bool, last_ask: datetime | None) -> None:
-        """Runs users and operators ask for but may not create (SECURITY.md: they could
+        """Runs users and operators ask for but may not create (the trust boundary: they could
         forge a run's status): a new run-once task's run, and a "run now". Each run id is
         derived from the task and the instant asked, so two schedulers, a restart, or a
         client that may create it itself (the admin) make one run; an ask older than
