@@ -137,7 +137,7 @@ class ExecutorRecord(Record, frozen=True, kw_only=True):
     pid: int
     pool: str
     slots: int
-    running: list[str] = []  # run keys "<workspace>.<task_id>.<run_id>"
+    running: list[str] = []  # ``names.run_token`` of each run it runs
     started_at: Instant
     heartbeat_at: Instant
 

@@ -6,6 +6,8 @@ that a component that speaks to another one can only do so through a name both i
 
 from __future__ import annotations
 
+import hashlib
+
 # --- Key-value buckets -----------------------------------------------------------------------
 # Every record of a workspace has the workspace's name as its key's first token, and so does
 # every log subject and zip: server permissions scope a credential to its workspaces with
@@ -110,6 +112,13 @@ def orchestration_key(workspace: str, orchestration_id: str) -> str:
 def run_key(workspace: str, task_id: str, run_id: str) -> str:
     """A run's key in RUNS and CONTROL (and in an executor's list of running runs)."""
     return f"{workspace}.{task_id}.{run_id}"
+
+
+def run_token(run_key: str) -> str:
+    """What an executor's heartbeat says of a run it runs: a digest of the run's key, so the
+    heartbeat (every user reads the executors bucket, for the pools served) names no
+    workspace and no id; whoever knows the run computes the same token."""
+    return hashlib.blake2b(run_key.encode(), digest_size=12).hexdigest()
 
 
 def connection_key(workspace: str, name: str) -> str:

@@ -294,6 +294,15 @@ class ConsoleState:
         self._touch("runs")
         self._touch_task(task_id)
 
+    def active_runs_by_token(self) -> dict[str, tuple[str, str]]:
+        """(task key, run id) of every pending or running run, by ``names.run_token`` (what
+        executors' heartbeats list)."""
+        return {
+            names.run_token(f"{task_key}.{run_id}"): (task_key, run_id)
+            for task_key, summary in self.summaries.items()
+            for run_id in summary.active
+        }
+
     def _resummarize(self, task_id: str, *, rescan: bool = False) -> None:
         summary = self.summaries.get(task_id)
         if summary is None:

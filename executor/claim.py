@@ -147,7 +147,7 @@ class Claim:
         owner = (
             await store.get(bus.executors, run.executor, ExecutorRecord) if run.executor else None
         )
-        if owner is not None and self.key in owner[0].running:
+        if owner is not None and names.run_token(self.key) in owner[0].running:
             log.info("  %s still runs on live executor %s; later", self.key, run.executor)
             # Asked again a heartbeat later: a dead owner's record expires within half the
             # ack wait of its death, so the loss is recorded within the ack wait + one beat.

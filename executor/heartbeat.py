@@ -70,7 +70,7 @@ class Heartbeat:
             pid=os.getpid(),
             pool=settings.pool,
             slots=settings.slots,
-            running=sorted(self.jobs),
+            running=sorted(names.run_token(key) for key in self.jobs),
             started_at=self._started_at,
             heartbeat_at=utcnow(),
         )

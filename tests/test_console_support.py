@@ -298,7 +298,7 @@ async def seed_standard(bus: Bus) -> Standard:
     data.running = await put_run(bus, data.once, 1020, RunStatus.RUNNING, started_ago_s=125)
     await put_run(bus, data.ingest, 1030, RunStatus.SUCCESS, started_ago_s=900)
     await put_run(bus, data.ingest, 1031, RunStatus.RUNNING, started_ago_s=600)
-    await put_executor(bus, "exec-a", "host-a", running=[data.running.key])
+    await put_executor(bus, "exec-a", "host-a", running=[names.run_token(data.running.key)])
     await put_executor(bus, "exec-b", "host-b", heartbeat_ago_s=30)
     await publish_logs(
         bus, data.once.key, data.running.run_id, [log_text(i) for i in range(LOG_LINES)]

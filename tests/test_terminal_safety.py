@@ -11,7 +11,7 @@ import subprocess
 import sys
 import unicodedata
 
-from broker import catalog
+from broker import catalog, names
 from broker.connection import Bus
 from broker.models import TaskRecord
 from broker.status import OrchestrationStatus, RunStatus, TaskKind
@@ -200,7 +200,7 @@ async def test_console_shows_hostile_names_errors_reasons_and_logs_escaped(
     )
     task = await put_task(bus, 100, short, orch, kind=TaskKind.SCHEDULED, schedule="0 * * * *")
     run = await put_run(bus, task, 1000, RunStatus.FAILURE, reason=f"r{CLEAR}", executor="ex")
-    await put_executor(bus, "ex", f"h{CLEAR}", running=[run.key])
+    await put_executor(bus, "ex", f"h{CLEAR}", running=[names.run_token(run.key)])
     await publish_logs(
         bus, task.key, run.run_id, [f"\x1b[32mgreen\x1b[0m {CLIPBOARD}", f"tab\there {C1_CSI}"]
     )

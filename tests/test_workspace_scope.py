@@ -17,7 +17,14 @@ from broker import catalog, connections, logs, names, store, workspaces
 from broker.authority import Authority
 from broker.connection import Bus, connect
 from broker.errors import PermissionDenied
-from broker.models import ConnectionRecord, OrchestrationRecord, RunRecord, TaskRecord
+from broker.models import (
+    ConnectionRecord,
+    ExecutorRecord,
+    OrchestrationRecord,
+    RunRecord,
+    TaskRecord,
+    encode,
+)
 from broker.roles import Role
 from broker.secret_key import SecretKey, new_key_text
 from broker.server import EmbeddedServer
@@ -29,6 +36,7 @@ from tests.helpers import Daemon, make_zip, wait_for_executors
 from tests.test_auth import refused
 
 MAIN = "import sdk\nprint('args', sdk.task_args())\n"
+SLEEPER = "import time\nprint('up', flush=True)\ntime.sleep(120)\n"
 # Bob's code: its secret constant must never reach another workspace; it prints its arguments.
 BOB_MAIN = "import sdk\nBOB_CODE_SECRET = 'bob-code-7731'\nprint('bob ran', sdk.task_args())\n"
 
@@ -224,3 +232,28 @@ async def test_connections_stay_in_their_workspace(
         assert [c.name() for c in await alice.list_connections()] == ["db-a"]
         with pytest.raises(sdk.ConnectionNotFound):
             await alice.get_connection("db-b")
+
+
+async def test_executor_heartbeats_name_no_run_of_another_workspace(teams: Teams) -> None:
+    """Every user reads the executors' heartbeats (which pools are served): a run of team-b
+    shows there as a token only, with neither its workspace nor its ids."""
+    sleeper = await catalog.upload_orchestration(
+        teams.bob, make_zip({"main.py": SLEEPER}), name="sleeper", file_name="s.zip",
+        workspace="team-b",
+    )  # fmt: skip
+    task = await catalog.create_task(teams.bob, sleeper, name="sleeps", kind=TaskKind.RUN_ONCE)
+    async with asyncio.timeout(60):
+        async for _, run in store.watch(teams.bob.runs, RunRecord, f"{task.key}.*"):
+            if run is not None and run.status is RunStatus.RUNNING:
+                break
+    try:
+        token = names.run_token(task.run_key(run.run_id))
+        async with asyncio.timeout(30):  # the next heartbeat lists it
+            async for _, beat in store.watch(teams.alice.executors, ExecutorRecord):
+                if beat is not None and token in beat.running:
+                    break
+        beats = await store.scan(teams.alice, names.EXECUTORS, ExecutorRecord)
+        seen = b"".join(encode(beat) for beat in beats.values()).decode()
+        assert "team-b" not in seen and task.id not in seen and run.run_id not in seen
+    finally:
+        await catalog.set_task_flags(teams.bob, task, killed=True)

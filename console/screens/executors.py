@@ -49,12 +49,19 @@ class ExecutorsScreen(ListScreen):
         return (entry.record, entry.gone, self.health(key))
 
     def running_text(self, key: str) -> str:
+        """The runs it runs that this console knows (by their tokens); the others counted."""
         record = self.ctx.state.executors[key].record
-        names = []
-        for run_key in record.running:
-            task_key, _, run_id = run_key.rpartition(".")
-            names.append(f"{self.ctx.state.task_name(task_key)}/{short_id(run_id, 6)}")
-        return ", ".join(names) or "-"
+        known = self.ctx.state.active_runs_by_token()
+        shown, unknown = [], 0
+        for token in record.running:
+            if token not in known:
+                unknown += 1
+                continue
+            task_key, run_id = known[token]
+            shown.append(f"{self.ctx.state.task_name(task_key)}/{short_id(run_id, 6)}")
+        if unknown:
+            shown.append(f"{unknown} of other workspaces" if shown else f"{unknown} run(s)")
+        return ", ".join(shown) or "-"
 
     def fields(self, key: str) -> dict[str, str]:
         record = self.ctx.state.executors[key].record
