@@ -195,7 +195,10 @@ async def enqueue_retry(bus: Bus, run: RunRecord) -> RunRecord | None:
     created and requested once however often this is called; None when none follows."""
     key = names.task_key(names.workspace_token(run.workspace), run.task_id)
     found = await store.get(bus.tasks, key, TaskRecord)
-    if found is None or not will_retry(task := _adopted(key, found[0]), run):
+    # The task as read at its key: a body naming another id (a user may write its own task
+    # records) is no task of this run's, and gets no retry (its body could name any workspace).
+    task = None if found is None else scope.adopt(key, found[0])
+    if task is None or not will_retry(task, run):
         return None
     delay_s = retry_delay_s(task, run.attempt)
     ended = run.finished_at or utcnow()
@@ -304,8 +307,3 @@ async def request_run_kill(bus: Bus, task: TaskRecord, run_id: str, reason: str)
     control = RunControl(task_id=task.id, run_id=run_id, reason=reason, requested_at=utcnow())
     await store.put(bus.control, task.run_key(run_id), control)
 
-
-def _adopted(key: str, task: TaskRecord) -> TaskRecord:
-    """The task with its key's workspace (``broker.scope.adopt``; a task at a key nobody of
-    ours wrote keeps its own, and its runs stay in that workspace)."""
-    return scope.adopt(key, task) or task

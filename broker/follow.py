@@ -83,9 +83,10 @@ class _End(NamedTuple):
 
 
 def inspects_streams(creds: tokens.Creds | None) -> bool:
-    """Whether a credential may ask for a stream's info. Users, operators and runs may not (it
-    would name every key of every workspace): their follows resume by sequence without
-    checking that the stream did not go back in time (``check_reset``)."""
+    """Whether a credential may ask for a stream's info or a message by its sequence. Users,
+    operators and runs may not (either reaches every workspace's subjects): their follows
+    resume by sequence without checking that the stream did not go back in time
+    (``check_reset``), and ``broker.logs.tail`` reads through a filtered consumer."""
     return creds is None or creds.role not in ("user", "operator", "run")
 
 

@@ -24,7 +24,7 @@ from nats.js.errors import NotFoundError
 from broker import names, store
 from broker.connection import Bus
 from broker.errors import LogsUnavailable
-from broker.follow import Follow
+from broker.follow import Follow, inspects_streams
 from broker.models import LogBatch, LogLine, RunRecord, decode
 from broker.status import RUN_TERMINAL
 
@@ -156,11 +156,14 @@ async def tail(bus: Bus, run: RunRecord, limit: int) -> list[LogLine]:
 
 async def _batch_at(bus: Bus, subject: str, seq: int | None) -> tuple[int, LogBatch] | None:
     """The run's last batch (``seq`` None: a direct get by subject), or its first batch at
-    stream position >= seq (a consumer filtered on the run's subject: a direct get by position
-    names no subject, so server permissions could not scope it to the caller's workspaces)."""
+    stream position >= seq: a direct get by position where the credential may (it names no
+    subject, so server permissions cannot scope it to a user's workspaces), else a consumer
+    filtered on the run's subject (a few milliseconds more)."""
     try:
-        if seq is None:
-            msg = await bus.js.get_msg(names.LOGS_STREAM, subject=subject, direct=True)
+        if seq is None or inspects_streams(bus.creds):
+            msg = await bus.js.get_msg(
+                names.LOGS_STREAM, seq=seq, subject=subject, next=seq is not None, direct=True
+            )
             if msg.seq is None or msg.data is None:
                 return None
             found_seq, data = msg.seq, msg.data

@@ -16,6 +16,7 @@ everything in it (``tests/test_migration.py``).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, TypeVar
 
 import msgspec
@@ -25,7 +26,7 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from broker import dispatch, names, store
+from broker import dispatch, names, scope, store
 from broker.follow import Follow
 from broker.models import (
     OrchestrationRecord,
@@ -44,6 +45,9 @@ from broker.zipstore import ZipStore
 log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=Record)
+K = TypeVar("K", TaskRecord, OrchestrationRecord)
+A = TypeVar("A", TaskRecord, RunRecord)
+_NAME = re.compile(names.NAME_PATTERN)
 
 OLD_WORKSPACE_IDS = "_ids.last"  # schema 1's id counter (two tokens)
 OLD_ARTIFACTS = "taskbus_artifacts"  # schema 1's object store of zips
@@ -59,15 +63,18 @@ async def migrate(js: JetStreamContext, handles: dict[str, Any], *, run_retentio
     publisher = Publisher(js._nc)
     await publisher.start()
     await _move_id_counter(marks)
-    tasks = await _move(js, handles["tasks"], TaskRecord, "*", _task_key)
-    await _move(js, handles["orchestrations"], OrchestrationRecord, "*", _orchestration_key)
+    await _move(js, handles["tasks"], TaskRecord, "*", _key, adapt=_named)
+    await _move(js, handles["orchestrations"], OrchestrationRecord, "*", _key, adapt=_named)
+    # Every task in the new layout, those a migration cut short moved included: the runs,
+    # controls and logs of a task go to its workspace.
+    tasks = await _adopted(js, names.TASKS, TaskRecord, "*.*")
     workspace_of = {task.id: task.workspace for task in tasks.values()}
 
     def run_key(old: str, record: RunRecord | RunControl) -> str:
         workspace = names.workspace_token(workspace_of.get(record.task_id, ""))
         return names.run_key(workspace, record.task_id, record.run_id)
 
-    runs = await _move(
+    await _move(
         js,
         handles["runs"],
         RunRecord,
@@ -77,7 +84,9 @@ async def migrate(js: JetStreamContext, handles: dict[str, Any], *, run_retentio
         ttl_s=lambda run: run_retention_s if run.status in RUN_TERMINAL else None,
     )
     await _move(js, handles["control"], RunControl, "*.*", run_key)
-    await _requeue_pending(js, publisher, tasks, runs)
+    # Every pending run (a run moved by a migration cut short included) is requested again:
+    # a duplicate request is dropped by the executor (the run is no longer pending).
+    await _requeue_pending(js, publisher, tasks, await _adopted(js, names.RUNS, RunRecord, "*.*.*"))
     await _move_logs(js, publisher, workspace_of)
     await _move_zips(js, ZipStore(js, publisher), handles["orchestrations"])
     await marks.put(names.SCHEMA_KEY, encode(SchemaMark(version=names.SCHEMA_VERSION)))
@@ -88,12 +97,28 @@ def _in(run: RunRecord, label: str) -> RunRecord:
     return run if run.workspace == label else msgspec.structs.replace(run, workspace=label)
 
 
-def _task_key(old: str, record: TaskRecord) -> str:
+def _key(old: str, record: TaskRecord | OrchestrationRecord) -> str:
     return record.key
 
 
-def _orchestration_key(old: str, record: OrchestrationRecord) -> str:
-    return record.key
+def _named(record: K) -> K:
+    """A record whose label names no possible workspace (written by hand: "team a", "a.b")
+    goes to ``default`` instead of a key no reader could find."""
+    if not record.workspace or _NAME.fullmatch(record.workspace):
+        return record
+    log.warning("%s %s has the label %r, no workspace name: moved to default",
+                type(record).__name__, record.id, record.workspace)  # fmt: skip
+    return msgspec.structs.replace(record, workspace="")
+
+
+async def _adopted(js: JetStreamContext, bucket: str, kind: type[A], keys: str) -> dict[str, A]:
+    """The records of a bucket in the new layout (``keys``), each with its key's workspace."""
+    found: dict[str, A] = {}
+    for key, record in (await store.scan_js(js, bucket, kind, keys)).items():
+        adopted = scope.adopt(key, record)
+        if adopted is not None:
+            found[key] = adopted
+    return found
 
 
 async def _move_id_counter(marks: KeyValue) -> None:

@@ -148,7 +148,8 @@ class RunJob:
             await self._end(logs, Outcome(RunStatus.KILLED, None, self.kill_reason or ""), None)
             await preparation.done.wait()
             if preparation.value is not None:
-                await self._cleanup(*preparation.value)
+                with anyio.CancelScope(shield=True):
+                    await self._cleanup(*preparation.value)
             elif preparation.error is not None:
                 log.debug("preparing %s failed after its kill: %r", self.key, preparation.error)
             return
@@ -165,8 +166,9 @@ class RunJob:
             return
         try:
             await self._run_process(logs, folder, environment, space)
-        finally:
-            await self._cleanup(folder, environment, space)
+        finally:  # also when the executor is stopped meanwhile: what the run held is let go
+            with anyio.CancelScope(shield=True):
+                await self._cleanup(folder, environment, space)
 
     async def _prepare(self, logs: LogStream) -> Prepared:
         """The run's environment, working copy and private space (UID, HOME, TMPDIR, 0600
@@ -287,6 +289,11 @@ class RunJob:
         self._life.start_soon(self._record_pid, child.pid, recorder)
         try:
             outcome = await self._supervise(child, space)
+        except BaseException:  # cancelled (the executor stops): no process and no pipe stays
+            signal_group(child.pid, signal.SIGKILL)
+            for reader in readers:
+                reader.close()
+            raise
         finally:
             recorder.cancel()
         # The run is over: every process it started goes too, then the pipes drain.

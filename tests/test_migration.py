@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 
@@ -119,5 +120,63 @@ async def test_an_old_store_opens_with_everything_in_it(
                 async for _, run in store.watch(bus.runs, RunRecord, again.key):
                     if run is not None and run.status is RunStatus.SUCCESS:
                         break
+    finally:
+        await bus.close()
+
+
+async def test_a_migration_cut_short_after_the_tasks_keeps_runs_in_their_workspace(
+    tmp_path: Path, nats_url: str
+) -> None:
+    first = await connect(ConnectSettings(urls=[nats_url]))
+    try:
+        await workspaces.create(first.workspaces, "team-a")
+        made = await write_schema_1(first)
+        # The first migration moved the tasks, then the process died.
+        await migration._move(first.js, first.tasks, TaskRecord, "*", migration._key)
+    finally:
+        await first.close()
+
+    bus = await connect(ConnectSettings(urls=[nats_url]))  # provisions, so resumes
+    try:
+        _, task, pending = made["team-a"]  # type: ignore[misc]
+        runs = await store.scan(bus, names.RUNS, RunRecord, f"team-a.{task.id}.*")
+        assert set(runs) == {f"team-a.{task.id}.r-done", f"team-a.{task.id}.{pending.run_id}"}, (
+            await store.scan(bus, names.RUNS, RunRecord, ">")
+        ).keys()
+    finally:
+        await bus.close()
+
+
+@pytest.mark.parametrize("label", ["a.b", "team a"])
+async def test_a_label_that_is_not_a_workspace_name_does_not_block_provisioning(
+    nats_url: str, label: str
+) -> None:
+    """A record written by hand before workspaces, with a label no workspace can have: the
+    migration puts it in ``default`` (a key a reader finds) and provisioning goes on."""
+    first = await connect(ConnectSettings(urls=[nats_url]))
+    try:
+        now = utcnow()
+        orch = OrchestrationRecord(
+            id=catalog.new_id(), name="o", file_name="o.zip", sha="0" * 64, size=1,
+            entrypoint="main.py", status=OrchestrationStatus.READY, workspace=label,
+            created_at=now, updated_at=now,
+        )  # fmt: skip
+        task = TaskRecord(
+            id=catalog.new_id(), name="t", orchestration_id=orch.id, kind=TaskKind.RUN_ONCE,
+            workspace=label, created_at=now, updated_at=now,
+        )  # fmt: skip
+        await store.put(first.orchestrations, orch.id, orch)
+        await store.put(first.tasks, task.id, task)
+        await first.workspaces.purge(names.SCHEMA_KEY)
+    finally:
+        await first.close()
+
+    async with asyncio.timeout(60):
+        bus = await connect(ConnectSettings(urls=[nats_url]))  # provisions, so migrates
+    try:
+        moved = await store.scan(bus, names.TASKS, TaskRecord, ">")
+        # Every task is somewhere a reader can find it: <workspace>.<task id>.
+        assert all(len(key.split(".")) == 2 for key in moved), moved.keys()
+        assert len(moved) == 1 and next(iter(moved)).startswith("default."), moved.keys()
     finally:
         await bus.close()
