@@ -306,4 +306,3 @@ async def request_run_kill(bus: Bus, task: TaskRecord, run_id: str, reason: str)
     """Ask the executor that owns one run to stop it (overlap ``replace``)."""
     control = RunControl(task_id=task.id, run_id=run_id, reason=reason, requested_at=utcnow())
     await store.put(bus.control, task.run_key(run_id), control)
-
