@@ -184,7 +184,14 @@ async def connect(
         if bus_ref:
             await _run_callbacks(bus_ref[0].on_disconnect)
 
-    creds = tokens.read_creds(settings.creds_file) if settings.creds_file else None
+    try:
+        creds = tokens.read_creds(settings.creds_file) if settings.creds_file else None
+    except CredentialError as exc:
+        raise NotConnected(
+            settings.urls,
+            str(exc),
+            "Pass a .creds file issued for this cluster (`taskbus auth user NAME --role ROLE`).",
+        ) from None
     if creds is not None and creds.expires_at is not None and creds.expires_at < time.time():
         raise NotConnected(
             settings.urls,

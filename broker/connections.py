@@ -4,9 +4,12 @@ bus, and added to workspaces.
 
 A connection has one record per workspace it is added to, keyed ``<workspace>.<name>`` in
 ``taskbus_connections`` (the workspace leads the subject, so server permissions can scope it);
-every copy lists all the workspaces. Names are unique across workspaces, so ``get_connection``
-needs none. Only broker code holds the key's results: ``details`` are decrypted here, and
-everything shown to a person goes through ``masked``.
+every copy lists all the workspaces and carries the connection's ``id``. A name is unique among
+the workspaces its creator can see; users of workspaces that cannot see each other may pick the
+same name, and each is a connection of its own (one id): a credential that sees both means the
+one of its current workspace (``prefer``), and changing or deleting one never touches the
+other. Only broker code holds the key's results: ``details`` are decrypted here, and everything
+shown to a person goes through ``masked``.
 """
 
 from __future__ import annotations
@@ -15,13 +18,19 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from broker import names, scope, store
-from broker.errors import ConnectionNotFound, InvalidConnection, WrongArgumentType
+from broker.errors import (
+    ConnectionNotFound,
+    InvalidConnection,
+    PermissionDenied,
+    WrongArgumentType,
+)
 from broker.models import ConnectionRecord, utcnow
 from broker.secret_key import SecretKey
 
@@ -88,6 +97,42 @@ def secret_values(details: Any) -> list[str]:
     return [str(details)]
 
 
+def _variants(value: str) -> set[str]:
+    """How a secret value may appear in text: as is, JSON-escaped, repr-escaped."""
+    found = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    found.add(repr(value)[1:-1])
+    return {v for v in found if len(v) >= names.MIN_MASKED_CHARS}
+
+
+def mask_pattern(every_details: Iterable[Any]) -> re.Pattern[str] | None:
+    """What finds the secret values of these connections' details in text (None: nothing to
+    mask), longest first: a value containing another is masked whole."""
+    values: set[str] = set()
+    for details in every_details:
+        for value in secret_values(details):
+            values |= _variants(value)
+    if not values:
+        return None
+    ordered = sorted(values, key=len, reverse=True)
+    return re.compile("|".join(re.escape(v) for v in ordered))
+
+
+def masked_values(value: Any, pattern: re.Pattern[str] | None) -> Any:
+    """``value`` (JSON: arguments) with every secret value ``pattern`` finds in its strings
+    masked, and every number or string that is one replaced by the mask."""
+    if pattern is None:
+        return value
+    if isinstance(value, dict):
+        return {k: masked_values(v, pattern) for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked_values(v, pattern) for v in value]
+    if isinstance(value, str):
+        return pattern.sub(names.MASK, value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return names.MASK if pattern.fullmatch(str(value)) else value
+    return value
+
+
 def _not_found(name: str) -> ConnectionNotFound:
     return ConnectionNotFound(
         f"No connection named {name!r}; list_connections() (or `taskbus connections`) shows "
@@ -96,7 +141,7 @@ def _not_found(name: str) -> ConnectionNotFound:
 
 
 async def _copies(bus: Bus, name: str) -> dict[str, ConnectionRecord]:
-    """Every copy of connection ``name`` in the workspaces this connection may see, by key."""
+    """Every copy named ``name`` in the workspaces this credential may see, by key."""
     listings = await asyncio.gather(
         *(
             store.scan(bus, names.CONNECTIONS, ConnectionRecord, keys)
@@ -104,6 +149,33 @@ async def _copies(bus: Bus, name: str) -> dict[str, ConnectionRecord]:
         )
     )
     return {key: record for listing in listings for key, record in listing.items()}
+
+
+async def _one(
+    bus: Bus, name: str, *, prefer: str | None = None, ident: str | None = None
+) -> tuple[dict[str, ConnectionRecord], dict[str, ConnectionRecord]]:
+    """(the copies of the one connection called ``name`` that is meant, every visible copy of
+    that name): the one with identity ``ident``, else the only one, else the one added to the
+    workspace ``prefer``; several and none preferred is a clear error."""
+    copies = await _copies(bus, name)
+    groups: dict[str, dict[str, ConnectionRecord]] = {}
+    for key, record in copies.items():
+        groups.setdefault(record.identity, {})[key] = record
+    if ident is not None:
+        groups = {ident: groups[ident]} if ident in groups else {}
+    if not groups:
+        raise _not_found(name)
+    if len(groups) == 1:
+        return next(iter(groups.values())), copies
+    for group in groups.values():
+        if prefer is not None and names.connection_key(prefer, name) in group:
+            return group, copies
+    where = sorted(workspace_of(key) for key in copies)
+    raise InvalidConnection(
+        f"Several connections are named {name!r} (in workspaces {', '.join(where)}), made by "
+        f"users who cannot see each other's: make the workspace of the one you mean current "
+        f"(set_current_workspace, or --workspace) and try again."
+    )
 
 
 async def create(
@@ -132,6 +204,7 @@ async def create(
         details_token=sealed,
         workspaces=[workspace],
         created_at=utcnow(),
+        id=uuid.uuid4().hex,
     )
     if not await store.create(bus.connections, names.connection_key(workspace, checked), record):
         raise InvalidConnection(f"A connection named {checked!r} was just created elsewhere.")
@@ -139,12 +212,13 @@ async def create(
     return record
 
 
-async def get(bus: Bus, name: object) -> ConnectionRecord:
+async def get(bus: Bus, name: object, *, prefer: str | None = None) -> ConnectionRecord:
+    """The connection ``name`` (its copy in ``prefer`` where it has one)."""
     checked = check_name(name)
-    copies = await _copies(bus, checked)
-    if not copies:
-        raise _not_found(checked)
-    return next(iter(copies.values()))
+    group, _ = await _one(bus, checked, prefer=prefer)
+    if prefer is not None and names.connection_key(prefer, checked) in group:
+        return group[names.connection_key(prefer, checked)]
+    return next(iter(group.values()))
 
 
 async def list_all(bus: Bus, workspace: str | None = None) -> list[ConnectionRecord]:
@@ -155,20 +229,21 @@ async def list_all(bus: Bus, workspace: str | None = None) -> list[ConnectionRec
             for keys in scope.filters(bus.creds, "*", workspace)
         )
     )
-    unique = {r.name: r for listing in listings for r in listing.values()}
+    unique = {r.identity: r for listing in listings for r in listing.values()}
     return sorted(unique.values(), key=lambda r: r.created_at)
 
 
 async def _rewrite(
-    bus: Bus, name: str, wanted: list[str], secret: SecretKey | None = None
+    bus: Bus,
+    name: str,
+    copies: dict[str, ConnectionRecord],
+    wanted: list[str],
+    secret: SecretKey | None = None,
 ) -> ConnectionRecord:
-    """Make the copies of ``name`` be exactly one per workspace in ``wanted``, each listing
-    them all (compare-and-set on every kept copy). A new copy's details are sealed again for
-    its own workspace, which takes the ``secret`` key: adding a connection to a workspace is
-    granting its secrets there."""
-    copies = await _copies(bus, name)
-    if not copies:
-        raise _not_found(name)
+    """Make ``copies`` (one connection's) be exactly one per workspace in ``wanted``, each
+    listing them all (compare-and-set on every kept copy). A new copy's details are sealed
+    again for its own workspace, which takes the ``secret`` key: adding a connection to a
+    workspace is granting its secrets there."""
     current = next(iter(copies.values()))
     record = msgspec.structs.replace(current, workspaces=wanted)
     details: dict[str, Any] | None = None
@@ -200,17 +275,28 @@ def _listing(wanted: list[str]) -> Callable[[ConnectionRecord], ConnectionRecord
     return mutate
 
 
-async def add(bus: Bus, name: object, workspace: str, secret: SecretKey) -> ConnectionRecord:
+async def add(
+    bus: Bus, name: object, workspace: str, secret: SecretKey, *, prefer: str | None = None
+) -> ConnectionRecord:
+    """Add the connection ``name`` (the one of ``prefer`` where several have that name) to
+    ``workspace``."""
     checked = check_name(name)
-    current = await get(bus, checked)
+    group, every = await _one(bus, checked, prefer=prefer)
+    current = next(iter(group.values()))
     if workspace in current.workspaces:
         return current
-    return await _rewrite(bus, checked, [*current.workspaces, workspace], secret)
+    if names.connection_key(workspace, checked) in every:
+        raise InvalidConnection(
+            f"Workspace {workspace!r} has a connection named {checked!r} of its own; delete "
+            f"or rename that one first."
+        )
+    return await _rewrite(bus, checked, group, [*current.workspaces, workspace], secret)
 
 
 async def remove(bus: Bus, name: object, workspace: str) -> ConnectionRecord:
     checked = check_name(name)
-    current = await get(bus, checked)
+    group, _ = await _one(bus, checked, prefer=workspace)
+    current = next(iter(group.values()))
     if workspace not in current.workspaces:
         raise ConnectionNotFound(
             f"Connection {checked!r} is not added to workspace {workspace!r} (it is in "
@@ -222,15 +308,28 @@ async def remove(bus: Bus, name: object, workspace: str) -> ConnectionRecord:
             f"Connection {checked!r} is added only to workspace {workspace!r}: add it to "
             f"another one first, or delete it with delete_connection()."
         )
-    return await _rewrite(bus, checked, left)
+    return await _rewrite(bus, checked, group, left)
 
 
-async def delete(bus: Bus, name: object) -> None:
+async def delete(
+    bus: Bus, name: object, *, prefer: str | None = None, ident: str | None = None
+) -> None:
+    """Delete the connection ``name`` (the one with identity ``ident``, or of ``prefer``
+    where several have that name) from every workspace it is added to."""
     checked = check_name(name)
-    copies = await _copies(bus, checked)
-    if not copies:
-        raise _not_found(checked)
-    for key in copies:
+    group, _ = await _one(bus, checked, prefer=prefer, ident=ident)
+    listed = next(iter(group.values())).workspaces
+    beyond = [ws for ws in listed if not scope.may_see(bus.creds, ws)]
+    if beyond:  # deleting only the copies in reach would leave the others listing them
+        who = bus.refusal(names.connection_key(beyond[0], checked)).credential
+        raise PermissionDenied(
+            f"delete the connection {checked!r}",
+            who,
+            f"It is also added to {', '.join(beyond)}, which this credential cannot reach: "
+            f"remove it there first (Workspace.remove_connection), or delete it with a "
+            f"credential granted those workspaces.",
+        )
+    for key in group:
         await bus.connections.delete(key)
 
 

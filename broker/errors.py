@@ -11,6 +11,7 @@
     ├── PermissionDenied             the server refused an action to this credential; also a
     │                                PermissionError
     ├── CredentialError              a credential file or key cannot be read or used
+    │   └── SecretKeyError           the connections' encryption key is missing or wrong
     ├── ServerError                  the embedded nats-server could not start or stopped
     ├── InvalidArgument              an argument has a bad value; also a ValueError
     │   └── InvalidName              a name is empty or not a string
@@ -35,11 +36,13 @@
     ├── LogsUnavailable              the logs stream is gone from the server
     ├── WorkspaceNotFound            no workspace with that name or id; also a NotFound
     ├── InvalidWorkspace             a workspace name that is malformed or taken; also a
-    │                                ValueError
+    │   │                            ValueError
+    │   └── WorkspaceNameType        a workspace name that is not a str; also a TypeError
     ├── ConnectionNotFound           no connection with that name; also a NotFound
+    │   └── ConnectionNotGranted     inside a task: none of that name in the task's
+    │                                workspace; also a PermissionDenied
     ├── InvalidConnection            a connection name, type or details that cannot be
     │                                stored (malformed, taken, too large); also a ValueError
-    ├── SecretKeyError               the connections' encryption key is missing or wrong
     ├── SchedulerUnavailable         no scheduler started a run only it may start
     └── WaitTimeout                  a wait() ran out of time; also a TimeoutError
 
@@ -190,15 +193,25 @@ class InvalidWorkspace(InvalidArgument):
     """A workspace name is malformed or already taken."""
 
 
+class WorkspaceNameType(InvalidWorkspace, TypeError):
+    """A workspace name that is not a str (an ``InvalidWorkspace`` and a ``TypeError``)."""
+
+
 class ConnectionNotFound(NotFound):
     """No connection has that name."""
+
+
+class ConnectionNotGranted(PermissionDenied, ConnectionNotFound):
+    """Inside a task: no connection of that name is added to the task's workspace. The run
+    cannot tell an unknown name from another workspace's connection (it may see neither), so
+    this is both a ``PermissionDenied`` and a ``ConnectionNotFound``."""
 
 
 class InvalidConnection(InvalidArgument):
     """A connection's name, type or details cannot be stored (malformed, taken, too large)."""
 
 
-class SecretKeyError(TaskbusError):
+class SecretKeyError(CredentialError):
     """The key that encrypts connection details is missing, malformed or not the one used."""
 
 

@@ -172,6 +172,12 @@ class ConnectionRecord(Record, frozen=True, kw_only=True):
     details_token: str  # Fernet token of the details' JSON
     workspaces: list[str] = []  # names of the workspaces it is added to
     created_at: Instant
+    id: str = ""  # shared by its copies; "" (older records): the name is the identity
+
+    @property
+    def identity(self) -> str:
+        """What the copies of one connection share."""
+        return self.id or f"name:{self.name}"
 
 
 class SchedulerMark(Record, frozen=True, kw_only=True):

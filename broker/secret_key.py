@@ -9,16 +9,19 @@ Fernet key), else ``<data dir>/auth/secret.key`` (0600, made by ``Authority.ensu
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from cryptography.fernet import Fernet, InvalidToken
 
 from broker import names
 from broker.errors import SecretKeyError
+
+if TYPE_CHECKING:
+    from broker.models import ConnectionRecord
 
 
 def default_key_file() -> Path:
@@ -95,6 +98,16 @@ class SecretKey:
                 f"(a record copied to another key)"
             )
         return sealed.details
+
+    def open_each(self, records: Iterable[ConnectionRecord]) -> Iterator[dict[str, Any]]:
+        """The details of each record this key opens (the others skipped)."""
+        for record in records:
+            try:
+                yield self.open(
+                    record.details_token, name=record.name, workspaces=record.workspaces
+                )
+            except SecretKeyError:
+                continue
 
 
 class _Sealed(msgspec.Struct, frozen=True, kw_only=True):

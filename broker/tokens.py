@@ -139,7 +139,12 @@ def parse_creds(text: str, where: str = "the credential") -> Creds:
         jwt = lines[lines.index(_CREDS_JWT) + 1]
     except (ValueError, IndexError):
         raise CredentialError(f"{where} is not a NATS .creds file (no user JWT in it)") from None
-    claims = claims_of(jwt)
+    try:
+        claims = claims_of(jwt)
+    except CredentialError:
+        raise CredentialError(
+            f"{where} is not a NATS .creds file (its user JWT is not a JWT)"
+        ) from None
     nats_claims = claims.get("nats") or {}
     exp = claims.get("exp")
     return Creds(

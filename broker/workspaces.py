@@ -24,6 +24,7 @@ from broker import names, scope, store
 from broker.errors import (
     InvalidWorkspace,
     PermissionDenied,
+    WorkspaceNameType,
     WorkspaceNotFound,
     WrongArgumentType,
 )
@@ -60,7 +61,7 @@ def name_of(workspace_label: str) -> str:
 
 def check_name(name: object) -> str:
     if not isinstance(name, str):
-        raise WrongArgumentType(
+        raise WorkspaceNameType(
             f"A workspace name must be a str, not {type(name).__name__}: {name!r}"
         )
     if not _NAME.fullmatch(name):

@@ -95,11 +95,13 @@ class ConsoleState:
         self.orchestrations: dict[str, OrchestrationRecord] = {}
         self.executors: dict[str, ExecutorEntry] = {}
         self.workspaces: dict[str, WorkspaceRecord] = {}
-        # Connections by name (a connection has one record per workspace it is added to,
-        # keyed ``<workspace>.<name>``; every copy lists all its workspaces). Records only:
-        # the console never decrypts their details (it holds no key).
+        # Connections by identity (``ConnectionRecord.identity``: a connection has one
+        # record per workspace it is added to, keyed ``<workspace>.<name>``; every copy lists
+        # all its workspaces; two workspaces that cannot see each other may each have their
+        # own of one name). Records only: the console never decrypts their details.
         self.connections: dict[str, ConnectionRecord] = {}
         self._connection_copies: dict[str, dict[str, ConnectionRecord]] = {}
+        self._connection_of: dict[str, str] = {}  # KV key -> identity
         # Why a collection cannot be shown (the server refused this credential to read it).
         self.refused: dict[str, str] = {}
         # The workspace every view is narrowed to (None: all of them).
@@ -236,20 +238,22 @@ class ConsoleState:
         self._touch("workspaces")
 
     def apply_connection(self, key: str, record: ConnectionRecord | None) -> None:
-        name = key.partition(".")[2]
-        copies = self._connection_copies.setdefault(name, {})
-        if record is None:
-            if copies.pop(key, None) is None:
-                return
-        else:
-            copies[key] = record
+        before = self._connection_of.pop(key, None)
+        if before is not None:
+            copies = self._connection_copies[before]
+            del copies[key]
+            if copies:
+                self.connections[before] = next(reversed(copies.values()))
+            else:
+                self.connections.pop(before, None)
+                del self._connection_copies[before]
+        elif record is None:
+            return
         if record is not None:
-            self.connections[name] = record  # the newest copy lists every workspace
-        elif copies:
-            self.connections[name] = next(reversed(copies.values()))
-        else:
-            self.connections.pop(name, None)
-            del self._connection_copies[name]
+            ident = record.identity
+            self._connection_of[key] = ident
+            self._connection_copies.setdefault(ident, {})[key] = record
+            self.connections[ident] = record  # the newest copy lists every workspace
         self._touch("connections")
 
     def apply_executor(self, key: str, record: ExecutorRecord | None) -> None:

@@ -248,8 +248,11 @@ class Isolation:
                 uid_note = f"runs share the executor's UID (a run UID {problem})"
         if pool is None:
             uid_note += (
-                ", so a run can read what the executor's user can (its credential files, "
-                "/proc/<executor>/environ) and write its caches; everything else still applies"
+                ", so a run can read and write what the executor's user can: its credential "
+                "and key files, /proc/<executor>/environ, its caches and other runs' private "
+                "directories (their arguments, credentials and connections). Share such an "
+                "executor only among runs that trust each other, or run it as root or with "
+                "CAP_SETUID; the rest still applies"
             )
         if max_pids is not None and cgroups is None and pool is None:
             cgroup_note += "; no process limit (it needs a cgroup or a run UID)"

@@ -50,13 +50,6 @@ class SecretsUnavailable(TaskbusError):
     """This executor cannot give a run its workspace's connections (the run fails)."""
 
 
-def _variants(value: str) -> set[str]:
-    """How a secret value may appear in a line: as is, JSON-escaped, repr-escaped."""
-    found = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
-    found.add(repr(value)[1:-1])
-    return {v for v in found if len(v) >= names.MIN_MASKED_CHARS}
-
-
 class Secrets:
     """Every connection, decrypted, by workspace; kept live by ``watch``."""
 
@@ -192,15 +185,7 @@ class Secrets:
     def _pattern(self, workspace: str) -> re.Pattern[str] | None:
         if workspace in self._patterns:
             return self._patterns[workspace]
-        values: set[str] = set()
-        for key in self._of(workspace):
-            details = self._details.get(key)
-            if details is not None:
-                for value in connections.secret_values(details):
-                    values |= _variants(value)
-        pattern = None
-        if values:  # longest first: a value containing another is masked whole
-            ordered = sorted(values, key=len, reverse=True)
-            pattern = re.compile("|".join(re.escape(v) for v in ordered))
+        found = (self._details.get(key) for key in self._of(workspace))
+        pattern = connections.mask_pattern(d for d in found if d is not None)
         self._patterns[workspace] = pattern
         return pattern

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Coroutine
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
@@ -16,9 +17,10 @@ from typing import Any, BinaryIO, Self, TypeVar
 from broker import catalog, connections, names, workspaces
 from broker.connection import Bus
 from broker.errors import (
+    ConnectionNotGranted,
     InvalidArgument,
     OrchestrationMissingFile,
-    PermissionDenied,
+    SecretKeyError,
     WrongArgumentType,
 )
 from broker.models import ConnectionRecord
@@ -228,14 +230,40 @@ class AsyncClient:
         )
         chosen = [t for t in tasks if not killed or t.killed]
         chosen.sort(key=lambda t: t.updated_at, reverse=True)
-        return TaskList(AsyncTask(self, t, runs.get(t.key, [])) for t in chosen)
+        masks = await self.secret_patterns(bus, {t.workspace for t in chosen})
+        return TaskList(
+            AsyncTask(self, t, runs.get(t.key, []), mask=masks.get(t.workspace)) for t in chosen
+        )
 
     async def get_task_by_id(self, task_id: str) -> AsyncTask:
         """``ValueError`` for a malformed id, ``TaskNotFound`` for an unknown one."""
         catalog.check_id(task_id)
         bus = await self.session.bus()
         record = await catalog.get_task(bus, task_id)
-        return AsyncTask(self, record, await catalog.runs_of(bus, record))
+        masks = await self.secret_patterns(bus, {record.workspace})
+        runs = await catalog.runs_of(bus, record)
+        return AsyncTask(self, record, runs, mask=masks.get(record.workspace))
+
+    async def secret_patterns(
+        self, bus: Bus, labels: set[str]
+    ) -> dict[str, re.Pattern[str] | None]:
+        """By workspace label: what finds its connections' secret values in a task's
+        arguments, to mask them where they are shown. Only where this client may decrypt them
+        (the key here, or inside a task the run's own workspace's); elsewhere none."""
+        granted = intask.connections()
+        if granted is not None:  # a run sees the tasks of its own workspace only
+            found = granted.get("connections", {}).values()
+            pattern = connections.mask_pattern(c.get("details") for c in found)
+            return dict.fromkeys(labels, pattern)
+        try:
+            key = self.session.secret_key()
+        except SecretKeyError:
+            return {}
+        patterns: dict[str, re.Pattern[str] | None] = {}
+        for label in labels:
+            records = await connections.list_all(bus, workspaces.name_of(label))
+            patterns[label] = connections.mask_pattern(key.open_each(records))
+        return patterns
 
     # --- workspaces --------------------------------------------------------------------------
     async def _current(self, bus: Bus) -> AsyncWorkspace:
@@ -305,23 +333,26 @@ class AsyncClient:
 
     async def get_connection(self, name: str) -> AsyncConnection:
         """``ConnectionNotFound`` for an unknown name. Inside a task: only the connections
-        added to the task's workspace (any other name is ``PermissionDenied``)."""
+        added to the task's workspace; any other name is both ``PermissionDenied`` and
+        ``ConnectionNotFound`` (the run cannot tell an unknown name from another workspace's
+        connection)."""
         connections.check_name(name)
         granted = intask.connections()
         if granted is not None:
             found = granted.get("connections", {}).get(name)
             if found is None:
                 workspace = granted.get("workspace", names.DEFAULT_WORKSPACE)
-                raise PermissionDenied(
+                raise ConnectionNotGranted(
                     f"read the connection {name!r}",
                     "this task run",
-                    f"It is not added to this task's workspace {workspace!r}; add it there "
-                    f"(get_workspace({workspace!r}).add_connection({name!r})) from outside the "
-                    f"task.",
+                    f"No connection of that name is added to this task's workspace "
+                    f"{workspace!r}; add one there (get_workspace({workspace!r})."
+                    f"add_connection({name!r})) from outside the task.",
                 )
             return self._granted(found)
         bus = await self.session.bus()
-        return AsyncConnection(self, await connections.get(bus, name))
+        current = await self._current(bus)
+        return AsyncConnection(self, await connections.get(bus, name, prefer=current.name()))
 
     def _granted(self, found: dict[str, Any]) -> AsyncConnection:
         record = ConnectionRecord(

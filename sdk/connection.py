@@ -66,7 +66,7 @@ class AsyncConnection(display.Shown):
     async def delete_connection(self) -> None:
         """Delete the connection from every workspace it is added to."""
         bus = await self._client.session.bus()
-        await connections.delete(bus, self._record.name)
+        await connections.delete(bus, self._record.name, ident=self._record.identity)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values, the details masked (only ``details()`` shows them)."""

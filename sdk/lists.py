@@ -22,7 +22,6 @@ class TaskList(ShownList[D]):
         "type",
         "active",
         "schedule",
-        "next run at",  # beyond the reference: when a scheduled task fires next
         "created at",
         "updated at",
         "workspace",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from broker import catalog, cron, store, workspaces
+from broker import catalog, connections, cron, store, workspaces
 from broker.errors import InvalidArgument, TaskNotFound, WaitTimeout
 from broker.models import RunRecord, TaskRecord, utcnow
 from broker.scope import adopt
@@ -42,11 +43,17 @@ class AsyncTask(display.Shown):
     ``pause()``, ``resume()`` and ``wait()`` fetch them again."""
 
     def __init__(
-        self, client: AsyncClient, record: TaskRecord, runs: list[RunRecord] | None = None
+        self,
+        client: AsyncClient,
+        record: TaskRecord,
+        runs: list[RunRecord] | None = None,
+        *,
+        mask: re.Pattern[str] | None = None,
     ) -> None:
         self._client = client
         self._record = record
         self._runs = runs or []  # newest first
+        self._mask = mask  # finds its workspace's connection values (AsyncClient.secret_patterns)
 
     # --- data getters -----------------------------------------------------------------------
     def id(self) -> str:
@@ -71,8 +78,11 @@ class AsyncTask(display.Shown):
         return self._record.tz
 
     def input_data(self) -> dict[str, Any]:
-        """The task's ``json_args`` (a copy)."""
-        result: dict[str, Any] = json.loads(json.dumps(self._record.json_args))
+        """The task's ``json_args`` (a copy), its workspace's connection values masked (the
+        run itself gets them as given: ``task_args()``)."""
+        result: dict[str, Any] = connections.masked_values(
+            json.loads(json.dumps(self._record.json_args)), self._mask
+        )
         return result
 
     def orchestration(self) -> str:
@@ -240,6 +250,7 @@ class AsyncTask(display.Shown):
         """The task as JSON-ready values, with its status and next run as last fetched."""
         data = display.jsonable(self._record)
         data.update(
+            json_args=self.input_data(),
             status=str(self._status()),
             type=self.task_type(),
             active=self.active(),
@@ -263,7 +274,7 @@ class AsyncTask(display.Shown):
             "tz": r.tz,
             "next run at": display.iso(next_run),
             "orchestration": r.orchestration_id,
-            "input data": json.dumps(r.json_args),
+            "input data": json.dumps(self.input_data()),
             "timeout": display.NONE if r.timeout_s is None else f"{r.timeout_s} s",
             "retries": str(r.retries),
             "pool": r.pool,

@@ -93,6 +93,31 @@ async def test_a_credential_of_another_cluster_is_refused(
     assert str(stranger.creds_path("user")) in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not a creds file at all\n",
+        "-----BEGIN NATS USER JWT-----\nnot-a-jwt\n------END NATS USER JWT------\n",
+        "-----BEGIN NATS USER JWT-----\n",
+    ],
+    ids=["no-jwt", "garbage-jwt", "cut-short"],
+)
+async def test_a_file_that_is_no_credential_is_named(
+    secure_server: EmbeddedServer, tmp_path: Path, text: str
+) -> None:
+    """Issue 8, bad input: a wrong credential is a NotConnected naming it, from the SDK and
+    the CLI alike (exit 3, one line, no traceback)."""
+    garbage = tmp_path / "garbage.creds"
+    garbage.write_text(text)
+    with pytest.raises(NotConnected) as caught:
+        await connect(ConnectSettings(urls=[secure_server.url], creds_file=str(garbage)))
+    assert str(garbage) in str(caught.value) and "not a NATS .creds file" in str(caught.value)
+    cli = await asyncio.to_thread(
+        taskbus, "tasks", "--url", secure_server.url, "--creds", str(garbage)
+    )
+    assert cli.returncode == 3 and str(garbage) in one_error_line(cli)
+
+
 async def test_an_expired_credential_is_named(
     secure_server: EmbeddedServer, authority: Authority, tmp_path: Path
 ) -> None:

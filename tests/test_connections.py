@@ -40,6 +40,10 @@ READER = make_zip(
             "    wl.get_connection('db-b')\n"
             "except sdk.PermissionDenied as exc:\n"
             "    print('refused:', exc)\n"
+            "try:\n"
+            "    wl.get_connection('ghost')\n"
+            "except sdk.ConnectionNotFound as exc:\n"
+            "    print('unknown:', isinstance(exc, sdk.PermissionDenied), exc)\n"
         )
     }
 )
@@ -87,6 +91,32 @@ def test_connections_are_encrypted_and_masked(client: sdk.Client, nats_url: str)
 
     stored = client._portal.call(raw)
     assert b"warehouse" in stored and PASSWORD.encode() not in stored and b"etl" not in stored
+
+
+def test_task_arguments_holding_a_connection_value_are_masked_where_shown(
+    client: sdk.Client, nats_url: str
+) -> None:
+    """API.md: ``input_data()`` (connection values masked), and every repr and ``--json``."""
+    client.create_connection("warehouse", "postgres", DETAILS)
+    orch = client.upload_orchestration(bytes_buffer=READER, name="reader")
+    args = {"dsn": f"postgres://etl:{PASSWORD}@db.internal/x", "nested": [{"pw": PASSWORD}],
+            "port": 5432, "rows": 10, "note": "plain"}  # fmt: skip
+    made = orch.run_once("uses-a-secret", json_args=args)
+    expected = {"dsn": "postgres://etl:****@****/x", "nested": [{"pw": "****"}],
+                "port": "****", "rows": 10, "note": "plain"}  # fmt: skip
+    for task in (made, client.get_task_by_id(made.id()), client.list_tasks()[0]):
+        assert task.input_data() == expected
+        shown = (repr(task), str(task), task._repr_html_(), json.dumps(task.to_dict()))
+        for text in shown:
+            assert PASSWORD not in text and "db.internal" not in text, text
+    listed = taskbus("tasks", "--json", url=nats_url)
+    assert listed.returncode == 0, listed.stderr
+    assert PASSWORD not in listed.stdout
+    assert json.loads(listed.stdout)[0]["json_args"] == expected
+    with sdk.Client(nats_url) as other:  # in a workspace without that connection: as given
+        other.set_current_workspace(other.create_workspace("plain"))
+        plain = other.upload_orchestration(bytes_buffer=READER).run_once("t", json_args=args)
+        assert plain.input_data() == args
 
 
 def test_workspaces_add_remove_and_list_connections(client: sdk.Client) -> None:
@@ -151,6 +181,9 @@ def test_a_missing_or_wrong_key_is_named(
             wl.create_connection("db2", "postgres", DETAILS)
         with pytest.raises(sdk.SecretKeyError, match="taskbus up"):
             wl.get_connection("db").details()
+    shown = taskbus("connections", "list", "--show-secrets", url=nats_url)
+    assert shown.returncode == 2 and names.ENV_SECRET_KEY in one_error_line(shown)
+    assert PASSWORD not in shown.stdout
     monkeypatch.setenv(names.ENV_SECRET_KEY, "not-a-key")
     with sdk.Client(nats_url) as wl, pytest.raises(sdk.SecretKeyError, match="not a Taskbus"):
         wl.get_connection("db").details()
@@ -191,7 +224,11 @@ async def test_a_run_reads_its_workspace_connections_and_its_logs_are_masked(
     assert "type: postgres workspaces: ['ws-a']" in text
     assert "listed: ['db-a']" in text
     refused = next(line for line in lines if "refused:" in line)
-    assert "'db-b'" in refused and "not added to this task's workspace 'ws-a'" in refused
+    assert "'db-b'" in refused and "added to this task's workspace 'ws-a'" in refused
+    # An unknown name: the run cannot tell it from another workspace's connection (it may see
+    # neither), so it gets the same answer, which is both errors.
+    unknown = next(line for line in lines if "unknown:" in line)
+    assert "unknown: True" in unknown and "'ghost'" in unknown
 
 
 async def test_an_executor_without_the_key_fails_runs_that_need_it(

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from rich.text import Text
 
-from broker.models import LogLine, RunRecord, TaskRecord
+from broker.models import ConnectionRecord, LogLine, RunRecord, TaskRecord
 from broker.status import RunStatus, TaskKind, TaskStatus, task_status
 from console import commands, query
 from console.format import age, countdown, short_sha, span
@@ -187,3 +187,26 @@ def test_formatting() -> None:
     assert age(FROZEN - timedelta(seconds=30), FROZEN) == "30s ago"
     assert countdown(FROZEN + timedelta(minutes=5), FROZEN) == "in 5m00s"
     assert short_sha("a" * 64) == "aaaaaa...aaaaaa"
+
+
+def test_same_named_connections_of_two_workspaces_are_two_rows() -> None:
+    """Users of workspaces that cannot see each other may pick one name: an operator granted
+    both sees two connections, and a copy's deletion changes only its own."""
+    state = ConsoleState(["nats://x"])
+
+    def made(ident: str, workspaces: list[str]) -> ConnectionRecord:
+        return ConnectionRecord(
+            name="db", connection_type=ident, details_token="t", workspaces=workspaces,
+            created_at=FROZEN, id=ident,
+        )  # fmt: skip
+
+    state.apply_connection("team-a.db", made("a", ["team-a", "team-c"]))
+    state.apply_connection("team-c.db", made("a", ["team-a", "team-c"]))
+    state.apply_connection("team-b.db", made("b", ["team-b"]))
+    assert sorted(r.connection_type for r in state.connections.values()) == ["a", "b"]
+    state.apply_connection("team-a.db", None)
+    assert sorted(r.connection_type for r in state.connections.values()) == ["a", "b"]
+    state.apply_connection("team-c.db", None)
+    assert [r.connection_type for r in state.connections.values()] == ["b"]
+    state.apply_connection("team-b.db", made("b2", ["team-b"]))  # a new one at the same key
+    assert [r.connection_type for r in state.connections.values()] == ["b2"]

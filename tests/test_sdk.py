@@ -32,8 +32,7 @@ T = TypeVar("T")
 HELLO = make_zip({"main.py": "print('hello')\n"})
 ORCH_COLUMNS = "id  name  status  filename  sha  created at  updated at  workspace"
 TASK_COLUMNS = (
-    "id  name  last run status  type  active  schedule  next run at  created at  updated at  "
-    "workspace"
+    "id  name  last run status  type  active  schedule  created at  updated at  workspace"
 )
 
 

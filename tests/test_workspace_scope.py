@@ -234,6 +234,51 @@ async def test_connections_stay_in_their_workspace(
             await alice.get_connection("db-b")
 
 
+async def test_teams_may_pick_one_connection_name_and_each_keeps_its_own(
+    teams: Teams, authority: Authority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name is unique where its creator can see: users who cannot see each other's
+    workspaces may each make a "db", and a credential that sees both never mixes them up —
+    it lists both, must say which it means, and deleting one leaves the other."""
+    monkeypatch.setenv(names.ENV_SECRET_KEY, new_key_text())
+    url = teams.server.url
+    everyone = issue(authority, "root", Role.USER, "*")
+    bob_creds = issue(authority, "bob2", Role.USER, "team-b")
+    async with (
+        sdk.AsyncClient(url, creds=teams.alice_creds) as alice,
+        sdk.AsyncClient(url, creds=bob_creds) as bob,
+        sdk.AsyncClient(url, creds=everyone) as root,
+    ):
+        await alice.create_connection("db", "postgres", {"password": "alice-pw-1234"})
+        await bob.create_connection("db", "mysql", {"password": "bob-pw-5678"})
+        listed = sorted(
+            (c.connection_type(), c.workspace_names()) for c in await root.list_connections()
+        )
+        assert listed == [("mysql", ["team-b"]), ("postgres", ["team-a"])]
+        with pytest.raises(sdk.InvalidConnection, match="team-a, team-b") as caught:
+            await root.get_connection("db")  # its current workspace is default: which one?
+        assert "set_current_workspace" in str(caught.value)
+        root.set_current_workspace(await root.get_workspace("team-a"))  # alice's, then
+        with pytest.raises(sdk.InvalidConnection, match="of its own"):  # team-b has its own
+            await (await root.get_workspace("team-b")).add_connection("db")
+        root.set_current_workspace(await root.get_workspace("team-b"))
+        bobs = await root.get_connection("db")
+        assert bobs.details() == {"password": "bob-pw-5678"}
+        await bobs.delete_connection()
+        assert [c.connection_type() for c in await root.list_connections()] == ["postgres"]
+        assert (await alice.get_connection("db")).details() == {"password": "alice-pw-1234"}
+        with pytest.raises(sdk.ConnectionNotFound):
+            await bob.get_connection("db")
+        # Alice's, added to team-b by root (now that team-b has none), is one connection.
+        await (await root.get_workspace("team-b")).add_connection("db")
+        assert (await bob.get_connection("db")).workspace_names() == ["team-a", "team-b"]
+        with pytest.raises(sdk.PermissionDenied, match="also added to team-b"):
+            await (await alice.get_connection("db")).delete_connection()  # loses nothing
+        assert (await bob.get_connection("db")).details() == {"password": "alice-pw-1234"}
+        await (await root.get_connection("db")).delete_connection()
+        assert await root.list_connections() == []
+
+
 async def test_executor_heartbeats_name_no_run_of_another_workspace(teams: Teams) -> None:
     """Every user reads the executors' heartbeats (which pools are served): a run of team-b
     shows there as a token only, with neither its workspace nor its ids."""

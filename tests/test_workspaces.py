@@ -52,7 +52,7 @@ def test_default_exists_and_workspaces_are_created_listed_and_got(client: sdk.Cl
             client.create_workspace(bad)
     with pytest.raises(TypeError) as caught:
         client.create_workspace(7)  # type: ignore[arg-type]
-    assert isinstance(caught.value, sdk.TaskbusError)
+    assert isinstance(caught.value, sdk.InvalidWorkspace)  # "a bad name", and a wrong type
 
 
 async def test_ids_are_unique_when_clients_create_at_once(nats_url: str) -> None:
