@@ -117,6 +117,7 @@ async def watch_signals(
 
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
@@ -127,3 +128,10 @@ def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
     clears the setting: call it after one."""
     if _libc is not None:
         _libc.prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def not_dumpable() -> None:
+    """This process's /proc (environ, fds, memory, root) becomes readable only with
+    CAP_SYS_PTRACE: not by the runs an executor starts, even those sharing its UID."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_DUMPABLE, 0)

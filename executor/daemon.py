@@ -42,6 +42,8 @@ from broker import names, requirements, store
 from broker.authority import RunSigner
 from broker.connection import Bus
 from broker.models import PackageRequest, RunControl, RunRequest, TaskRecord, decode
+from broker.secret_key import default_key_file
+from broker.service import not_dumpable
 from executor.artifacts import Artifacts
 from executor.context import Context
 from executor.control import keep_alive, kill_reason, quietly
@@ -94,11 +96,23 @@ def scratch_dir(settings: ExecutorSettings) -> Path:
     return settings.work_dir / "scratch" / settings.id
 
 
+def secret_folders(settings: ExecutorSettings) -> list[Path]:
+    """The folders of the executor's credential and key files, hidden from runs: the whole
+    authority directory where they lie in one (as under `taskbus up`)."""
+    found = [settings.connect.creds_file, settings.run_signing_key, default_key_file()]
+    folders = []
+    for path in (Path(p) for p in found if p and Path(p).exists()):
+        authority = next((f for f in path.parents if f.name == names.AUTH_DIR), None)
+        folders.append(authority or path.parent)
+    return folders
+
+
 class Executor:
     def __init__(self, settings: ExecutorSettings, bus: Bus) -> None:
         self.settings = settings
         self.bus = bus
         os.umask(os.umask(0o022) | 0o022)  # caches never group/other-writable
+        not_dumpable()  # its environment held TASKBUS_SECRET_KEY
         # The connections' key leaves os.environ here, before anything copies the environment.
         self.secrets = Secrets.from_environment(bus)
         # Zygotes and runs see no executor secret (a forked run's /proc/self/environ is its
@@ -111,6 +125,7 @@ class Executor:
             owner=settings.id, scratch=scratch, work_dir=settings.work_dir,
             env_dir=settings.env_cache_dir, run_uids=settings.run_uid_range,
             use_cgroups=settings.cgroups, max_pids=settings.max_run_pids,
+            hidden=secret_folders(settings),
         )  # fmt: skip
         run_credentials: RunCredentialsFn = no_credentials
         if settings.run_signing_key is not None:

@@ -16,6 +16,13 @@ Every run gets:
   the interpreter, the SDK or the work dir that other users cannot traverse (a 0700 /root
   holding pyenv) are covered in the run's own mount namespace by an empty tmpfs with only
   those paths bound back: the rest of such a folder stays invisible to the run;
+- without a UID to switch to (``--run-uids none``, or an executor that is not root): user
+  and mount namespaces of its own (``SharedPlan``), where the scratch dir, the work dir and
+  the executor's key folders are covered by an empty tmpfs with only the run's own private
+  directory and copy, the interpreter, the SDK and the environments (read-only) bound back,
+  the mounts locked by a second user namespace and no capability left; the executor and its
+  zygotes are not dumpable, so their /proc is no run's to read. Where the host refuses those
+  namespaces, the start-up line says what a run can then reach;
 - with a UID: /tmp, /var/tmp and /dev/shm of its own in that namespace (empty sticky tmpfs,
   gone with the run, with what the run needs under them bound back: its private directory,
   the work dir, ...), so nothing a run leaves there reaches the next run with its UID. Where
@@ -182,6 +189,7 @@ class Isolation:
         summary: str,
         temps: list[tuple[str, list[str]]] | None = None,
         max_pids: int | None = None,
+        shared: SharedPlan | None = None,
     ) -> None:
         self.scratch = scratch
         self.pool = pool
@@ -190,6 +198,7 @@ class Isolation:
         self.summary = summary
         self.temps = temps  # None: runs share the host's temp dirs
         self.max_pids = max_pids
+        self.shared = shared  # runs share our UID, each in namespaces of its own
 
     @classmethod
     def start(
@@ -202,7 +211,10 @@ class Isolation:
         run_uids: range | None,
         use_cgroups: bool = True,
         max_pids: int | None = names.DEFAULT_MAX_RUN_PIDS,
+        hidden: Iterable[Path] = (),
     ) -> Isolation:
+        """``hidden``: the folders of the executor's credential and key files (hidden from
+        runs that share its UID)."""
         scratch.mkdir(parents=True, exist_ok=True)
         os.chmod(scratch, 0o711)  # runs reach their own folder, list nobody's
         cgroups, cgroup_note = Cgroups.probe(owner) if use_cgroups else (None, "cgroups off")
@@ -215,20 +227,21 @@ class Isolation:
         pool: UidPool | None = None
         expose: list[tuple[str, list[str]]] = []
         temps: list[tuple[str, list[str]]] | None = None
+        shared: SharedPlan | None = None
+        needed = [
+            Path(sys.base_prefix), Path(sys.prefix), Path(sys.executable).parent,
+            *map(Path, sdk_paths()),
+            *(Path(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p),
+            work_dir, env_dir, scratch,
+        ]  # fmt: skip
+        real = [os.path.realpath(p) for p in needed if p.exists()]
         if run_uids is None:
             uid_note = "runs share the executor's UID (--run-uids none)"
         elif not can_switch_uids():
             uid_note = "runs share the executor's UID (it is neither root nor has CAP_SETUID)"
         else:
             pool = UidPool(run_uids)
-            needed = [
-                Path(sys.base_prefix), Path(sys.prefix), Path(sys.executable).parent,
-                *map(Path, sdk_paths()),
-                *(Path(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p),
-                work_dir, env_dir, scratch,
-            ]  # fmt: skip
             expose = exposures(needed)
-            real = [os.path.realpath(p) for p in needed if p.exists()]
             temps, rest = private_temps(names.RUN_TEMP_DIRS, real, expose)
             problem = _probe(pool, _covers(rest, temps, scratch))
             if problem is None:
@@ -247,24 +260,48 @@ class Isolation:
                 pool, expose, temps = None, [], None
                 uid_note = f"runs share the executor's UID (a run UID {problem})"
         if pool is None:
-            uid_note += (
-                ", so a run can read and write what the executor's user can: its credential "
-                "and key files, /proc/<executor>/environ, its caches and other runs' private "
-                "directories (their arguments, credentials and connections). Share such an "
-                "executor only among runs that trust each other, or run it as root or with "
-                "CAP_SETUID; the rest still applies"
-            )
+            plan = SharedPlan.make(
+                scratch=scratch, work_dir=work_dir, env_dir=env_dir, needed=real,
+                hidden=hidden,
+            )  # fmt: skip
+            problem = plan.probe()
+            if problem is None:
+                shared = plan
+                uid_note += (
+                    ", each in user and mount namespaces of its own: it sees its own private "
+                    "directory and working copy, the environments read-only, and neither the "
+                    "work dir, the other runs' folders nor the executor's credential and key "
+                    "folders; it shares the host's temp dirs, can signal other runs' "
+                    "processes and read the /proc of the programs they exec. Run the executor "
+                    "as root or with CAP_SETUID for runs of their own UID"
+                )
+            else:
+                uid_note += (
+                    f" and cannot have namespaces of their own ({problem}), so a run can read "
+                    "and write what the executor's user can: its credential and key files, "
+                    "its caches and other runs' private directories (their arguments, "
+                    "credentials and connections). Share such an executor only among runs "
+                    "that trust each other, or run it as root or with CAP_SETUID; the rest "
+                    "still applies"
+                )
         if max_pids is not None and cgroups is None and pool is None:
             cgroup_note += "; no process limit (it needs a cgroup or a run UID)"
         summary = f"{uid_note}; {cgroup_note}"
         return cls(
             scratch=scratch, pool=pool, cgroups=cgroups, expose=expose, summary=summary,
-            temps=temps, max_pids=max_pids,
+            temps=temps, max_pids=max_pids, shared=shared,
         )  # fmt: skip
 
     def open(
-        self, key: str, *, memory_limit_bytes: int | None, cpu_limit: float | None
+        self,
+        key: str,
+        *,
+        memory_limit_bytes: int | None,
+        cpu_limit: float | None,
+        copy: Path | None = None,
     ) -> RunSpace:
+        """The run's private space; ``copy``: its working copy (the one folder of the work
+        dir a run that shares our UID sees, besides the environments)."""
         uid = self.pool.acquire() if self.pool is not None else None
         private = self.scratch / uuid.uuid4().hex
         cgroup = None
@@ -292,6 +329,8 @@ class Isolation:
                 covers = _covers(self.expose, self.temps, private)
                 if covers:
                     spec["expose"] = covers
+            elif self.shared is not None:
+                spec.update(self.shared.confine(private, copy))
         except BaseException:
             shutil.rmtree(private, ignore_errors=True)
             if cgroup is not None:
@@ -338,10 +377,67 @@ def _covers(
     return covers
 
 
-def _probe(pool: UidPool, expose: list[list[Any]] | list[tuple[str, list[str]]]) -> str | None:
-    """Start ``python -c 'import sdk'`` confined as a run UID: None if it works, else why."""
-    uid = pool.acquire()
-    spec: dict[str, Any] = {"uid": uid, "expose": expose}
+@dataclass(frozen=True)
+class SharedPlan:
+    """Where runs share the executor's UID: what each run's own mount namespace covers with
+    an empty tmpfs — the scratch dir (every run's private directory), the work dir (zips,
+    cached trees, other runs' copies) and the folders holding the executor's credential and
+    key files — binding back only what the run needs: the interpreter, the SDK, the
+    environments (read-only), its private directory and its copy. The host's temp dirs stay
+    shared, as for any process of that user (a run's TMPDIR is its own)."""
+
+    hides: tuple[tuple[str, str], ...]  # (folder, tmpfs options), shallowest first
+    needed: tuple[str, ...]  # real paths every run needs
+    readonly: tuple[str, ...]  # bound read-only (the shared environments)
+    scratch: Path
+
+    @classmethod
+    def make(
+        cls,
+        *,
+        scratch: Path,
+        work_dir: Path,
+        env_dir: Path,
+        needed: list[str],
+        hidden: Iterable[Path],
+    ) -> SharedPlan:
+        hides: dict[str, str] = {}
+        for folder in (scratch, work_dir, *hidden):
+            real = os.path.realpath(folder)
+            if os.path.isdir(real) and real != "/":
+                hides.setdefault(real, "mode=0755,size=64k")
+        ordered = sorted(hides.items(), key=lambda item: item[0].count("/"))
+        env = os.path.realpath(env_dir)
+        covered = {os.path.realpath(work_dir), os.path.realpath(scratch)}
+        keep = tuple(p for p in needed if p not in covered)
+        return cls(hides=tuple(ordered), needed=keep, readonly=(env,), scratch=scratch)
+
+    def confine(self, private: Path, copy: Path | None) -> dict[str, Any]:
+        """``zygote.confine``'s spec for one run."""
+        wanted = [*self.needed, str(private), *([os.path.realpath(copy)] if copy else [])]
+        covers: list[list[Any]] = []
+        for hide, options in self.hides:
+            inside = [c for c in covers if hide.startswith(c[0] + "/")]
+            if inside and not any(
+                hide == k or hide.startswith(k + "/") for c in inside for k in c[1]
+            ):
+                continue  # under a cover and not bound back: hidden already
+            under = sorted({w for w in wanted if w.startswith(hide + "/")})
+            top = [w for w in under if not any(w.startswith(o + "/") for o in under)]
+            covers.append([hide, top, options])
+        return {"share": True, "expose": covers, "readonly": list(self.readonly)}
+
+    def probe(self) -> str | None:
+        """Start ``python -c 'import sdk'`` confined as a run: None if it works, else why."""
+        private = self.scratch / f"probe-{uuid.uuid4().hex}"
+        private.mkdir(mode=0o700)
+        try:
+            return _run_probe(self.confine(private, None))
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
+
+
+def _run_probe(spec: dict[str, Any]) -> str | None:
     try:
         result = subprocess.run(
             [sys.executable, "-c", "import sdk"],
@@ -354,9 +450,16 @@ def _probe(pool: UidPool, expose: list[list[Any]] | list[tuple[str, list[str]]])
         )
     except (OSError, subprocess.SubprocessError) as exc:
         return f"cannot be set up here: {exc}"
-    finally:
-        pool.release(uid)
     if result.returncode != 0:
         reason = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
         return f"cannot start the interpreter and import sdk: {reason[0]}"
     return None
+
+
+def _probe(pool: UidPool, expose: list[list[Any]] | list[tuple[str, list[str]]]) -> str | None:
+    """Start ``python -c 'import sdk'`` confined as a run UID: None if it works, else why."""
+    uid = pool.acquire()
+    try:
+        return _run_probe({"uid": uid, "expose": expose})
+    finally:
+        pool.release(uid)

@@ -198,6 +198,7 @@ class RunJob:
                 self.key,
                 memory_limit_bytes=request.memory_limit_bytes,
                 cpu_limit=request.cpu_limit,
+                copy=folder.path,
             )
             await ctx.artifacts.hand_over(folder, space.uid)
             space.write_private(ARGS_NAME, json.dumps(request.json_args))

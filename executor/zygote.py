@@ -64,10 +64,15 @@ if TYPE_CHECKING:
     from typing import Any
 
 MAX_MESSAGE = 1 << 20
+_PR_SET_DUMPABLE = 4
+_PR_CAPBSET_DROP = 24
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_NO_NEW_PRIVS = 38
-_CLONE_NEWNS = 0x00020000
-_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
+_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT = 1, 2, 4, 32
+_MS_BIND, _MS_REC, _MS_PRIVATE, _MS_RELATIME = 4096, 16384, 1 << 18, 1 << 21
 _libc_handle: list[object] = []
 
 
@@ -95,26 +100,12 @@ def confine(spec: dict[str, object]) -> None:
         with open(str(procs), "w") as handle:
             handle.write(str(os.getpid()))
     expose = spec.get("expose")
-    if expose:
+    if spec.get("share"):
+        _share(expose or [], spec.get("readonly") or [])  # type: ignore[arg-type]
+    elif expose:
         libc = _libc()
         _check(libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-        _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "mount --make-rprivate /")
-        # [folder, the paths under it to bind back, tmpfs options]: a 0700 folder on the way
-        # to the interpreter is covered by a tiny tmpfs; a temp dir (/tmp, /var/tmp, /dev/shm)
-        # by an empty sticky one of the run's own, gone with its mount namespace.
-        for hide, keeps, *options in expose:  # type: ignore[attr-defined]
-            held = [(keep, os.open(keep, os.O_PATH | os.O_CLOEXEC)) for keep in keeps]
-            flags = options[0].encode() if options else b"mode=0755,size=64k"
-            _check(
-                libc.mount(b"tmpfs", hide.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, flags),
-                f"mount tmpfs on {hide}",
-            )  # fmt: skip
-            for keep, fd in held:
-                os.makedirs(keep, mode=0o755, exist_ok=True)
-                source = f"/proc/self/fd/{fd}".encode()
-                _check(libc.mount(source, keep.encode(), None, _MS_BIND | _MS_REC, None),
-                       f"bind {keep}")  # fmt: skip
-                os.close(fd)
+        _cover(expose)  # type: ignore[arg-type]
     limit = spec.get("rlimit_as")
     nproc = spec.get("rlimit_nproc")  # per UID: per run where each run has its own UID
     if limit or nproc:
@@ -131,6 +122,78 @@ def confine(spec: dict[str, object]) -> None:
         os.setuid(int(uid))  # type: ignore[call-overload]
         if spec.get("expose") or _libc_handle:
             _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+
+
+def _cover(expose: list[list[Any]]) -> None:
+    """In this process's own mount namespace: [folder, the paths under it to bind back, tmpfs
+    options] — a 0700 folder on the way to the interpreter is covered by a tiny tmpfs; a temp
+    dir (/tmp, /var/tmp, /dev/shm) by an empty sticky one of the run's own, gone with its
+    mount namespace; with runs sharing the executor's UID, its work dir and key folders too."""
+    libc = _libc()
+    _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "mount --make-rprivate /")
+    for hide, keeps, *options in expose:
+        held = [(keep, os.open(keep, os.O_PATH | os.O_CLOEXEC)) for keep in keeps]
+        flags = options[0].encode() if options else b"mode=0755,size=64k"
+        _check(
+            libc.mount(b"tmpfs", hide.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, flags),
+            f"mount tmpfs on {hide}",
+        )  # fmt: skip
+        for keep, fd in held:
+            os.makedirs(keep, mode=0o755, exist_ok=True)
+            source = f"/proc/self/fd/{fd}".encode()
+            _check(libc.mount(source, keep.encode(), None, _MS_BIND | _MS_REC, None),
+                   f"bind {keep}")  # fmt: skip
+            os.close(fd)
+
+
+def _share(expose: list[list[Any]], readonly: list[str]) -> None:
+    """A run that shares the executor's UID: a mount namespace of its own (through a user
+    namespace where the executor is not root) with ``expose``'s covers and ``readonly``'s
+    folders bound read-only; then a second user namespace, which locks those mounts (a less
+    privileged namespace cannot unmount what hides), and no capability left in it."""
+    libc = _libc()
+    uid, gid = os.getuid(), os.getgid()
+    if uid != 0:
+        _check(libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS), "unshare(CLONE_NEWUSER|CLONE_NEWNS)")
+        _map_ids(uid, gid)
+    else:
+        _check(libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _cover(expose)
+    for folder in readonly:
+        path = folder.encode()
+        _check(libc.mount(path, path, None, _MS_BIND | _MS_REC, None), f"bind {folder}")
+        # The flags it has are kept (a user namespace may not clear them): ST_* = MS_* here.
+        had = os.statvfs(folder).f_flag
+        flags = _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | (had & 0xC08)
+        if had & 4096:  # ST_RELATIME
+            flags |= _MS_RELATIME
+        _check(libc.mount(None, path, None, flags, None), f"remount {folder} read-only")
+    _check(libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS), "unshare(CLONE_NEWUSER|CLONE_NEWNS)")
+    _map_ids(uid, gid)
+    _drop_capabilities(libc)
+    libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+
+
+def _map_ids(uid: int, gid: int) -> None:
+    """In a new user namespace: our own UID and GID, nothing else."""
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                       ("gid_map", f"{gid} {gid} 1")):  # fmt: skip
+        with open(f"/proc/self/{name}", "w") as handle:
+            handle.write(text)
+
+
+def _drop_capabilities(libc: Any) -> None:
+    """No capability now or after an exec (bounding set, ambient, effective/permitted)."""
+    import ctypes
+
+    with open("/proc/sys/kernel/cap_last_cap") as handle:
+        last = int(handle.read())
+    for cap in range(last + 1):
+        _check(libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
+    libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()
+    _check(libc.capset(header, data), "capset")
 
 
 def _send(sock: socket.socket, message: dict[str, object]) -> None:
@@ -384,6 +447,9 @@ if __name__ == "__main__":
     control = socket.socket(fileno=int(sys.argv[1]))
     if "--subreaper" in sys.argv[2:]:
         _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    # Its /proc (environ, fds, root) and its forked runs' are no other run's to read, even one
+    # of the same UID (reading a non-dumpable process takes CAP_SYS_PTRACE).
+    _libc().prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
     job = serve(control)
     del control
     become(*job)

@@ -501,78 +501,137 @@ def test_a_killed_runs_credential_stops_working(audit: dict[str, Any]) -> None:
     assert audit["after_kill"].startswith("refused"), audit["after_kill"]
 
 
-# --- no UID to switch to: the documented fallback ---------------------------------------------
+# --- no UID to switch to: runs share the executor's UID, each in namespaces of its own ------
 
-NO_UID_VICTIM = r"""
+SHARED_VICTIM = r"""
 import json, os, time
-args = json.load(open(os.environ["TASKBUS_ARGS_FILE"]))
-print("VICTIM", os.environ["TASKBUS_ARGS_FILE"], os.environ.get("TASKBUS_CREDS", ""), flush=True)
-deadline = time.time() + 60
-while time.time() < deadline and not os.path.exists(args["done"]):
+private = os.path.dirname(os.environ["TASKBUS_ARGS_FILE"])
+with open(os.path.join(os.environ["HOME"], "note.txt"), "w") as handle:
+    handle.write("victim-home-note-2207")
+print("VICTIM " + json.dumps({"pid": os.getpid(), "private": private,
+                              "copy": os.getcwd()}), flush=True)
+deadline = time.time() + 120
+while time.time() < deadline:
     time.sleep(0.05)
 """
 
-NO_UID_ATTACKER = r"""
-import glob, json, os
-args = json.load(open(os.environ["TASKBUS_ARGS_FILE"]))
-scratch = os.path.dirname(os.path.dirname(os.environ["TASKBUS_ARGS_FILE"]))
-for path in glob.glob(scratch + "/*/args.json") + glob.glob(scratch + "/*/run.creds"):
-    if not path.startswith(os.path.dirname(os.environ["TASKBUS_ARGS_FILE"])):
-        print("STOLEN", path, open(path).read()[:80].replace(chr(10), " "), flush=True)
-open(args["done"], "w").close()
+SHARED_ATTACKER = r"""
+import glob, json, os, sdk
+args = sdk.task_args()
+mine = os.path.dirname(os.environ["TASKBUS_ARGS_FILE"])
+scratch = os.path.dirname(mine)
+
+def probe(name, action):
+    try:
+        value = action()
+    except Exception as exc:
+        print(f"RESULT {name}: denied {type(exc).__name__}", flush=True)
+    else:
+        print(f"RESULT {name}: done {str(value)[:80]!r}", flush=True)
+
+def read(path):
+    with open(path, "rb") as handle:
+        return handle.read(200)
+
+def write(path):
+    with open(path, "w") as handle:
+        handle.write("planted")
+    return path
+
+def others():
+    found = [p for p in glob.glob(scratch + "/*") if p != mine]
+    if found:
+        return found
+    raise PermissionError("no other run's folder in sight")
+
+victim = args["victim"]
+probe("list other private dirs", others)
+probe("victim args", lambda: read(victim["private"] + "/args.json"))
+probe("victim credential", lambda: read(victim["private"] + "/run.creds"))
+probe("victim home note", lambda: read(victim["private"] + "/home/note.txt"))
+probe("victim code", lambda: write(victim["copy"] + "/main.py"))
+probe("victim /proc environ", lambda: read(f"/proc/{victim['pid']}/environ"))
+probe("victim /proc root", lambda: read(f"/proc/{victim['pid']}/root{victim['private']}/args.json"))
+probe("executor /proc environ", lambda: read(f"/proc/{args['executor_pid']}/environ"))
+probe("executor /proc root", lambda: os.listdir(f"/proc/{args['executor_pid']}/root/"))
+probe("executor credential", lambda: read(args["executor_creds"]))
+probe("run signing key", lambda: read(args["signing_key"]))
+probe("connections key", lambda: read(args["secret_key"]))
+probe("work dir", lambda: os.listdir(args["work_dir"] + "/trees"))
+probe("environments", lambda: write(args["env_dir"] + "/planted.txt"))
+probe("unmount the cover", lambda: [os.system(f"umount -l {scratch} 2>/dev/null"),
+                                    read(victim["private"] + "/args.json")])
+print("ATTACKER DONE", flush=True)
 """
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: without run UIDs runs share the executor's UID (said at start)",
-)
-async def test_without_run_uids_a_run_still_cannot_read_another_runs_files(
-    tmp_path: Path,
-) -> None:
-    """SECURITY.md 3: "A run cannot ... read another run's argument file or credential" and,
-    where the executor cannot switch UIDs, "say so at start and still apply everything else".
-    With --run-uids none (or a non-root executor) the private folders are all the executor's
-    UID's: a run lists the scratch dir and reads every concurrent run's args.json and
-    run.creds (whose workspace may differ). The start-up line only admits the executor's own
-    files and caches."""
-    authority = Authority(tmp_path / "auth").ensure_local()
-    settings = ServerSettings(
-        data_dir=tmp_path / "nats", port=0, config_file=authority.server_config
-    )
+async def test_without_run_uids_a_run_still_cannot_read_another_runs_files() -> None:
+    """SECURITY.md 3 where the executor may not switch UIDs (`--run-uids none`, or not root):
+    each run gets user and mount namespaces of its own, so a run of the executor's own UID
+    still cannot read another run's private directory (arguments, credential, HOME) nor
+    write its code, read the executor's /proc or its credential and key files (kept outside
+    the temp dirs here, as on a real host), list the work dir or write the environments; and
+    it cannot undo that (its mounts are locked, it holds no capability)."""
+    os.makedirs("/var/lib", exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="taskbus-shared-", dir="/var/lib"))
+    try:
+        await _shared_uid_attack(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _shared_uid_attack(root: Path) -> None:
+    authority = Authority(root / "auth").ensure_local()
+    settings = ServerSettings(data_dir=root / "nats", port=0, config_file=authority.server_config)
+    os.environ[names.ENV_SECRET_KEY] = new_key_text()  # only for the executor to inherit
     with EmbeddedServer(settings) as server:
         admin = await connect(as_role(server.url, authority, "admin"))
-        work = tmp_path / "executor"
-        handoff = work / "handoff"
-        handoff.mkdir(parents=True)
+        work = root / "executor"
         executor = Daemon(
             ["-m", "executor", "--url", server.url, "--creds",
              str(authority.creds_path("executor")), "--run-signing-key",
              str(authority.run_signing_key), "--run-uids", "none", "--work-dir", str(work)],
-            tmp_path / "executor.log",
+            root / "executor.log",
         )  # fmt: skip
+        os.environ.pop(names.ENV_SECRET_KEY)
         scheduler = Daemon(
             ["-m", "broker.scheduler", "--url", server.url, "--creds",
-             str(authority.creds_path("scheduler"))], tmp_path / "scheduler.log",
+             str(authority.creds_path("scheduler"))], root / "scheduler.log",
         )  # fmt: skip
         user = await connect(as_role(server.url, authority, "user"))
         try:
             await wait_for_executors(admin, 1)
-            done = handoff / "done"
-            v_orch = await upload(user, {"main.py": NO_UID_VICTIM})
-            victim = await run_once(
-                user, v_orch, json_args={"done": str(done), "secret": "victim-arg-5150"}
-            )
+            [heartbeat] = list((await store.scan(admin, names.EXECUTORS, ExecutorRecord)).values())
+            victim = await run_once(user, await upload(user, {"main.py": SHARED_VICTIM}))
             v_run = await wait_run(user, victim.id, lambda r: r.status is RunStatus.RUNNING)
-            await wait_line(user, v_run, "VICTIM ")
-            a_orch = await upload(user, {"main.py": NO_UID_ATTACKER})
-            attacker = await run_once(user, a_orch, json_args={"done": str(done)})
-            a_run = await wait_run(user, attacker.id, timeout_s=60)
+            info = json.loads((await wait_line(user, v_run, "VICTIM ")).text[len("VICTIM ") :])
+            key_file = root / "auth" / names.SECRET_KEY_FILE  # where `taskbus up` keeps it
+            args = {
+                "victim": info, "executor_pid": heartbeat.pid,
+                "executor_creds": str(authority.creds_path("executor")),
+                "signing_key": str(authority.run_signing_key), "secret_key": str(key_file),
+                "work_dir": str(work), "env_dir": str(work / "envs"),
+            }  # fmt: skip
+            attacker = await run_once(
+                user, await upload(user, {"main.py": SHARED_ATTACKER}), json_args=args
+            )
+            a_run = await wait_run(user, attacker.id, timeout_s=90)
             out = texts(await log_lines(user, a_run), "stdout")
-            print("\n".join(out))
-            stolen = [line for line in out if line.startswith("STOLEN")]
-            assert not stolen, stolen
+            assert "ATTACKER DONE" in out, (a_run.reason, out)
+            results = {
+                row.removeprefix("RESULT ").split(": ", 1)[0]: row.split(": ", 1)[1]
+                for row in out if row.startswith("RESULT ")
+            }  # fmt: skip
+            assert len(results) == 15, results
+            done = {name: outcome for name, outcome in results.items() if "denied" not in outcome}
+            assert not done, done
+            assert (Path(info["copy"]) / "main.py").read_text() == SHARED_VICTIM
+            assert not (work / "envs" / "planted.txt").exists()
+            log = (root / "executor.log").read_text()
+            assert "each in user and mount namespaces of its own" in log
+            await catalog.set_task_flags(user, victim.id, killed=True)
+            assert (await wait_run(user, victim.id, timeout_s=30)).status is RunStatus.KILLED
         finally:
             await user.close()
             await admin.close()
