@@ -154,6 +154,9 @@ def _share(expose: list[list[Any]], readonly: list[str]) -> None:
     libc = _libc()
     uid, gid = os.getuid(), os.getgid()
     if uid != 0:
+        # A process writes its own ID maps only while dumpable (else /proc/self is root's);
+        # it is made undumpable again once they are written, before any of the run's code.
+        libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)
         _check(libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS), "unshare(CLONE_NEWUSER|CLONE_NEWNS)")
         _map_ids(uid, gid)
     else:
@@ -172,6 +175,7 @@ def _share(expose: list[list[Any]], readonly: list[str]) -> None:
     _map_ids(uid, gid)
     _drop_capabilities(libc)
     libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 def _map_ids(uid: int, gid: int) -> None:
