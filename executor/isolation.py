@@ -58,7 +58,7 @@ from broker import names
 from executor.cgroups import Cgroups, RunCgroup
 from executor.environments import sdk_paths
 from executor.uids import UidPool, can_switch_uids, remove_files_of, sweep
-from executor.zygote import confine
+from executor.zygote import confine, preload
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +286,8 @@ class Isolation:
                 )
         if max_pids is not None and cgroups is None and pool is None:
             cgroup_note += "; no process limit (it needs a cgroup or a run UID)"
+        if pool is not None or shared is not None:
+            preload()  # the spawn launcher confines in children forked from this process
         summary = f"{uid_note}; {cgroup_note}"
         return cls(
             scratch=scratch, pool=pool, cgroups=cgroups, expose=expose, summary=summary,

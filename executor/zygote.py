@@ -86,6 +86,12 @@ def _libc() -> Any:
     return _libc_handle[0]
 
 
+def preload() -> None:
+    """Load libc here, once: children forked after it confine themselves without paying for
+    ``ctypes.util.find_library`` (which runs ldconfig) each time."""
+    _libc()
+
+
 def _check(result: int, what: str) -> None:
     if result != 0:
         import ctypes
