@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from broker import names, roles, scope, tokens
-from broker.errors import CredentialError, NotConnected, PermissionDenied
+from broker.errors import CredentialError, NotConnected, PermissionDenied, UnusableCredential
 from broker.provision import bind, provision
 from broker.publisher import Publisher
 from broker.settings import ConnectSettings
@@ -187,7 +187,7 @@ async def connect(
     try:
         creds = tokens.read_creds(settings.creds_file) if settings.creds_file else None
     except CredentialError as exc:
-        raise NotConnected(
+        raise UnusableCredential(
             settings.urls,
             str(exc),
             "Pass a .creds file issued for this cluster (`taskbus auth user NAME --role ROLE`).",

@@ -118,19 +118,27 @@ def mask_pattern(every_details: Iterable[Any]) -> re.Pattern[str] | None:
 
 
 def masked_values(value: Any, pattern: re.Pattern[str] | None) -> Any:
-    """``value`` (JSON: arguments) with every secret value ``pattern`` finds in its strings
-    masked, and every number or string that is one replaced by the mask."""
+    """``value`` (JSON: a task's arguments, shown) with the secret values ``pattern`` finds
+    masked: a string or key that is one, and inside longer strings those of at least
+    ``names.MIN_MASKED_SUBSTRING_CHARS`` (a short value such as a database name ``main`` would
+    otherwise mangle ``maintenance``). Numbers are left as they are: a port is no secret."""
     if pattern is None:
         return value
     if isinstance(value, dict):
-        return {k: masked_values(v, pattern) for k, v in value.items()}
+        return {_masked_text(k, pattern): masked_values(v, pattern) for k, v in value.items()}
     if isinstance(value, list):
         return [masked_values(v, pattern) for v in value]
     if isinstance(value, str):
-        return pattern.sub(names.MASK, value)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return names.MASK if pattern.fullmatch(str(value)) else value
+        return _masked_text(value, pattern)
     return value
+
+
+def _masked_text(text: str, pattern: re.Pattern[str]) -> str:
+    if pattern.fullmatch(text):
+        return names.MASK
+    return pattern.sub(
+        lambda m: names.MASK if len(m[0]) >= names.MIN_MASKED_SUBSTRING_CHARS else m[0], text
+    )
 
 
 def _not_found(name: str) -> ConnectionNotFound:

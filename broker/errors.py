@@ -5,7 +5,9 @@
     TaskbusError
     ├── CommunicationFailed          the bus could not be reached or did not answer
     │   ├── NotConnected             no server answered at the URL(s) tried, or it refused
-    │   │                            the credential
+    │   │   │                        the credential
+    │   │   └── UnusableCredential   the credential file cannot be read or is not one; also
+    │   │                            a CredentialError
     │   └── RequestTimeout           a request got no answer within the client's
     │                                request_timeout; also a TimeoutError
     ├── PermissionDenied             the server refused an action to this credential; also a
@@ -90,6 +92,11 @@ class CredentialError(TaskbusError):
     """A credential file or key cannot be read, or is not what it should be."""
 
 
+class UnusableCredential(NotConnected, CredentialError):
+    """The credential file given to connect cannot be read or is not one: no connection was
+    tried (exits with the usage code: trying again will not help)."""
+
+
 class ExitCode(IntEnum):
     """The exit codes of every Taskbus command and daemon: the one table scripts can trust."""
 
@@ -104,7 +111,7 @@ def exit_status(exc: TaskbusError) -> ExitCode:
     """How a command or daemon stopped by ``exc`` exits: ``NOT_CONNECTED`` when no server
     answered; ``USAGE`` for bad input, an unknown name, or a credential that cannot be used or
     does not allow the work; else ``FAILED``."""
-    if isinstance(exc, NotConnected):
+    if isinstance(exc, NotConnected) and not isinstance(exc, CredentialError):
         return ExitCode.NOT_CONNECTED
     usage = (ValueError, TypeError, LookupError, PermissionDenied, CredentialError)
     return ExitCode.USAGE if isinstance(exc, usage) else ExitCode.FAILED

@@ -305,4 +305,5 @@ MAX_CONNECTION_DETAILS_BYTES = 64 * 1024
 # Secret values shorter than this are not masked in log lines: a 1-3 character value ("1",
 # "on") would garble every line and masks little; values this long and more are masked.
 MIN_MASKED_CHARS = 4
+MIN_MASKED_SUBSTRING_CHARS = 8  # in a task's shown arguments, inside a longer string
 MASK = "****"

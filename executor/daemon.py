@@ -44,6 +44,7 @@ from broker.connection import Bus
 from broker.models import PackageRequest, RunControl, RunRequest, TaskRecord, decode
 from broker.secret_key import default_key_file
 from broker.service import not_dumpable
+from broker.settings import default_data_dir
 from executor.artifacts import Artifacts
 from executor.context import Context
 from executor.control import keep_alive, kill_reason, quietly
@@ -92,19 +93,26 @@ def scratch_dir(settings: ExecutorSettings) -> Path:
     microseconds), else the work dir."""
     shm = Path("/dev/shm")
     if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm / f"taskbus-{settings.id}"
+        return shm_scratch(settings.id)
     return settings.work_dir / "scratch" / settings.id
 
 
-def secret_folders(settings: ExecutorSettings) -> list[Path]:
-    """The folders of the executor's credential and key files, hidden from runs: the whole
-    authority directory where they lie in one (as under `taskbus up`)."""
+def shm_scratch(executor_id: str) -> Path:
+    """An executor's scratch folder on tmpfs: one parent per user, so that runs sharing that
+    UID are shown none of it (``executor.isolation.SharedPlan``)."""
+    return Path("/dev/shm") / f"taskbus-{os.getuid()}" / executor_id
+
+
+def hidden_folders(settings: ExecutorSettings) -> list[Path]:
+    """What runs that share the executor's UID must not see: the folders of its credential
+    and key files (the whole authority directory where they lie in one, as under `taskbus
+    up`), the data directory (the server's store under `taskbus up`) and its HOME."""
     found = [settings.connect.creds_file, settings.run_signing_key, default_key_file()]
-    folders = []
+    folders = [default_data_dir(), Path.home()]
     for path in (Path(p) for p in found if p and Path(p).exists()):
         authority = next((f for f in path.parents if f.name == names.AUTH_DIR), None)
         folders.append(authority or path.parent)
-    return folders
+    return [f for f in folders if f.is_dir() and f != Path("/")]
 
 
 class Executor:
@@ -125,7 +133,7 @@ class Executor:
             owner=settings.id, scratch=scratch, work_dir=settings.work_dir,
             env_dir=settings.env_cache_dir, run_uids=settings.run_uid_range,
             use_cgroups=settings.cgroups, max_pids=settings.max_run_pids,
-            hidden=secret_folders(settings),
+            hidden=hidden_folders(settings),
         )  # fmt: skip
         run_credentials: RunCredentialsFn = no_credentials
         if settings.run_signing_key is not None:

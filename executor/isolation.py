@@ -41,6 +41,7 @@ it with ``executor.zygote.confine`` before user code runs).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -217,6 +218,9 @@ class Isolation:
         runs that share its UID)."""
         scratch.mkdir(parents=True, exist_ok=True)
         os.chmod(scratch, 0o711)  # runs reach their own folder, list nobody's
+        if scratch.parent.name.startswith("taskbus-"):  # the parent of this user's executors
+            with contextlib.suppress(OSError):
+                os.chmod(scratch.parent, 0o711)
         cgroups, cgroup_note = Cgroups.probe(owner) if use_cgroups else (None, "cgroups off")
         if cgroups is None:
             cgroup_note += (
@@ -379,18 +383,24 @@ def _covers(
     return covers
 
 
+SHM = "/dev/shm"
+COVER_OPTIONS = "mode=0755,size=64k"  # what hides (read-only once what is needed is back)
+
+
 @dataclass(frozen=True)
 class SharedPlan:
-    """Where runs share the executor's UID: what each run's own mount namespace covers with
-    an empty tmpfs — the scratch dir (every run's private directory), the work dir (zips,
-    cached trees, other runs' copies) and the folders holding the executor's credential and
-    key files — binding back only what the run needs: the interpreter, the SDK, the
-    environments (read-only), its private directory and its copy. The host's temp dirs stay
-    shared, as for any process of that user (a run's TMPDIR is its own)."""
+    """Where runs share the executor's UID, what each run's own mount namespace looks like:
+    every mount read-only, but the host's /tmp and /var/tmp (shared, as for any process of
+    that user; a run's TMPDIR is its own); a /dev/shm of its own; an empty tmpfs over the
+    executors' scratch dirs (every run's
+    private directory), the work dir (zips, cached trees, other runs' copies) and the folders
+    the daemon names (its credential and key folders, the data dir with the server's store,
+    its HOME), with only what the run needs bound back: the interpreter, the SDK and the
+    environments read-only, its private directory and working copy writable."""
 
+    temps: tuple[str, ...]
     hides: tuple[tuple[str, str], ...]  # (folder, tmpfs options), shallowest first
-    needed: tuple[str, ...]  # real paths every run needs
-    readonly: tuple[str, ...]  # bound read-only (the shared environments)
+    needed: tuple[str, ...]  # real paths every run needs, read-only
     scratch: Path
 
     @classmethod
@@ -403,20 +413,30 @@ class SharedPlan:
         needed: list[str],
         hidden: Iterable[Path],
     ) -> SharedPlan:
-        hides: dict[str, str] = {}
-        for folder in (scratch, work_dir, *hidden):
+        # Every executor of this user keeps its scratch dir in one parent: all are covered.
+        top = scratch.parent if scratch.parent.name.startswith("taskbus-") else scratch
+        found: dict[str, str] = {}
+        shm = os.path.realpath(SHM)
+        if os.path.isdir(shm):  # its own, as in any sandbox: executors' scratch dirs live there
+            found[shm] = f"mode=1777,{names.RUN_TEMP_TMPFS_OPTIONS}"
+        for folder in (top, work_dir, *hidden):
             real = os.path.realpath(folder)
             if os.path.isdir(real) and real != "/":
-                hides.setdefault(real, "mode=0755,size=64k")
-        ordered = sorted(hides.items(), key=lambda item: item[0].count("/"))
-        env = os.path.realpath(env_dir)
+                found.setdefault(real, COVER_OPTIONS)
         covered = {os.path.realpath(work_dir), os.path.realpath(scratch)}
-        keep = tuple(p for p in needed if p not in covered)
-        return cls(hides=tuple(ordered), needed=keep, readonly=(env,), scratch=scratch)
+        keep = {p for p in needed if p not in covered} | {os.path.realpath(env_dir)}
+        temps = {os.path.realpath(t) for t in names.RUN_TEMP_DIRS if os.path.isdir(t)}
+        return cls(
+            temps=tuple(sorted(temps - {"/", shm})),
+            hides=tuple(sorted(found.items(), key=lambda h: h[0].count("/"))),
+            needed=tuple(sorted(keep)),
+            scratch=scratch,
+        )
 
     def confine(self, private: Path, copy: Path | None) -> dict[str, Any]:
         """``zygote.confine``'s spec for one run."""
-        wanted = [*self.needed, str(private), *([os.path.realpath(copy)] if copy else [])]
+        writable = [os.path.realpath(private), *([os.path.realpath(copy)] if copy else [])]
+        wanted = [*self.needed, *writable]
         covers: list[list[Any]] = []
         for hide, options in self.hides:
             inside = [c for c in covers if hide.startswith(c[0] + "/")]
@@ -427,22 +447,27 @@ class SharedPlan:
             under = sorted({w for w in wanted if w.startswith(hide + "/")})
             top = [w for w in under if not any(w.startswith(o + "/") for o in under)]
             covers.append([hide, top, options])
-        return {"share": True, "expose": covers, "readonly": list(self.readonly)}
+        return {
+            "share": True, "temps": list(self.temps), "expose": covers,
+            "readonly": list(self.needed), "writable": writable,
+        }  # fmt: skip
 
     def probe(self) -> str | None:
-        """Start ``python -c 'import sdk'`` confined as a run: None if it works, else why."""
+        """Start a run's interpreter confined as a run, importing the SDK and writing in its
+        private directory: None if that works, else why."""
         private = self.scratch / f"probe-{uuid.uuid4().hex}"
         private.mkdir(mode=0o700)
+        check = f"import sdk; open({str(private / 'ok')!r}, 'w').close()"
         try:
-            return _run_probe(self.confine(private, None))
+            return _run_probe(self.confine(private, None), check)
         finally:
             shutil.rmtree(private, ignore_errors=True)
 
 
-def _run_probe(spec: dict[str, Any]) -> str | None:
+def _run_probe(spec: dict[str, Any], check: str = "import sdk") -> str | None:
     try:
         result = subprocess.run(
-            [sys.executable, "-c", "import sdk"],
+            [sys.executable, "-c", check],
             preexec_fn=lambda: confine(spec),
             env=allowed_environment(os.environ),
             cwd="/",

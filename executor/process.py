@@ -108,6 +108,7 @@ class Spawner:
 
         def prepare() -> None:
             confine(spec)
+            os.chdir(launch.cwd)  # after: a working directory under a cover sees beneath it
             # SIGKILL when the event loop's thread (it lives as long as the executor) ends;
             # after the UID switch, which clears the parent-death signal.
             die_with_parent(signal.SIGKILL)
@@ -118,7 +119,6 @@ class Spawner:
             stdin=subprocess.DEVNULL,
             stdout=launch.stdout_fd,
             stderr=launch.stderr_fd,
-            cwd=launch.cwd,
             env=dict(launch.env),
             start_new_session=True,
             close_fds=True,

@@ -71,8 +71,8 @@ _PR_SET_NO_NEW_PRIVS = 38
 _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT = 1, 2, 4, 32
-_MS_BIND, _MS_REC, _MS_PRIVATE, _MS_RELATIME = 4096, 16384, 1 << 18, 1 << 21
+_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
+_SYS_MOUNT_SETATTR, _AT_FDCWD, _AT_RECURSIVE = 442, -100, 0x8000  # Linux >= 5.12, every arch
 _libc_handle: list[object] = []
 
 
@@ -107,7 +107,7 @@ def confine(spec: dict[str, object]) -> None:
             handle.write(str(os.getpid()))
     expose = spec.get("expose")
     if spec.get("share"):
-        _share(expose or [], spec.get("readonly") or [])  # type: ignore[arg-type]
+        _share(spec)
     elif expose:
         libc = _libc()
         _check(libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
@@ -130,13 +130,14 @@ def confine(spec: dict[str, object]) -> None:
             _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
 
-def _cover(expose: list[list[Any]]) -> None:
+def _cover(expose: list[list[Any]], *, private: bool = True) -> None:
     """In this process's own mount namespace: [folder, the paths under it to bind back, tmpfs
     options] — a 0700 folder on the way to the interpreter is covered by a tiny tmpfs; a temp
     dir (/tmp, /var/tmp, /dev/shm) by an empty sticky one of the run's own, gone with its
     mount namespace; with runs sharing the executor's UID, its work dir and key folders too."""
     libc = _libc()
-    _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "mount --make-rprivate /")
+    if private:
+        _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "mount --make-rprivate /")
     for hide, keeps, *options in expose:
         held = [(keep, os.open(keep, os.O_PATH | os.O_CLOEXEC)) for keep in keeps]
         flags = options[0].encode() if options else b"mode=0755,size=64k"
@@ -152,11 +153,13 @@ def _cover(expose: list[list[Any]]) -> None:
             os.close(fd)
 
 
-def _share(expose: list[list[Any]], readonly: list[str]) -> None:
-    """A run that shares the executor's UID: a mount namespace of its own (through a user
-    namespace where the executor is not root) with ``expose``'s covers and ``readonly``'s
-    folders bound read-only; then a second user namespace, which locks those mounts (a less
-    privileged namespace cannot unmount what hides), and no capability left in it."""
+def _share(spec: dict[str, Any]) -> None:
+    """A run that shares the executor's UID, in a mount namespace of its own (through a user
+    namespace where the executor is not root): every mount read-only, the shared temp dirs
+    (``temps``) writable again, ``expose``'s tmpfs covers with what the run needs bound back,
+    read-only (``readonly``: interpreter, SDK, environments) or writable (``writable``: its
+    private directory and working copy); then a second user namespace, which locks all that
+    (a less privileged namespace cannot unmount or remount it), and no capability left."""
     libc = _libc()
     uid, gid = os.getuid(), os.getgid()
     if uid != 0:
@@ -167,21 +170,51 @@ def _share(expose: list[list[Any]], readonly: list[str]) -> None:
         _map_ids(uid, gid)
     else:
         _check(libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    _cover(expose)
-    for folder in readonly:
-        path = folder.encode()
-        _check(libc.mount(path, path, None, _MS_BIND | _MS_REC, None), f"bind {folder}")
-        # The flags it has are kept (a user namespace may not clear them): ST_* = MS_* here.
-        had = os.statvfs(folder).f_flag
-        flags = _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | (had & 0xC08)
-        if had & 4096:  # ST_RELATIME
-            flags |= _MS_RELATIME
-        _check(libc.mount(None, path, None, flags, None), f"remount {folder} read-only")
+    _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "mount --make-rprivate /")
+    temps = [(t, os.open(t, os.O_PATH | os.O_CLOEXEC)) for t in spec.get("temps") or ()]
+    _set_attr(libc, "/", readonly=True, recursive=True)
+    _set_attr(libc, "/proc", readonly=False)  # its ID maps are written below
+    for temp, fd in temps:
+        source = f"/proc/self/fd/{fd}".encode()
+        _check(libc.mount(source, temp.encode(), None, _MS_BIND | _MS_REC, None), f"bind {temp}")
+        _set_attr(libc, temp, readonly=False)
+        os.close(fd)
+    expose = spec.get("expose") or []
+    _cover(expose, private=False)
+    for hide, _keeps, options in expose:
+        if not options.startswith("mode=1777"):  # what hides is no scratch space either
+            _set_attr(libc, hide, readonly=True)
+    for path in spec.get("readonly") or ():  # bound on itself: read-only wherever it lies
+        encoded = path.encode()
+        _check(libc.mount(encoded, encoded, None, _MS_BIND | _MS_REC, None), f"bind {path}")
+        _set_attr(libc, path, readonly=True, recursive=True)
+    for path in spec.get("writable") or ():
+        _set_attr(libc, path, readonly=False)
+    try:  # a working directory under a cover would still see what is beneath it
+        os.chdir(os.getcwd())
+    except OSError:
+        os.chdir("/")
     _check(libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS), "unshare(CLONE_NEWUSER|CLONE_NEWNS)")
     _map_ids(uid, gid)
     _drop_capabilities(libc)
     libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+def _set_attr(libc: Any, path: str, *, readonly: bool, recursive: bool = False) -> None:
+    """mount_setattr(2): make the mount at ``path`` (and those under it) read-only or not."""
+    import ctypes
+
+    class MountAttr(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_uint64) for name in ("set", "clr", "prop", "userns")]
+
+    attr = MountAttr(1 if readonly else 0, 0 if readonly else 1, 0, 0)  # MOUNT_ATTR_RDONLY
+    flags = _AT_RECURSIVE if recursive else 0
+    result = libc.syscall(
+        _SYS_MOUNT_SETATTR, _AT_FDCWD, path.encode(), flags, ctypes.byref(attr),
+        ctypes.sizeof(attr),
+    )  # fmt: skip
+    _check(result, f"mount_setattr {path} {'read-only' if readonly else 'writable'}")
 
 
 def _map_ids(uid: int, gid: int) -> None:

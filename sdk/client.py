@@ -269,7 +269,7 @@ class AsyncClient:
     async def _current(self, bus: Bus) -> AsyncWorkspace:
         """The current workspace (one named with ``Client(workspace=…)`` is made on first
         use, as releases before workspaces let any label be used)."""
-        name = self._workspace or workspaces.current_default(bus)
+        name = self.current_name(bus)
         record = await workspaces.get(
             bus.workspaces, name, create_if_not_exist=True, creds=bus.creds
         )
@@ -351,8 +351,12 @@ class AsyncClient:
                 )
             return self._granted(found)
         bus = await self.session.bus()
-        current = await self._current(bus)
-        return AsyncConnection(self, await connections.get(bus, name, prefer=current.name()))
+        record = await connections.get(bus, name, prefer=self.current_name(bus))
+        return AsyncConnection(self, record)
+
+    def current_name(self, bus: Bus) -> str:
+        """The current workspace's name, without a lookup (nor making it)."""
+        return self._workspace or workspaces.current_default(bus)
 
     def _granted(self, found: dict[str, Any]) -> AsyncConnection:
         record = ConnectionRecord(

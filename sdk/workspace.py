@@ -37,10 +37,9 @@ class AsyncWorkspace(display.Shown):
     async def add_connection(self, name: str) -> None:
         """Add the connection ``name`` to this workspace (its runs may then read it)."""
         bus = await self._client.session.bus()
-        current = await self._client.get_current_workspace()
-        await connections.add(
-            bus, name, self._record.name, self._client.session.secret_key(), prefer=current.name()
-        )
+        key = self._client.session.secret_key()
+        prefer = self._client.current_name(bus)
+        await connections.add(bus, name, self._record.name, key, prefer=prefer)
 
     async def remove_connection(self, name: str) -> None:
         bus = await self._client.session.bus()

@@ -5,9 +5,10 @@ machine, probes the victim's private files and processes, the executor's process
 on-disk authority, the cgroup tree and the bus's system surface, and leaks its own credential
 (base64, which the log mask does not catch). Each test checks one outcome of that scenario.
 
-Two known gaps are pinned as strict xfails (README, "Security model"): a killed run's
-credential lapses at the run's deadline, not at its end; and without run UIDs runs share the
-executor's UID and so read each other's private files. Either fix flips its test.
+One known gap is pinned as a strict xfail (README, "Security model"): a killed run's
+credential lapses at the run's deadline, not at its end. A fix flips its test. The last test
+is the same attack where runs share the executor's UID (`--run-uids none`), each in user and
+mount namespaces of its own.
 """
 
 from __future__ import annotations

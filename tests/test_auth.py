@@ -106,7 +106,7 @@ async def test_a_file_that_is_no_credential_is_named(
     secure_server: EmbeddedServer, tmp_path: Path, text: str
 ) -> None:
     """Issue 8, bad input: a wrong credential is a NotConnected naming it, from the SDK and
-    the CLI alike (exit 3, one line, no traceback)."""
+    the CLI alike (one line, no traceback, the usage exit code: trying again cannot help)."""
     garbage = tmp_path / "garbage.creds"
     garbage.write_text(text)
     with pytest.raises(NotConnected) as caught:
@@ -115,7 +115,7 @@ async def test_a_file_that_is_no_credential_is_named(
     cli = await asyncio.to_thread(
         taskbus, "tasks", "--url", secure_server.url, "--creds", str(garbage)
     )
-    assert cli.returncode == 3 and str(garbage) in one_error_line(cli)
+    assert cli.returncode == 2 and str(garbage) in one_error_line(cli)  # usage: not retried
 
 
 async def test_an_expired_credential_is_named(

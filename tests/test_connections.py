@@ -103,7 +103,7 @@ def test_task_arguments_holding_a_connection_value_are_masked_where_shown(
             "port": 5432, "rows": 10, "note": "plain"}  # fmt: skip
     made = orch.run_once("uses-a-secret", json_args=args)
     expected = {"dsn": "postgres://etl:****@****/x", "nested": [{"pw": "****"}],
-                "port": "****", "rows": 10, "note": "plain"}  # fmt: skip
+                "port": 5432, "rows": 10, "note": "plain"}  # fmt: skip
     for task in (made, client.get_task_by_id(made.id()), client.list_tasks()[0]):
         assert task.input_data() == expected
         shown = (repr(task), str(task), task._repr_html_(), json.dumps(task.to_dict()))
@@ -113,6 +113,10 @@ def test_task_arguments_holding_a_connection_value_are_masked_where_shown(
     assert listed.returncode == 0, listed.stderr
     assert PASSWORD not in listed.stdout
     assert json.loads(listed.stdout)[0]["json_args"] == expected
+    # A short value is masked only whole: "main" (a database name) leaves "maintenance".
+    client.create_connection("short", "postgres", {"database": "main"})
+    mixed = orch.run_once("short", json_args={"db": "main", "mode": "maintenance"})
+    assert mixed.input_data() == {"db": "****", "mode": "maintenance"}
     with sdk.Client(nats_url) as other:  # in a workspace without that connection: as given
         other.set_current_workspace(other.create_workspace("plain"))
         plain = other.upload_orchestration(bytes_buffer=READER).run_once("t", json_args=args)

@@ -18,6 +18,7 @@ from broker import store
 from broker.connection import Bus
 from broker.models import ExecutorRecord
 from broker.status import RunStatus
+from executor.daemon import shm_scratch
 from executor.uids import can_switch_uids
 from tests.helpers import Daemon
 from tests.test_executor import (
@@ -151,8 +152,8 @@ async def test_a_hostile_run_cannot_reach_secrets_other_runs_or_shared_files(
     )
     victim_run = await wait_run(bus, victim_task.id, lambda r: r.status is RunStatus.RUNNING)
     await wait_line(bus, victim_run, "victim ready", timeout_s=60)
-    private_root = Path(f"/dev/shm/taskbus-{victim_run.executor}")
-    [victim_args] = list(private_root.glob("*/args.json"))  # noqa: ASYNC240
+    private_root = shm_scratch(victim_run.executor or "")
+    [victim_args] = list(private_root.glob("*/args.json"))
     target.write_text(str(victim_args))
     attacker_task = await run_once(
         bus, attacker, name="attacker",
@@ -210,5 +211,5 @@ async def test_a_hostile_run_cannot_reach_secrets_other_runs_or_shared_files(
     assert first == second
     # Private folders go right after the final status is recorded.
     async with asyncio.timeout(10):
-        while list(private_root.glob("*")):  # noqa: ASYNC110, ASYNC240
+        while list(private_root.glob("*")):  # noqa: ASYNC110
             await asyncio.sleep(0.02)

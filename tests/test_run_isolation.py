@@ -17,6 +17,7 @@ import pytest
 from broker import catalog, names
 from broker.connection import Bus
 from broker.status import RunStatus
+from executor.daemon import shm_scratch
 from executor.settings import ExecutorSettings
 from executor.uids import can_switch_uids, processes_of, remove_files_of
 from tests.helpers import REPO, Daemon
@@ -81,6 +82,7 @@ if args.get("attack"):
 async def _idle(scratch: Path) -> None:
     """Until the executor has cleaned up after its last run (its private folder goes just
     before the working copy is judged, in one step of the event loop)."""
+    assert scratch.is_dir(), scratch  # noqa: ASYNC240
     async with asyncio.timeout(10):
         while list(scratch.glob("*")):  # noqa: ASYNC110, ASYNC240
             await asyncio.sleep(0.01)
@@ -100,7 +102,7 @@ async def test_a_run_cannot_plant_code_in_the_next_run_of_its_zip(
     orch = await upload(bus, {"main.py": PLANTER, "pkg/__init__.py": "", "pkg/mod.py": "X = 1\n"})
     first = await run_once(bus, orch, name="c1", json_args={"token": "c1"})
     out = await _out(bus, first.id)
-    scratch = Path(f"/dev/shm/taskbus-{(await wait_run(bus, first.id)).executor}")
+    scratch = shm_scratch((await wait_run(bus, first.id)).executor or "")
     assert "runs get their own UID" in daemon.output()
     cwd = next(line for line in out if line.startswith("CWD"))
     await _idle(scratch)
