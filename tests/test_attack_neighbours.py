@@ -35,6 +35,7 @@ from broker.secret_key import SecretKey, new_key_text
 from broker.server import EmbeddedServer, ServerSettings
 from broker.settings import ConnectSettings
 from broker.status import RunStatus
+from executor.daemon import shm_scratch
 from executor.uids import can_switch_uids
 from tests.conftest import as_role
 from tests.helpers import Daemon, wait_for_executors
@@ -562,6 +563,9 @@ probe("work dir", lambda: os.listdir(args["work_dir"] + "/trees"))
 probe("environments", lambda: write(args["env_dir"] + "/planted.txt"))
 probe("unmount the cover", lambda: [os.system(f"umount -l {scratch} 2>/dev/null"),
                                     read(victim["private"] + "/args.json")])
+probe("another executor's run", lambda: read(args["other_executor_args"]))
+probe("write the SDK", lambda: write(sdk.__file__))
+probe("write outside the temp dirs", lambda: write(args["outside"]))
 print("ATTACKER DONE", flush=True)
 """
 
@@ -608,11 +612,15 @@ async def _shared_uid_attack(root: Path) -> None:
             v_run = await wait_run(user, victim.id, lambda r: r.status is RunStatus.RUNNING)
             info = json.loads((await wait_line(user, v_run, "VICTIM ")).text[len("VICTIM ") :])
             key_file = root / "auth" / names.SECRET_KEY_FILE  # where `taskbus up` keeps it
+            other = shm_scratch(f"other-{root.name}") / "run"  # another executor's run
+            other.mkdir(parents=True)
+            (other / "args.json").write_text('{"token": "other-executor-args"}')
             args = {
                 "victim": info, "executor_pid": heartbeat.pid,
                 "executor_creds": str(authority.creds_path("executor")),
                 "signing_key": str(authority.run_signing_key), "secret_key": str(key_file),
                 "work_dir": str(work), "env_dir": str(work / "envs"),
+                "other_executor_args": str(other / "args.json"), "outside": str(root / "x"),
             }  # fmt: skip
             attacker = await run_once(
                 user, await upload(user, {"main.py": SHARED_ATTACKER}), json_args=args
@@ -624,11 +632,12 @@ async def _shared_uid_attack(root: Path) -> None:
                 row.removeprefix("RESULT ").split(": ", 1)[0]: row.split(": ", 1)[1]
                 for row in out if row.startswith("RESULT ")
             }  # fmt: skip
-            assert len(results) == 15, results
+            assert len(results) == 18, results
             done = {name: outcome for name, outcome in results.items() if "denied" not in outcome}
             assert not done, done
             assert (Path(info["copy"]) / "main.py").read_text() == SHARED_VICTIM
-            assert not (work / "envs" / "planted.txt").exists()
+            assert not (work / "envs" / "planted.txt").exists() and not (root / "x").exists()
+            shutil.rmtree(other.parent, ignore_errors=True)
             log = (root / "executor.log").read_text()
             assert "each in user and mount namespaces of its own" in log
             await catalog.set_task_flags(user, victim.id, killed=True)
