@@ -17,12 +17,13 @@ Every run gets:
   holding pyenv) are covered in the run's own mount namespace by an empty tmpfs with only
   those paths bound back: the rest of such a folder stays invisible to the run;
 - without a UID to switch to (``--run-uids none``, or an executor that is not root): user
-  and mount namespaces of its own (``SharedPlan``), where the scratch dir, the work dir and
-  the executor's key folders are covered by an empty tmpfs with only the run's own private
-  directory and copy, the interpreter, the SDK and the environments (read-only) bound back,
-  the mounts locked by a second user namespace and no capability left; the executor and its
-  zygotes are not dumpable, so their /proc is no run's to read. Where the host refuses those
-  namespaces, the start-up line says what a run can then reach;
+  and mount namespaces of its own (``SharedPlan``): every mount read-only but /tmp and
+  /var/tmp, a /dev/shm of its own, the scratch dirs, work dir, data dir, HOME and key folders
+  covered by an empty tmpfs with only its own private directory and copy (writable), the
+  interpreter, the SDK and the environments (read-only) bound back, all of it locked by a
+  second user namespace with no capability left; the executor and its zygotes are not
+  dumpable, so their /proc is no run's to read. Where the host refuses that, the start-up
+  line says what a run can then reach;
 - with a UID: /tmp, /var/tmp and /dev/shm of its own in that namespace (empty sticky tmpfs,
   gone with the run, with what the run needs under them bound back: its private directory,
   the work dir, ...), so nothing a run leaves there reaches the next run with its UID. Where
@@ -272,12 +273,12 @@ class Isolation:
             if problem is None:
                 shared = plan
                 uid_note += (
-                    ", each in user and mount namespaces of its own: it sees its own private "
-                    "directory and working copy, the environments read-only, and neither the "
-                    "work dir, the other runs' folders nor the executor's credential and key "
-                    "folders; it shares the host's temp dirs, can signal other runs' "
-                    "processes and read the /proc of the programs they exec. Run the executor "
-                    "as root or with CAP_SETUID for runs of their own UID"
+                    ", each in user and mount namespaces of its own: every mount read-only "
+                    "but /tmp and /var/tmp, a /dev/shm of its own, the work dir, scratch dirs, "
+                    "data dir, HOME and key folders hidden, only its own private directory and "
+                    "working copy writable; it shares /tmp and can signal other runs' "
+                    "processes. Run the executor as root or with CAP_SETUID for runs of their "
+                    "own UID"
                 )
             else:
                 uid_note += (
