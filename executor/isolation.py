@@ -20,7 +20,7 @@ Every run gets:
   and mount namespaces of its own (``SharedPlan``): every mount read-only but /tmp and
   /var/tmp, a /dev/shm of its own, the scratch dirs, work dir, data dir, HOME and key folders
   covered by an empty tmpfs with only its own private directory and copy (writable), the
-  interpreter, the SDK and the environments (read-only) bound back, all of it locked by a
+  interpreter, the SDK and the environments (read-only) bound back, none of it in reach of a
   second user namespace with no capability left; the executor and its zygotes are not
   dumpable, so their /proc is no run's to read. Where the host refuses that, the start-up
   line says what a run can then reach;

@@ -158,8 +158,8 @@ def _share(spec: dict[str, Any]) -> None:
     namespace where the executor is not root): every mount read-only, the shared temp dirs
     (``temps``) writable again, ``expose``'s tmpfs covers with what the run needs bound back,
     read-only (``readonly``: interpreter, SDK, environments) or writable (``writable``: its
-    private directory and working copy); then a second user namespace, which locks all that
-    (a less privileged namespace cannot unmount or remount it), and no capability left."""
+    private directory and working copy); then a second user namespace, which owns nothing (so
+    no power over those mounts), and no capability left."""
     libc = _libc()
     uid, gid = os.getuid(), os.getgid()
     if uid != 0:
@@ -194,7 +194,11 @@ def _share(spec: dict[str, Any]) -> None:
         os.chdir(os.getcwd())
     except OSError:
         os.chdir("/")
-    _check(libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS), "unshare(CLONE_NEWUSER|CLONE_NEWNS)")
+    # A user namespace of its own that owns nothing: no power over this mount namespace (its
+    # owner is the one above), so nothing here can be unmounted or remounted. One mount
+    # namespace per run: a second one would leave the first to be torn down here, which waits
+    # for an RCU grace period (milliseconds) before the run may start.
+    _check(libc.unshare(_CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
     _map_ids(uid, gid)
     _drop_capabilities(libc)
     libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
