@@ -32,15 +32,11 @@ print("victim secret", sdk.task_args()["secret"], flush=True)
 time.sleep(float(sdk.task_args().get("sleep", 0)))
 """
 
-# Every attempt prints "RESULT <name>: denied|done <detail>"; the test reads them back.
-HOSTILE = r"""
-import asyncio, json, os, sys, time
-import sdk
-
-args = sdk.task_args()
-results = {}
-
+# What every hostile orchestration of these tests defines: ``attempt(name, action)`` prints
+# one line "RESULT <name>: denied|done <detail>", which ``results_of`` reads back.
+PROBES = r"""
 def report(name, ok, detail=""):
+    detail = str(detail).replace("\n", " ")
     print(f"RESULT {name}: {'done' if ok else 'denied'} {detail}"[:300], flush=True)
 
 def attempt(name, action):
@@ -50,7 +46,29 @@ def attempt(name, action):
         report(name, False, f"{type(exc).__name__}: {exc}")
     else:
         report(name, True, repr(value))
+"""
 
+
+def results_of(out: list[str]) -> dict[str, str]:
+    """``{name: "done …" | "denied …"}`` from a hostile run's stdout lines."""
+    return {
+        line.removeprefix("RESULT ").split(": ", 1)[0]: line.split(": ", 1)[1]
+        for line in out
+        if line.startswith("RESULT ")
+    }
+
+
+HOSTILE = (
+    r"""
+import asyncio, json, os, sys, time
+import sdk
+
+args = sdk.task_args()
+results = {}
+
+"""
+    + PROBES
+    + r"""
 # --- through the SDK, with the credential the run was given ---------------------------------
 wl = sdk.Client()
 attempt("sdk own task", lambda: wl.get_task_by_id(os.environ["TASKBUS_TASK_ID"]).name())
@@ -146,6 +164,7 @@ report("env executor secret", secret_in_env)
 print(open(os.environ["TASKBUS_CREDS"]).read(), flush=True)  # to use it from outside later
 print("HOSTILE DONE", flush=True)
 """
+)
 
 
 @pytest.fixture
@@ -236,11 +255,7 @@ async def attack(
         out = texts(await log_lines(user, hostile_run), "stdout")
         err = texts(await log_lines(user, hostile_run), "stderr")
         assert "HOSTILE DONE" in out, (hostile_run, out, err)
-        results = {
-            line.removeprefix("RESULT ").split(": ", 1)[0]: line.split(": ", 1)[1]
-            for line in out
-            if line.startswith("RESULT ")
-        }
+        results = results_of(out)
         print(json.dumps(results, indent=1))
         # What a run may do: read its own task.
         assert results.pop("sdk own task").startswith("done"), results

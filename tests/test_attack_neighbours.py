@@ -39,6 +39,7 @@ from executor.daemon import shm_scratch
 from executor.uids import can_switch_uids
 from tests.conftest import as_role
 from tests.helpers import Daemon, wait_for_executors
+from tests.test_attack import PROBES, results_of
 from tests.test_executor import log_lines, run_once, texts, upload, wait_line, wait_run
 
 pytestmark = pytest.mark.skipif(not can_switch_uids(), reason="needs root or CAP_SETUID")
@@ -68,7 +69,8 @@ child.kill()
 print("victim alive", open(os.path.join(os.environ["HOME"], "victim-note.txt")).read(), flush=True)
 """
 
-HOSTILE = r"""
+HOSTILE = (
+    r"""
 import asyncio, base64, ctypes, ctypes.util, json, os, signal, sys, time
 import sdk
 
@@ -79,18 +81,9 @@ while not os.path.exists(args["target"]) and time.time() < deadline:
 t = json.load(open(args["target"]))
 v = t["victim"]
 
-def report(name, ok, detail=""):
-    detail = str(detail).replace("\n", " ")[:200]
-    print(f"RESULT {name}: {'done' if ok else 'denied'} {detail}", flush=True)
-
-def attempt(name, action):
-    try:
-        value = action()
-    except Exception as exc:
-        report(name, False, f"{type(exc).__name__}: {exc}")
-    else:
-        report(name, True, repr(value))
-
+"""
+    + PROBES
+    + r"""
 def read(path, n=120):
     return lambda: open(path, "rb").read()[:n]
 
@@ -233,6 +226,7 @@ open(args["done"], "w").close()
 print("HOSTILE DONE", flush=True)
 time.sleep(600)
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -358,11 +352,7 @@ async def _attack(server, authority, admin, user, heartbeat, work, handoff, daem
     lines = await log_lines(user, hostile_run)
     out, err = texts(lines, "stdout"), texts(lines, "stderr")
     result["out"], result["err"] = out, err
-    result["results"] = {
-        row.removeprefix("RESULT ").split(": ", 1)[0]: row.split(": ", 1)[1]
-        for row in out
-        if row.startswith("RESULT ")
-    }
+    result["results"] = results_of(out)
     creds = base64.b64decode(next(r for r in out if r.startswith("EXFIL "))[6:]).decode()
     result["creds"] = creds
     # The hostile run is killed; its credential is tried from outside afterwards.
@@ -517,20 +507,16 @@ while time.time() < deadline:
     time.sleep(0.05)
 """
 
-SHARED_ATTACKER = r"""
+SHARED_ATTACKER = (
+    r"""
 import glob, json, os, sdk
 args = sdk.task_args()
 mine = os.path.dirname(os.environ["TASKBUS_ARGS_FILE"])
 scratch = os.path.dirname(mine)
 
-def probe(name, action):
-    try:
-        value = action()
-    except Exception as exc:
-        print(f"RESULT {name}: denied {type(exc).__name__}", flush=True)
-    else:
-        print(f"RESULT {name}: done {str(value)[:80]!r}", flush=True)
-
+"""
+    + PROBES
+    + r"""
 def read(path):
     with open(path, "rb") as handle:
         return handle.read(200)
@@ -547,27 +533,29 @@ def others():
     raise PermissionError("no other run's folder in sight")
 
 victim = args["victim"]
-probe("list other private dirs", others)
-probe("victim args", lambda: read(victim["private"] + "/args.json"))
-probe("victim credential", lambda: read(victim["private"] + "/run.creds"))
-probe("victim home note", lambda: read(victim["private"] + "/home/note.txt"))
-probe("victim code", lambda: write(victim["copy"] + "/main.py"))
-probe("victim /proc environ", lambda: read(f"/proc/{victim['pid']}/environ"))
-probe("victim /proc root", lambda: read(f"/proc/{victim['pid']}/root{victim['private']}/args.json"))
-probe("executor /proc environ", lambda: read(f"/proc/{args['executor_pid']}/environ"))
-probe("executor /proc root", lambda: os.listdir(f"/proc/{args['executor_pid']}/root/"))
-probe("executor credential", lambda: read(args["executor_creds"]))
-probe("run signing key", lambda: read(args["signing_key"]))
-probe("connections key", lambda: read(args["secret_key"]))
-probe("work dir", lambda: os.listdir(args["work_dir"] + "/trees"))
-probe("environments", lambda: write(args["env_dir"] + "/planted.txt"))
-probe("unmount the cover", lambda: [os.system(f"umount -l {scratch} 2>/dev/null"),
+attempt("list other private dirs", others)
+attempt("victim args", lambda: read(victim["private"] + "/args.json"))
+attempt("victim credential", lambda: read(victim["private"] + "/run.creds"))
+attempt("victim home note", lambda: read(victim["private"] + "/home/note.txt"))
+attempt("victim code", lambda: write(victim["copy"] + "/main.py"))
+attempt("victim /proc environ", lambda: read(f"/proc/{victim['pid']}/environ"))
+attempt("victim /proc root",
+        lambda: read(f"/proc/{victim['pid']}/root{victim['private']}/args.json"))
+attempt("executor /proc environ", lambda: read(f"/proc/{args['executor_pid']}/environ"))
+attempt("executor /proc root", lambda: os.listdir(f"/proc/{args['executor_pid']}/root/"))
+attempt("executor credential", lambda: read(args["executor_creds"]))
+attempt("run signing key", lambda: read(args["signing_key"]))
+attempt("connections key", lambda: read(args["secret_key"]))
+attempt("work dir", lambda: os.listdir(args["work_dir"] + "/trees"))
+attempt("environments", lambda: write(args["env_dir"] + "/planted.txt"))
+attempt("unmount the cover", lambda: [os.system(f"umount -l {scratch} 2>/dev/null"),
                                     read(victim["private"] + "/args.json")])
-probe("another executor's run", lambda: read(args["other_executor_args"]))
-probe("write the SDK", lambda: write(sdk.__file__))
-probe("write outside the temp dirs", lambda: write(args["outside"]))
+attempt("another executor's run", lambda: read(args["other_executor_args"]))
+attempt("write the SDK", lambda: write(sdk.__file__))
+attempt("write outside the temp dirs", lambda: write(args["outside"]))
 print("ATTACKER DONE", flush=True)
 """
+)
 
 
 @pytest.mark.timeout(180)
@@ -628,12 +616,9 @@ async def _shared_uid_attack(root: Path) -> None:
             a_run = await wait_run(user, attacker.id, timeout_s=90)
             out = texts(await log_lines(user, a_run), "stdout")
             assert "ATTACKER DONE" in out, (a_run.reason, out)
-            results = {
-                row.removeprefix("RESULT ").split(": ", 1)[0]: row.split(": ", 1)[1]
-                for row in out if row.startswith("RESULT ")
-            }  # fmt: skip
+            results = results_of(out)
             assert len(results) == 18, results
-            done = {name: outcome for name, outcome in results.items() if "denied" not in outcome}
+            done = {n: got for n, got in results.items() if not got.startswith("denied")}
             assert not done, done
             assert (Path(info["copy"]) / "main.py").read_text() == SHARED_VICTIM
             assert not (work / "envs" / "planted.txt").exists() and not (root / "x").exists()
