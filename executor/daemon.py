@@ -108,11 +108,11 @@ def hidden_folders(settings: ExecutorSettings) -> list[Path]:
     and key files (the whole authority directory where they lie in one, as under `taskbus
     up`), the data directory (the server's store under `taskbus up`) and its HOME."""
     found = [settings.connect.creds_file, settings.run_signing_key, default_key_file()]
-    folders = [default_data_dir(), Path.home()]
+    folders = [default_data_dir(), Path(os.path.expanduser("~"))]  # "~" where there is none
     for path in (Path(p) for p in found if p and Path(p).exists()):
         authority = next((f for f in path.parents if f.name == names.AUTH_DIR), None)
         folders.append(authority or path.parent)
-    return [f for f in folders if f.is_dir() and f != Path("/")]
+    return [f for f in folders if f.is_absolute() and f.is_dir() and f != Path("/")]
 
 
 class Executor:

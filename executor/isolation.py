@@ -393,11 +393,11 @@ class SharedPlan:
     """Where runs share the executor's UID, what each run's own mount namespace looks like:
     every mount read-only, but the host's /tmp and /var/tmp (shared, as for any process of
     that user; a run's TMPDIR is its own); a /dev/shm of its own; an empty tmpfs over the
-    executors' scratch dirs (every run's
-    private directory), the work dir (zips, cached trees, other runs' copies) and the folders
-    the daemon names (its credential and key folders, the data dir with the server's store,
-    its HOME), with only what the run needs bound back: the interpreter, the SDK and the
-    environments read-only, its private directory and working copy writable."""
+    executors' scratch dirs (every run's private directory), the work dir (zips, cached trees,
+    other runs' copies) and the folders the daemon names (its credential and key folders, the
+    data dir with the server's store, its HOME), with only what the run needs bound back: the
+    interpreter, the SDK and the environments read-only, its private directory and working
+    copy writable."""
 
     temps: tuple[str, ...]
     hides: tuple[tuple[str, str], ...]  # (folder, tmpfs options), shallowest first

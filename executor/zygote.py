@@ -147,10 +147,15 @@ def _cover(expose: list[list[Any]], *, private: bool = True) -> None:
         )  # fmt: skip
         for keep, fd in held:
             os.makedirs(keep, mode=0o755, exist_ok=True)
-            source = f"/proc/self/fd/{fd}".encode()
-            _check(libc.mount(source, keep.encode(), None, _MS_BIND | _MS_REC, None),
-                   f"bind {keep}")  # fmt: skip
-            os.close(fd)
+            _bind_held(libc, fd, keep)
+
+
+def _bind_held(libc: Any, fd: int, target: str) -> None:
+    """Bind what ``fd`` (an O_PATH descriptor, opened before covers hid it) names on ``target``
+    (with what is mounted under it), and close ``fd``."""
+    source = f"/proc/self/fd/{fd}".encode()
+    _check(libc.mount(source, target.encode(), None, _MS_BIND | _MS_REC, None), f"bind {target}")
+    os.close(fd)
 
 
 def _share(spec: dict[str, Any]) -> None:
@@ -175,10 +180,8 @@ def _share(spec: dict[str, Any]) -> None:
     _set_attr(libc, "/", readonly=True, recursive=True)
     _set_attr(libc, "/proc", readonly=False)  # its ID maps are written below
     for temp, fd in temps:
-        source = f"/proc/self/fd/{fd}".encode()
-        _check(libc.mount(source, temp.encode(), None, _MS_BIND | _MS_REC, None), f"bind {temp}")
+        _bind_held(libc, fd, temp)
         _set_attr(libc, temp, readonly=False)
-        os.close(fd)
     expose = spec.get("expose") or []
     _cover(expose, private=False)
     for hide, _keeps, options in expose:
@@ -209,14 +212,11 @@ def _set_attr(libc: Any, path: str, *, readonly: bool, recursive: bool = False) 
     """mount_setattr(2): make the mount at ``path`` (and those under it) read-only or not."""
     import ctypes
 
-    class MountAttr(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_uint64) for name in ("set", "clr", "prop", "userns")]
-
-    attr = MountAttr(1 if readonly else 0, 0 if readonly else 1, 0, 0)  # MOUNT_ATTR_RDONLY
+    # struct mount_attr {u64 attr_set, attr_clr, propagation, userns_fd}; MOUNT_ATTR_RDONLY = 1
+    attr = (ctypes.c_uint64 * 4)(1 if readonly else 0, 0 if readonly else 1, 0, 0)
     flags = _AT_RECURSIVE if recursive else 0
     result = libc.syscall(
-        _SYS_MOUNT_SETATTR, _AT_FDCWD, path.encode(), flags, ctypes.byref(attr),
-        ctypes.sizeof(attr),
+        _SYS_MOUNT_SETATTR, _AT_FDCWD, path.encode(), flags, attr, ctypes.sizeof(attr),
     )  # fmt: skip
     _check(result, f"mount_setattr {path} {'read-only' if readonly else 'writable'}")
 

@@ -23,7 +23,7 @@ from broker.errors import (
     SecretKeyError,
     WrongArgumentType,
 )
-from broker.models import ConnectionRecord
+from broker.models import ConnectionRecord, RunRecord, TaskRecord
 from broker.settings import ConnectSettings
 from sdk import intask
 from sdk.connection import AsyncConnection, Connection, ConnectionList
@@ -230,7 +230,7 @@ class AsyncClient:
         )
         chosen = [t for t in tasks if not killed or t.killed]
         chosen.sort(key=lambda t: t.updated_at, reverse=True)
-        masks = await self.secret_patterns(bus, {t.workspace for t in chosen})
+        masks = await self.secret_patterns(bus, {t.workspace for t in chosen if t.json_args})
         return TaskList(
             AsyncTask(self, t, runs.get(t.key, []), mask=masks.get(t.workspace)) for t in chosen
         )
@@ -240,8 +240,12 @@ class AsyncClient:
         catalog.check_id(task_id)
         bus = await self.session.bus()
         record = await catalog.get_task(bus, task_id)
-        masks = await self.secret_patterns(bus, {record.workspace})
-        runs = await catalog.runs_of(bus, record)
+        return await self.task_of(bus, record, await catalog.runs_of(bus, record))
+
+    async def task_of(self, bus: Bus, record: TaskRecord, runs: list[RunRecord]) -> AsyncTask:
+        """``record`` as an ``AsyncTask``, its arguments masked for its workspace's secrets."""
+        wanted = {record.workspace} if record.json_args else set()
+        masks = await self.secret_patterns(bus, wanted)
         return AsyncTask(self, record, runs, mask=masks.get(record.workspace))
 
     async def secret_patterns(
@@ -250,6 +254,8 @@ class AsyncClient:
         """By workspace label: what finds its connections' secret values in a task's
         arguments, to mask them where they are shown. Only where this client may decrypt them
         (the key here, or inside a task the run's own workspace's); elsewhere none."""
+        if not labels:
+            return {}
         granted = intask.connections()
         if granted is not None:  # a run sees the tasks of its own workspace only
             found = granted.get("connections", {}).values()

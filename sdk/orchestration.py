@@ -190,8 +190,7 @@ class AsyncOrchestration(display.Shown):
         bus = await self._client.session.bus()
         record = await catalog.create_task(bus, self._record, name=name, kind=kind, **spec)
         runs = await catalog.runs_of(bus, record) if kind is TaskKind.RUN_ONCE else []
-        masks = await self._client.secret_patterns(bus, {record.workspace})
-        return AsyncTask(self._client, record, runs, mask=masks.get(record.workspace))
+        return await self._client.task_of(bus, record, runs)
 
     async def run_once(
         self,
