@@ -277,8 +277,10 @@ async def _run_callbacks(callbacks: list[Callback]) -> None:
 
 
 async def _provision_when_ready(js: JetStreamContext, settings: ConnectSettings) -> dict[str, Any]:
-    """Provision, retrying while JetStream is not ready yet (a cluster still electing its
-    meta leader answers with timeouts or 503 for a few seconds after it starts)."""
+    """Provision, retrying while JetStream is not ready yet: a cluster still electing its meta
+    leader answers with timeouts or 503 for a few seconds after it starts, and a replicated
+    bucket just created has no direct-get responders for a moment (provisioning is
+    idempotent, so it starts over)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.jetstream_wait_s
     while True:
@@ -286,7 +288,11 @@ async def _provision_when_ready(js: JetStreamContext, settings: ConnectSettings)
             return await provision(
                 js, replicas=settings.replicas, run_retention_s=settings.run_retention_s
             )
-        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+        except (
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.js.errors.ServiceUnavailableError,
+        ) as exc:
             if loop.time() > deadline:
                 raise NotConnected(
                     settings.urls,
